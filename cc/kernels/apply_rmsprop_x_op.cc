@@ -1,0 +1,88 @@
+// CPU OpKernel shell of ApplyRMSpropX: lookup, validation, locking, threading. The math is
+// in cc/cpu/ (span loops over cc/rmsprop_x_update.h).
+#define EIGEN_USE_THREADS
+
+#include "cc/kernels/rmsprop_x_kernel_util.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/kernels/training_op_helpers.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace tf_rmsprop_ops {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using CPUDevice = Eigen::ThreadPoolDevice;
+
+// Elements per unit of sharding: a multiple of every vector width, 16 KiB of float32 per
+// array, so shards never split a cache line and the loop bodies stay long.
+constexpr int64_t kBlock = 4096;
+
+template <typename T>
+class ApplyRMSpropXOp : public OpKernel {
+ public:
+  explicit ApplyRMSpropXOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, c->GetAttr("use_locking", &use_locking_));
+    vars_ = ListVariableInputs(variant_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
+    // Everything is validated before the first write: a rejected call changes nothing.
+    OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
+    OP_REQUIRES_OK(ctx, CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
+    auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<CPUDevice, T>(
+        ctx, use_locking_, /*sparse=*/false, vars_.ids);
+    std::vector<Tensor> t(vars_.ids.size());
+    for (size_t i = 0; i < t.size(); ++i) {
+      // Copy-on-write: a buffer still shared with a reader is copied first.
+      OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, T>(
+                              ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i]));
+    }
+    OP_REQUIRES_OK(ctx, CheckSlotShapes(vars_, t));
+    const Tensor& grad = ctx->input(in.grad());
+    OP_REQUIRES(ctx, t[0].shape().IsSameSize(grad.shape()),
+                absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
+                                                        t[0].shape().DebugString(), ", got ",
+                                                        grad.shape().DebugString())));
+
+    const auto k = ReadCoefficients<T>(ctx, in, variant_);
+    const int64_t n = grad.NumElements();
+    const auto* g = CpuData<T>(grad);
+    auto* var = CpuData<T>(&t[0]);
+    auto* ms = CpuData<T>(&t[1]);
+    int next = 2;
+    auto* mom = variant_.momentum ? CpuData<T>(&t[next++]) : nullptr;
+    auto* mg = variant_.centered ? CpuData<T>(&t[next++]) : nullptr;
+    const Variant variant = variant_;
+    auto update_blocks = [&](int64_t begin, int64_t end) {
+      const int64_t lo = begin * kBlock, hi = std::min(n, end * kBlock);
+      cpu::UpdateSpan(variant, k, g + lo, var + lo, ms + lo, mom ? mom + lo : nullptr,
+                      mg ? mg + lo : nullptr, hi - lo);
+    };
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    // ~1 ns per element: Shard runs small updates inline and splits large ones.
+    tensorflow::Shard(workers->num_threads, workers->workers, (n + kBlock - 1) / kBlock, kBlock,
+                      update_blocks);
+  }
+
+ private:
+  Variant variant_;
+  bool use_locking_ = false;
+  VariableInputs vars_;
+};
+
+#define REGISTER_CPU(T)                                                              \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("ApplyRMSpropX").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
+      ApplyRMSpropXOp<T>);
+TF_CALL_half(REGISTER_CPU);
+TF_CALL_bfloat16(REGISTER_CPU);
+TF_CALL_float(REGISTER_CPU);
+TF_CALL_double(REGISTER_CPU);
+#undef REGISTER_CPU
+
+}  // namespace tf_rmsprop_ops

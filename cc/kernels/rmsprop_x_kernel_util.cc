@@ -1,0 +1,79 @@
+#include "cc/kernels/rmsprop_x_kernel_util.h"
+
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/types.h"
+#include "absl/strings/str_cat.h"
+
+namespace tf_rmsprop_ops {
+
+using tensorflow::DataTypeString;
+using tensorflow::OpKernelContext;
+
+VariableInputs ListVariableInputs(const Variant& variant) {
+  const std::vector<std::string> slots = SlotNames(variant);
+  const InputIndex in(static_cast<int>(slots.size()));
+  VariableInputs vars;
+  vars.ids.push_back(in.var());
+  vars.names.push_back("var");
+  for (int i = 0; i < in.num_slots; ++i) {
+    vars.ids.push_back(in.slot(i));
+    vars.names.push_back("slot '" + slots[i] + "'");
+  }
+  return vars;
+}
+
+absl::Status CheckVariablesBeforeUpdate(OpKernelContext* ctx, const VariableInputs& vars,
+                                        tensorflow::DataType dtype) {
+  for (size_t i = 0; i < vars.ids.size(); ++i) {
+    tensorflow::core::RefCountPtr<tensorflow::Var> var;
+    const absl::Status found =
+        tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, vars.ids[i]), &var);
+    if (!found.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          vars.names[i], " is not an existing, initialised resource variable (",
+          found.message(), "). Create and initialise it before the update."));
+    }
+    tensorflow::tf_shared_lock lock(*var->mu());
+    if (!var->is_initialized || !var->tensor()->IsInitialized()) {
+      return absl::FailedPreconditionError(absl::StrCat(vars.names[i],
+                                        " is uninitialised: assign a value before the update."));
+    }
+    if (var->tensor()->dtype() != dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(vars.names[i], " has dtype ",
+                                     DataTypeString(var->tensor()->dtype()),
+                                     " but the op's T is ", DataTypeString(dtype),
+                                     ": var, slots, grad and hyperparameters must share one dtype."));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckScalarInputs(OpKernelContext* ctx, const InputIndex& in) {
+  const std::pair<int, const char*> scalars[] = {{in.lr(), "lr"},
+                                                 {in.rho(), "rho"},
+                                                 {in.momentum(), "momentum"},
+                                                 {in.epsilon(), "epsilon"},
+                                                 {in.weight_decay(), "weight_decay"}};
+  for (const auto& [index, name] : scalars) {
+    const tensorflow::TensorShape& shape = ctx->input(index).shape();
+    if (!tensorflow::TensorShapeUtils::IsScalar(shape)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be a scalar, got shape ", shape.DebugString()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSlotShapes(const VariableInputs& vars,
+                             const std::vector<tensorflow::Tensor>& tensors) {
+  for (size_t i = 1; i < tensors.size(); ++i) {
+    if (!tensors[0].shape().IsSameSize(tensors[i].shape())) {
+      return absl::InvalidArgumentError(absl::StrCat(vars.names[i], " must have var's shape ",
+                                     tensors[0].shape().DebugString(), ", got ",
+                                     tensors[i].shape().DebugString()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tf_rmsprop_ops

@@ -1,0 +1,65 @@
+// What both CPU OpKernel shells share: variable pre-checks, hyperparameter reads, type maps.
+#ifndef TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_KERNEL_UTIL_H_
+#define TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_KERNEL_UTIL_H_
+
+#include <string>
+#include <vector>
+
+#include "cc/cpu/rmsprop_x_cpu.h"
+#include "cc/ops/rmsprop_x_attrs.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tf_rmsprop_ops {
+
+// Maps TensorFlow's element types onto the bit-compatible types of cc/cpu/.
+template <typename T> struct CpuStorageOf { using type = T; };
+template <> struct CpuStorageOf<Eigen::half> { using type = cpu::Half; };
+template <> struct CpuStorageOf<Eigen::bfloat16> { using type = cpu::BFloat16; };
+template <typename T> using CpuStorage = typename CpuStorageOf<T>::type;
+
+template <typename T>
+CpuStorage<T>* CpuData(tensorflow::Tensor* t) {
+  static_assert(sizeof(CpuStorage<T>) == sizeof(T), "storage types must be bit-compatible");
+  return reinterpret_cast<CpuStorage<T>*>(t->flat<T>().data());
+}
+template <typename T>
+const CpuStorage<T>* CpuData(const tensorflow::Tensor& t) {
+  return reinterpret_cast<const CpuStorage<T>*>(t.flat<T>().data());
+}
+
+// The resource inputs of an op instance ("var", then the slots) with their flat indices.
+struct VariableInputs {
+  std::vector<int> ids;
+  std::vector<std::string> names;
+};
+VariableInputs ListVariableInputs(const Variant& variant);
+
+// Looks up every variable before any lock is taken and checks it exists, is initialised
+// and holds `dtype`. TF's locking and copy helpers assume the dtype matches (a mismatch is
+// a fatal CHECK there), so this must run first.
+absl::Status CheckVariablesBeforeUpdate(tensorflow::OpKernelContext* ctx,
+                                        const VariableInputs& vars, tensorflow::DataType dtype);
+
+// Checks the five hyperparameter inputs are scalars.
+absl::Status CheckScalarInputs(tensorflow::OpKernelContext* ctx, const InputIndex& in);
+
+// Reads the hyperparameters and folds them with the variant, in compute precision.
+template <typename T>
+Coefficients<cpu::ComputeType<CpuStorage<T>>> ReadCoefficients(tensorflow::OpKernelContext* ctx,
+                                                              const InputIndex& in,
+                                                              const Variant& variant) {
+  using C = cpu::ComputeType<CpuStorage<T>>;
+  auto read = [&](int i) { return static_cast<C>(ctx->input(i).scalar<T>()()); };
+  HyperParams<C> h{read(in.lr()), read(in.rho()), read(in.momentum()), read(in.epsilon()),
+                   read(in.weight_decay())};
+  return MakeCoefficients(variant, h);
+}
+
+// Checks every slot tensor has var's shape.
+absl::Status CheckSlotShapes(const VariableInputs& vars,
+                             const std::vector<tensorflow::Tensor>& tensors);
+
+}  // namespace tf_rmsprop_ops
+
+#endif  // TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_KERNEL_UTIL_H_

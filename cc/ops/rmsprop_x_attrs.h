@@ -1,0 +1,60 @@
+// Reads the structural attrs of ApplyRMSpropX / SparseApplyRMSpropX into a Variant.
+// Shared by the shape functions, the CPU kernels and the XLA lowering.
+#ifndef TF_RMSPROP_OPS_CC_OPS_RMSPROP_X_ATTRS_H_
+#define TF_RMSPROP_OPS_CC_OPS_RMSPROP_X_ATTRS_H_
+
+#include <string>
+#include <vector>
+
+#include "cc/rmsprop_x_update.h"
+#include "absl/status/status.h"
+#include "tensorflow/core/platform/errors.h"
+
+namespace tf_rmsprop_ops {
+
+// The attrs as the op def spells them.
+struct VariantAttrs {
+  bool centered, use_momentum, nesterov;
+  std::string epsilon_placement, lr_placement, weight_decay_mode;
+  int num_slots;
+};
+
+// Checks the attrs and converts them; `num_slots` must match the enabled features
+// (ms, then mom when use_momentum, then mg when centered). InvalidArgument otherwise.
+absl::Status VariantFromAttrs(const VariantAttrs& attrs, Variant* variant);
+
+// Reads the attrs from an OpKernelConstruction or a shape InferenceContext.
+template <typename AttrSource>
+absl::Status ParseVariant(AttrSource* src, Variant* variant) {
+  VariantAttrs a;
+  TF_RETURN_IF_ERROR(src->GetAttr("centered", &a.centered));
+  TF_RETURN_IF_ERROR(src->GetAttr("use_momentum", &a.use_momentum));
+  TF_RETURN_IF_ERROR(src->GetAttr("nesterov", &a.nesterov));
+  TF_RETURN_IF_ERROR(src->GetAttr("epsilon_placement", &a.epsilon_placement));
+  TF_RETURN_IF_ERROR(src->GetAttr("lr_placement", &a.lr_placement));
+  TF_RETURN_IF_ERROR(src->GetAttr("weight_decay_mode", &a.weight_decay_mode));
+  TF_RETURN_IF_ERROR(src->GetAttr("num_slots", &a.num_slots));
+  return VariantFromAttrs(a, variant);
+}
+
+// The slot names in input order for this variant: {"ms"[, "mom"][, "mg"]}.
+std::vector<std::string> SlotNames(const Variant& variant);
+
+// Flat input positions, given the number of slot inputs.
+struct InputIndex {
+  explicit InputIndex(int num_slots) : num_slots(num_slots) {}
+  int num_slots;
+  int var() const { return 0; }
+  int slot(int i) const { return 1 + i; }
+  int lr() const { return 1 + num_slots; }
+  int rho() const { return 2 + num_slots; }
+  int momentum() const { return 3 + num_slots; }
+  int epsilon() const { return 4 + num_slots; }
+  int weight_decay() const { return 5 + num_slots; }
+  int grad() const { return 6 + num_slots; }
+  int indices() const { return 7 + num_slots; }  // sparse op only
+};
+
+}  // namespace tf_rmsprop_ops
+
+#endif  // TF_RMSPROP_OPS_CC_OPS_RMSPROP_X_ATTRS_H_

@@ -1,0 +1,108 @@
+// Op definitions and shape functions of ApplyRMSpropX and SparseApplyRMSpropX.
+#include "cc/ops/rmsprop_x_attrs.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tf_rmsprop_ops {
+namespace {
+
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+// The shape a resource input carries in its handle data, or unknown.
+ShapeHandle HandleShape(InferenceContext* c, int input) {
+  const auto* handle_data = c->input_handle_shapes_and_types(input);
+  if (handle_data == nullptr || handle_data->empty()) return c->UnknownShape();
+  return (*handle_data)[0].shape;
+}
+
+// Checks the attrs, the scalar inputs, and that var and every slot agree in shape.
+absl::Status VarAndSlotsShape(InferenceContext* c, const InputIndex& in, ShapeHandle* var) {
+  Variant variant;
+  TF_RETURN_IF_ERROR(ParseVariant(c, &variant));
+  *var = HandleShape(c, in.var());
+  for (int i = 0; i < in.num_slots; ++i) {
+    TF_RETURN_IF_ERROR(c->Merge(*var, HandleShape(c, in.slot(i)), var));
+  }
+  ShapeHandle unused;
+  for (int s : {in.lr(), in.rho(), in.momentum(), in.epsilon(), in.weight_decay()}) {
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(s), 0, &unused));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DenseShapeFn(InferenceContext* c) {
+  int num_slots;
+  TF_RETURN_IF_ERROR(c->GetAttr("num_slots", &num_slots));
+  const InputIndex in(num_slots);
+  ShapeHandle var;
+  TF_RETURN_IF_ERROR(VarAndSlotsShape(c, in, &var));
+  TF_RETURN_IF_ERROR(c->Merge(var, c->input(in.grad()), &var));
+  return absl::OkStatus();
+}
+
+absl::Status SparseShapeFn(InferenceContext* c) {
+  int num_slots;
+  TF_RETURN_IF_ERROR(c->GetAttr("num_slots", &num_slots));
+  const InputIndex in(num_slots);
+  ShapeHandle var, indices, grad, var_rows, grad_rows;
+  TF_RETURN_IF_ERROR(VarAndSlotsShape(c, in, &var));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(in.indices()), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(in.grad()), 1, &grad));
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(var, 1, &var));
+  tensorflow::shape_inference::DimensionHandle n;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &n));
+  TF_RETURN_IF_ERROR(c->Subshape(var, 1, &var_rows));
+  TF_RETURN_IF_ERROR(c->Subshape(grad, 1, &grad_rows));
+  TF_RETURN_IF_ERROR(c->Merge(var_rows, grad_rows, &var_rows));
+  return absl::OkStatus();
+}
+
+constexpr char kDoc[] = R"doc(
+var and slots are resource variables of dtype T. slots holds, in order, ms (always),
+mom (when use_momentum) and mg (when centered); no slot is passed for a disabled feature.
+lr, rho, momentum, epsilon and weight_decay are scalars so that schedules need no retracing.
+The update is DESIGN.md section 2 / tf_rmsprop_ops.reference; half types compute in float32.
+)doc";
+
+}  // namespace
+
+#define RMSPROPX_COMMON_INPUTS_AND_ATTRS                                                  \
+  Input("var: resource")                                                                  \
+      .Input("slots: num_slots * resource")                                               \
+      .Input("lr: T")                                                                     \
+      .Input("rho: T")                                                                    \
+      .Input("momentum: T")                                                               \
+      .Input("epsilon: T")                                                                \
+      .Input("weight_decay: T")                                                           \
+      .Input("grad: T")
+
+#define RMSPROPX_ATTRS                                                                    \
+  Attr("T: {half, bfloat16, float, double}")                                              \
+      .Attr("num_slots: int >= 1")                                                        \
+      .Attr("centered: bool = false")                                                     \
+      .Attr("use_momentum: bool = false")                                                 \
+      .Attr("nesterov: bool = false")                                                     \
+      .Attr("epsilon_placement: {'inside_sqrt', 'outside_sqrt'} = 'inside_sqrt'")         \
+      .Attr("lr_placement: {'inside_momentum', 'outside_momentum'} = 'inside_momentum'")  \
+      .Attr("weight_decay_mode: {'none', 'decoupled', 'coupled'} = 'none'")               \
+      .Attr("use_locking: bool = false")
+
+REGISTER_OP("ApplyRMSpropX")
+    .RMSPROPX_COMMON_INPUTS_AND_ATTRS
+    .RMSPROPX_ATTRS
+    .SetShapeFn(DenseShapeFn)
+    .Doc(kDoc);
+
+REGISTER_OP("SparseApplyRMSpropX")
+    .RMSPROPX_COMMON_INPUTS_AND_ATTRS
+    .Input("indices: Tindices")
+    .RMSPROPX_ATTRS
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn(SparseShapeFn)
+    .Doc(kDoc);
+
+#undef RMSPROPX_COMMON_INPUTS_AND_ATTRS
+#undef RMSPROPX_ATTRS
+
+}  // namespace tf_rmsprop_ops

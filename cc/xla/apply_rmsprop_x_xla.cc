@@ -1,0 +1,43 @@
+// XLA lowering of ApplyRMSpropX: elementwise HLO over var and its slots.
+#include "absl/strings/str_cat.h"
+#include "cc/xla/rmsprop_x_xla_math.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+
+namespace tf_rmsprop_ops {
+namespace {
+
+using tensorflow::XlaOpKernelContext;
+
+class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
+ public:
+  explicit ApplyRMSpropXXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
+    OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    const InputIndex in(static_cast<int>(SlotNames(variant_).size()));
+    const tensorflow::DataType dtype = ctx->input_type(in.grad());
+    const xla::PrimitiveType compute = ComputeTypeFor(dtype);
+    tensorflow::TensorShape shape;
+    XlaState state;
+    OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, compute, &shape, &state));
+    const tensorflow::TensorShape grad_shape = ctx->InputShape(in.grad());
+    OP_REQUIRES(ctx, grad_shape.IsSameSize(shape),
+                absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
+                                                        shape.DebugString(), ", got ",
+                                                        grad_shape.DebugString())));
+    auto k = ReadXlaCoefficients(ctx, in, variant_, compute);
+    OP_REQUIRES_OK(ctx, k.status());
+    const xla::XlaOp g = xla::ConvertElementType(ctx->Input(in.grad()), compute);
+    OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, XlaUpdate(variant_, *k, g, state)));
+  }
+
+ private:
+  Variant variant_;
+};
+
+REGISTER_XLA_OP(Name("ApplyRMSpropX").TypeConstraint("T", tensorflow::kFloatTypes),
+                ApplyRMSpropXXlaOp);
+
+}  // namespace
+}  // namespace tf_rmsprop_ops

@@ -1,0 +1,171 @@
+// XLA lowering of SparseApplyRMSpropX: sort, segment-sum, gather, update, scatter.
+//
+// Same results as the CPU kernel, duplicates included: the indices are stably sorted with
+// their positions, equal indices form one segment whose gradient rows are summed (in input
+// order), each segment's row is gathered, updated once and scattered back. Temporaries are
+// [N, row] sized, never table sized. XLA cannot raise at run time: an index outside
+// [0, rows) is mapped to the row `rows`, which every XLA scatter skips, so such entries
+// change nothing (the Python layer validates indices where it can).
+#include "absl/strings/str_cat.h"
+#include "cc/xla/rmsprop_x_xla_math.h"
+#include "tensorflow/compiler/tf2xla/type_util.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "xla/hlo/builder/lib/arithmetic.h"
+#include "xla/hlo/builder/lib/comparators.h"
+#include "xla/hlo/builder/lib/constants.h"
+
+namespace tf_rmsprop_ops {
+namespace {
+
+using tensorflow::TensorShape;
+using tensorflow::XlaOpKernelContext;
+
+// table[rows[i], :] for a [R, D] table and [N] rows (XLA clamps out-of-range rows).
+xla::XlaOp GatherRows(xla::XlaOp table, xla::XlaOp rows, int64_t n, int64_t d, bool sorted) {
+  xla::GatherDimensionNumbers dn;
+  dn.add_offset_dims(1);
+  dn.add_collapsed_slice_dims(0);
+  dn.add_start_index_map(0);
+  dn.set_index_vector_dim(1);
+  return xla::Gather(table, xla::Reshape(rows, {n, 1}), dn, {1, d}, sorted);
+}
+
+// table[rows[i], :] = combine(table[rows[i], :], updates[i, :]); out-of-range rows skipped.
+xla::XlaOp ScatterRows(xla::XlaOp table, xla::XlaOp rows, xla::XlaOp updates, int64_t n,
+                       const xla::XlaComputation& combine, bool sorted, bool unique) {
+  xla::ScatterDimensionNumbers dn;
+  dn.add_update_window_dims(1);
+  dn.add_inserted_window_dims(0);
+  dn.add_scatter_dims_to_operand_dims(0);
+  dn.set_index_vector_dim(1);
+  return xla::Scatter(table, xla::Reshape(rows, {n, 1}), updates, combine, dn, sorted, unique);
+}
+
+// (old, new) -> new: a plain overwrite.
+xla::XlaComputation TakeUpdate(xla::XlaBuilder* b, xla::PrimitiveType type) {
+  auto sub = b->CreateSubBuilder("take_update");
+  const xla::Shape scalar = xla::ShapeUtil::MakeShape(type, {});
+  xla::Parameter(sub.get(), 0, scalar, "old");
+  xla::Parameter(sub.get(), 1, scalar, "new");
+  return sub->BuildAndNoteError();
+}
+
+// Inclusive prefix sum of a rank-1 int32 array in log2(n) shifted adds.
+xla::XlaOp InclusivePrefixSum(xla::XlaOp x, int64_t n) {
+  const xla::XlaOp zero = xla::ScalarLike(x, 0);
+  for (int64_t shift = 1; shift < n; shift *= 2) {
+    x = x + xla::PadInDim(xla::SliceInDim(x, 0, n - shift, 1, 0), zero, 0, shift, 0);
+  }
+  return x;
+}
+
+class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
+ public:
+  explicit SparseApplyRMSpropXXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
+    OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    const InputIndex in(static_cast<int>(SlotNames(variant_).size()));
+    const tensorflow::DataType dtype = ctx->input_type(in.grad());
+    const xla::PrimitiveType compute = ComputeTypeFor(dtype);
+    TensorShape var_shape;
+    XlaState state;
+    OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, compute, &var_shape, &state));
+    const TensorShape indices_shape = ctx->InputShape(in.indices());
+    const TensorShape grad_shape = ctx->InputShape(in.grad());
+    OP_REQUIRES(ctx, var_shape.dims() >= 1,
+                absl::InvalidArgumentError("var must have rank >= 1 to be updated by rows, got a scalar"));
+    OP_REQUIRES(ctx, indices_shape.dims() == 1,
+                absl::InvalidArgumentError(absl::StrCat("indices must be a vector, got shape ",
+                                                        indices_shape.DebugString())));
+    OP_REQUIRES(ctx, grad_shape.dims() >= 1 && grad_shape.dim_size(0) == indices_shape.dim_size(0),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "grad must have shape [N] + var.shape[1:] with N = ", indices_shape.dim_size(0),
+                    " indices, got ", grad_shape.DebugString())));
+    TensorShape var_row = var_shape, grad_row = grad_shape;
+    var_row.RemoveDim(0);
+    grad_row.RemoveDim(0);
+    OP_REQUIRES(ctx, var_row.IsSameSize(grad_row),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "grad rows must have shape var.shape[1:] = ", var_row.DebugString(), ", got ",
+                    grad_row.DebugString())));
+    auto k = ReadXlaCoefficients(ctx, in, variant_, compute);
+    OP_REQUIRES_OK(ctx, k.status());
+
+    const int64_t n = indices_shape.dim_size(0);
+    const int64_t rows = var_shape.dim_size(0);
+    const int64_t d = var_row.num_elements();
+    if (n == 0 || rows == 0 || d == 0) return;  // nothing can be touched
+
+    xla::XlaBuilder* b = ctx->builder();
+    const xla::XlaOp indices = ctx->Input(in.indices());
+    xla::PrimitiveType index_type;
+    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(ctx->input_type(in.indices()),
+                                                            &index_type));
+    // 1. Stable sort of the indices with their positions: equal indices become adjacent,
+    //    in input order.
+    const xla::XlaOp position = xla::Iota(b, xla::S32, n);
+    const xla::XlaOp sorted = xla::Sort({indices, position},
+                                        xla::CreateScalarLtComputation({index_type, xla::S32}, b),
+                                        /*dimension=*/0, /*is_stable=*/true);
+    const xla::XlaOp sorted_index = xla::GetTupleElement(sorted, 0);
+    const xla::XlaOp perm = xla::GetTupleElement(sorted, 1);
+    // 2. Segments: a new one starts wherever the sorted index changes.
+    const xla::XlaOp previous =
+        xla::PadInDim(xla::SliceInDim(sorted_index, 0, n - 1, 1, 0), xla::ScalarLike(indices, 0),
+                      0, 1, 0);
+    const xla::XlaOp is_head = xla::Or(xla::Eq(position, xla::ScalarLike(position, 0)),
+                                       xla::Ne(sorted_index, previous));
+    const xla::XlaOp segment =
+        InclusivePrefixSum(xla::ConvertElementType(is_head, xla::S32), n) - xla::ScalarLike(position, 1);
+    // 3. The summed gradient of each segment (segments number at most n).
+    const xla::XlaOp grad = xla::ConvertElementType(
+        xla::Reshape(ctx->Input(in.grad()), {n, d}), compute);
+    const xla::XlaOp summed =
+        ScatterRows(xla::Zeros(b, xla::ShapeUtil::MakeShape(compute, {n, d})), segment,
+                    GatherRows(grad, perm, n, d, /*sorted=*/false), n,
+                    xla::CreateScalarAddComputation(compute, b), /*sorted=*/true, /*unique=*/false);
+    // 4. The var row of each segment; unused segments and out-of-range indices get `rows`,
+    //    which the final scatter skips.
+    const xla::XlaOp out_of_range = xla::ScalarLike(indices, rows);
+    const xla::XlaOp valid = xla::And(xla::Ge(sorted_index, xla::ScalarLike(indices, 0)),
+                                      xla::Lt(sorted_index, out_of_range));
+    const xla::XlaOp head_target =
+        xla::Select(is_head, segment, xla::Broadcast(xla::ScalarLike(position, n), {n}));
+    const xla::XlaOp segment_row = xla::Reshape(
+        ScatterRows(xla::Broadcast(out_of_range, {n, 1}), head_target,
+                    xla::Reshape(xla::Select(valid, sorted_index, xla::Broadcast(out_of_range, {n})),
+                                 {n, 1}),
+                    n, TakeUpdate(b, index_type), /*sorted=*/true, /*unique=*/true),
+        {n});
+    // 5. One update per touched row, scattered back in place.
+    const XlaState tables =
+        MapState(variant_, state, [&](xla::XlaOp x) { return xla::Reshape(x, {rows, d}); });
+    const XlaState gathered = MapState(variant_, tables, [&](xla::XlaOp x) {
+      return GatherRows(x, segment_row, n, d, /*sorted=*/true);
+    });
+    XlaState updated = XlaUpdate(variant_, *k, summed, gathered);
+    const xla::XlaComputation take = TakeUpdate(b, compute);
+    XlaState result;
+    auto scatter_back = [&](xla::XlaOp table, xla::XlaOp rows_new) {
+      return xla::Reshape(ScatterRows(table, segment_row, rows_new, n, take, /*sorted=*/true,
+                                      /*unique=*/false),
+                          var_shape.dim_sizes());
+    };
+    result.var = scatter_back(tables.var, updated.var);
+    result.ms = scatter_back(tables.ms, updated.ms);
+    if (variant_.momentum) result.mom = scatter_back(tables.mom, updated.mom);
+    if (variant_.centered) result.mg = scatter_back(tables.mg, updated.mg);
+    OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, result));
+  }
+
+ private:
+  Variant variant_;
+};
+
+REGISTER_XLA_OP(Name("SparseApplyRMSpropX").TypeConstraint("T", tensorflow::kFloatTypes),
+                SparseApplyRMSpropXXlaOp);
+
+}  // namespace
+}  // namespace tf_rmsprop_ops

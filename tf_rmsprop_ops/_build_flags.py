@@ -1,0 +1,41 @@
+"""Compiler and linker flags for building the op library against the installed TensorFlow.
+
+Imported by setup.py and the Makefile; it imports TensorFlow but nothing of this package.
+"""
+import os
+
+
+def _tf():
+    import tensorflow as tf  # noqa: PLC0415 (only the build needs it)
+
+    return tf
+
+
+def compile_flags():
+    tf = _tf()
+    include = tf.sysconfig.get_include()
+    flags = list(tf.sysconfig.get_compile_flags())
+    # Headers that TensorFlow's own headers include from its external repositories.
+    flags += [
+        "-I" + os.path.join(include, "external", "highwayhash"),
+        "-I" + os.path.join(include, "external", "farmhash_archive", "src"),
+        "-DEIGEN_USE_THREADS",
+    ]
+    return " ".join(flags)
+
+
+def link_flags():
+    tf = _tf()
+    lib_dir = tf.sysconfig.get_lib()
+    # libtensorflow_cc.so.2 carries the XLA (tf2xla) symbols that REGISTER_XLA_OP needs.
+    return " ".join(list(tf.sysconfig.get_link_flags()) + ["-l:libtensorflow_cc.so.2"]
+                    + ["-Wl,-rpath," + lib_dir])
+
+
+def tf_version():
+    return _tf().__version__
+
+
+if __name__ == "__main__":
+    print(compile_flags())
+    print(link_flags())
