@@ -3,13 +3,15 @@
 # changed (objects in build/obj, one per source file, with header dependencies).
 PYTHON ?= python3
 BUILD_DIR ?= build
-OUT ?= tf_rmsprop_ops/_rmsprop_x_ops.so
+# Same file name as the one `pip install -e .` builds, so both routes refresh one library.
+OUT ?= tf_rmsprop_ops/_rmsprop_x_ops$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 # The span loops are the only code compiled for the machine's vector ISA. Wheels for other
 # machines override this (e.g. ARCH_FLAGS="-mavx2 -mfma -mf16c").
 ARCH_FLAGS ?= -march=native
 
-TF_CFLAGS ?= $(shell $(PYTHON) -c "import tf_rmsprop_ops._build_flags as b; print(b.compile_flags())" 2>/dev/null)
-TF_LFLAGS ?= $(shell $(PYTHON) -c "import tf_rmsprop_ops._build_flags as b; print(b.link_flags())" 2>/dev/null)
+TF_QUERY = $(PYTHON) -c "import json, subprocess, sys; print(json.loads(subprocess.check_output([sys.executable, 'cc/tf_build_flags.py'], stderr=subprocess.DEVNULL).splitlines()[-1])[$(1)])"
+TF_CFLAGS ?= $(shell $(call TF_QUERY,0))
+TF_LFLAGS ?= $(shell $(call TF_QUERY,1))
 
 CXX ?= g++
 CXXFLAGS_BASE = -std=c++17 -O3 -fPIC -fno-math-errno -Wall -Wno-sign-compare -Wno-unused-function -Wno-deprecated-declarations -Wno-interference-size -I. -MMD -MP
@@ -45,7 +47,7 @@ clean:
 -include $(TF_OBJECTS:.o=.d) $(ISA_OBJECTS:.o=.d)
 
 # What the library was built against; _library.py compares it with the runtime TensorFlow.
-TF_VERSION ?= $(shell $(PYTHON) -c "import tf_rmsprop_ops._build_flags as b; print(b.tf_version())" 2>/dev/null)
+TF_VERSION ?= $(shell $(call TF_QUERY,2))
 BUILD_INFO = $(dir $(OUT))_build_info.py
 all: $(BUILD_INFO)
 $(BUILD_INFO): $(OUT)

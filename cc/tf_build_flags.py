@@ -1,7 +1,9 @@
 """Compiler and linker flags for building the op library against the installed TensorFlow.
 
-Imported by setup.py and the Makefile; it imports TensorFlow but nothing of this package.
+Run by setup.py and the Makefile (`python3 cc/tf_build_flags.py`): prints a JSON list
+[compile flags, link flags, TensorFlow version]. It imports TensorFlow, nothing of ours.
 """
+import json
 import os
 
 
@@ -37,5 +39,4 @@ def tf_version():
 
 
 if __name__ == "__main__":
-    print(compile_flags())
-    print(link_flags())
+    print(json.dumps([compile_flags(), link_flags(), tf_version()]))

@@ -1,0 +1,22 @@
+import os
+import random
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Fresh random inputs every run; a failure is reproduced with TF_RMSPROP_TEST_SEED=<seed>.
+BASE_SEED = int(os.environ.get("TF_RMSPROP_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return f"random inputs: TF_RMSPROP_TEST_SEED={BASE_SEED}"
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng([BASE_SEED, zlib.crc32(request.node.nodeid.encode())])

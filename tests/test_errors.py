@@ -1,0 +1,194 @@
+"""Every bad input is a clear TensorFlow error and leaves var and slots bit-identical."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_rmsprop_ops
+from tf_rmsprop_ops._library import ops as raw
+
+
+def _vars(rng, shape=(4, 3), dtype=tf.float32, n=3):
+    return [tf.Variable(tf.cast(rng.uniform(0.1, 1, shape), dtype)) for _ in range(n)]
+
+
+def _snapshot(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _assert_unchanged(variables, before):
+    for v, b in zip(variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
+def _raw_dense(var, slots, grad, dtype=tf.float32, **attrs):
+    s = lambda x: tf.constant(x, dtype)  # noqa: E731
+    return raw.apply_rm_sprop_x(var=var.handle, slots=[v.handle for v in slots], lr=s(0.1),
+                                rho=s(0.9), momentum=s(0.5), epsilon=s(1e-7),
+                                weight_decay=s(0.0), grad=grad, **attrs)
+
+
+def _raw_sparse(var, slots, grad, indices, dtype=tf.float32, **attrs):
+    s = lambda x: tf.constant(x, dtype)  # noqa: E731
+    return raw.sparse_apply_rm_sprop_x(var=var.handle, slots=[v.handle for v in slots],
+                                       lr=s(0.1), rho=s(0.9), momentum=s(0.5),
+                                       epsilon=s(1e-7), weight_decay=s(0.0), grad=grad,
+                                       indices=indices, **attrs)
+
+
+# ---- dense ---------------------------------------------------------------------------------
+
+def test_grad_shape_mismatch(rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad must have var's shape"):
+        tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.ones((4, 2)), lr=0.1)
+    _assert_unchanged([var, ms], before)
+
+
+def test_slot_shape_mismatch(rng):
+    var, ms = _vars(rng, n=2)
+    mom = tf.Variable(tf.ones((3, 4)))
+    before = _snapshot([var, ms, mom])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 'mom' must have var's shape"):
+        tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.ones((4, 3)), mom=mom, lr=0.1, momentum=0.9)
+    _assert_unchanged([var, ms, mom], before)
+
+
+@pytest.mark.parametrize("name", ["lr", "rho", "momentum", "epsilon", "weight_decay"])
+def test_non_scalar_hyperparameter(name, rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    kwargs = dict(lr=0.1, rho=0.9, momentum=0.0, epsilon=1e-7, weight_decay=0.0)
+    kwargs[name] = [kwargs[name], kwargs[name]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name} must be a scalar"):
+        tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.ones((4, 3)), **kwargs)
+    _assert_unchanged([var, ms], before)
+
+
+def test_uninitialised_variable(rng):
+    var = _vars(rng, n=1)[0]
+    handle = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[4, 3], shared_name="never_assigned")
+    before = _snapshot([var])
+    with pytest.raises(tf.errors.FailedPreconditionError, match=r"slot 'ms'"):
+        tf_rmsprop_ops.apply_rmsprop_x(var, handle, tf.ones((4, 3)), lr=0.1)
+    _assert_unchanged([var], before)
+
+
+def test_dtype_mismatch_is_an_error_not_a_crash(rng):
+    # T=float but the variables hold double: TF's helpers would CHECK-fail; we must not.
+    var, ms = _vars(rng, dtype=tf.float64, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"var has dtype double but the op's T is float"):
+        _raw_dense(var, [ms], tf.ones((4, 3)))
+    _assert_unchanged([var, ms], before)
+
+
+def test_slot_dtype_mismatch(rng):
+    var = _vars(rng, n=1)[0]
+    ms = _vars(rng, dtype=tf.float16, n=1)[0]
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"slot 'ms' has dtype half"):
+        _raw_dense(var, [ms], tf.ones((4, 3)))
+    _assert_unchanged([var, ms], before)
+
+
+def test_missing_slot_for_enabled_feature(rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected 2 slot variable\(s\) \[ms, mom\]"):
+        _raw_dense(var, [ms], tf.ones((4, 3)), use_momentum=True)
+    _assert_unchanged([var, ms], before)
+
+
+def test_extra_slot_for_disabled_feature(rng):
+    var, ms, mg = _vars(rng, n=3)
+    before = _snapshot([var, ms, mg])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected 1 slot variable\(s\) \[ms\]"):
+        _raw_dense(var, [ms, mg], tf.ones((4, 3)))
+    _assert_unchanged([var, ms, mg], before)
+
+
+def test_nesterov_without_momentum(rng):
+    var, ms = _vars(rng, n=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"nesterov=True requires use_momentum"):
+        tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.ones((4, 3)), lr=0.1, nesterov=True)
+
+
+def test_shape_function_rejects_mismatch_in_graph(rng):
+    var, ms = _vars(rng, n=2)
+
+    @tf.function
+    def step():
+        tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.ones((5, 3)), lr=0.1)
+
+    with pytest.raises(ValueError, match=r"Dimension 0 in both shapes must be equal"):
+        step()
+
+
+# ---- sparse --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("index_dtype", [tf.int32, tf.int64])
+@pytest.mark.parametrize("bad", [-1, 4, 1000])
+def test_index_out_of_range_names_offset_and_value(bad, index_dtype, rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    indices = tf.constant([0, 2, bad, 1], index_dtype)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"indices\[2\] = {bad} is not in \[0, 4\)"):
+        _raw_sparse(var, [ms], tf.ones((4, 3)), indices)  # the kernel's check
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"indices\[2\] = {bad} is not in \[0, 4\)"):
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(var, ms, tf.ones((4, 3)), indices, lr=0.1)
+    _assert_unchanged([var, ms], before)
+
+
+def test_out_of_range_after_valid_rows_writes_nothing(rng):
+    # Validation precedes every write: earlier valid rows stay untouched too.
+    var, ms = _vars(rng, shape=(1000, 8), n=2)
+    before = _snapshot([var, ms])
+    indices = tf.constant(list(range(999)) + [1000])
+
+    @tf.function  # the values are not static here: the kernel itself must refuse
+    def step(idx):
+        _raw_sparse(var, [ms], tf.ones((1000, 8)), idx)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[999\] = 1000"):
+        step(indices)
+    _assert_unchanged([var, ms], before)
+
+
+def test_index_rank(rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices must be a vector"):
+        _raw_sparse(var, [ms], tf.ones((4, 3)), tf.constant([[0, 1], [2, 3]]))
+    _assert_unchanged([var, ms], before)
+
+
+def test_grad_indices_length_mismatch(rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad has 3 rows but indices has 2"):
+        _raw_sparse(var, [ms], tf.ones((3, 3)), tf.constant([0, 1]))
+    _assert_unchanged([var, ms], before)
+
+
+def test_grad_row_shape_mismatch(rng):
+    var, ms = _vars(rng, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad rows must have shape var.shape\[1:\] = \[3\], got \[2\]"):
+        _raw_sparse(var, [ms], tf.ones((2, 2)), tf.constant([0, 1]))
+    _assert_unchanged([var, ms], before)
+
+
+def test_scalar_var_cannot_take_rows():
+    var, ms = tf.Variable(1.0), tf.Variable(0.5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"var must have rank >= 1"):
+        _raw_sparse(var, [ms], tf.ones((1,)), tf.constant([0]))
+    assert var.numpy() == 1.0 and ms.numpy() == 0.5
+
+
+def test_sparse_dtype_mismatch_is_an_error_not_a_crash(rng):
+    var, ms = _vars(rng, dtype=tf.float64, n=2)
+    before = _snapshot([var, ms])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"var has dtype double"):
+        _raw_sparse(var, [ms], tf.ones((2, 3)), tf.constant([0, 1]))
+    _assert_unchanged([var, ms], before)

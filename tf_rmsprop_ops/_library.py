@@ -1,0 +1,53 @@
+"""Loads the op library once, checking it matches the running TensorFlow."""
+import importlib.machinery
+import os
+
+import tensorflow as tf
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall --no-deps <tf_rmsprop_ops source>"
+DEVELOPER_REBUILD_COMMAND = "make  (in the source checkout)"
+
+# DTensor refuses ops without a layout rule; this opt-in (upper-cased MLIR op name) lets
+# replicated layouts run our ops as-is. Set before DTensor first reads it.
+for _op in ("APPLYRMSPROPX", "SPARSEAPPLYRMSPROPX"):
+    os.environ.setdefault(f"DTENSOR_ENABLE_REPLICATED_SPMD_AS_DEFAULT_TF.{_op}", "1")
+
+
+def _library_path():
+    candidates = [os.path.join(_HERE, "_rmsprop_x_ops" + suffix)
+                  for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    candidates = [path for path in candidates if os.path.exists(path)]
+    if not candidates:
+        raise ImportError(
+            f"tf_rmsprop_ops: the op library (_rmsprop_x_ops*.so) is missing from {_HERE}. "
+            f"Build it: {REBUILD_COMMAND}, or `{DEVELOPER_REBUILD_COMMAND}`.")
+    return candidates[0]
+
+
+def _check_tensorflow_version():
+    try:
+        from tf_rmsprop_ops import _build_info
+    except ImportError:
+        return  # a hand-built library without build info: nothing to compare against
+    built, running = _build_info.TF_VERSION, tf.__version__
+    if built and built != running:
+        raise ImportError(
+            f"tf_rmsprop_ops was built against TensorFlow {built}, but TensorFlow {running} is "
+            f"running. Custom ops must be compiled against the TensorFlow that loads them: "
+            f"rebuild with `{REBUILD_COMMAND}` (developers: `{DEVELOPER_REBUILD_COMMAND}`).")
+
+
+def _load():
+    _check_tensorflow_version()
+    path = _library_path()
+    try:
+        return tf.load_op_library(path)
+    except tf.errors.NotFoundError as e:  # e.g. an undefined symbol after a TF upgrade
+        raise ImportError(
+            f"tf_rmsprop_ops: cannot load {path} into TensorFlow {tf.__version__}: {e.message}. "
+            f"Rebuild: {REBUILD_COMMAND}.") from e
+
+
+ops = _load()
+LIBRARY_PATH = _library_path()

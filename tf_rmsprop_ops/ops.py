@@ -1,0 +1,128 @@
+"""Python wrappers of the ApplyRMSpropX and SparseApplyRMSpropX ops.
+
+A feature is on when its slot is passed: `mom` enables momentum, `mg` enables the centered
+variant. The math is in `tf_rmsprop_ops.reference` (float64 NumPy) and DESIGN.md section 2.
+"""
+import numpy as np
+import tensorflow as tf
+
+from tf_rmsprop_ops._library import ops as _ops
+
+
+def _handle(variable, what):
+    handle = getattr(variable, "handle", variable)
+    if not isinstance(handle, (tf.Tensor, tf.Variable)) or handle.dtype != tf.resource:
+        raise TypeError(f"{what} must be a resource variable (tf.Variable) or its handle, "
+                        f"got {type(variable).__name__}")
+    return handle
+
+
+def _dtype_of(variable, grad):
+    dtype = getattr(variable, "dtype", None)
+    if dtype is None or dtype == tf.resource:
+        dtype = grad.dtype
+    return tf.as_dtype(dtype).base_dtype
+
+
+def _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_decay, nesterov,
+                 epsilon_placement, lr_placement, weight_decay_mode, use_locking):
+    slots = [_handle(ms, "ms")]
+    if mom is not None:
+        slots.append(_handle(mom, "mom"))
+    if mg is not None:
+        slots.append(_handle(mg, "mg"))
+    dtype = _dtype_of(var, tf.convert_to_tensor(grad) if not isinstance(
+        grad, tf.Tensor) else grad)
+
+    def scalar(x):
+        # A Python number goes straight to `dtype` (via float32 it would lose precision).
+        return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
+
+    return dict(
+        var=_handle(var, "var"), slots=slots, lr=scalar(lr), rho=scalar(rho),
+        momentum=scalar(momentum), epsilon=scalar(epsilon), weight_decay=scalar(weight_decay),
+        grad=tf.convert_to_tensor(grad, dtype=dtype), centered=mg is not None,
+        use_momentum=mom is not None, nesterov=nesterov, epsilon_placement=epsilon_placement,
+        lr_placement=lr_placement, weight_decay_mode=weight_decay_mode, use_locking=use_locking)
+
+
+def apply_rmsprop_x(var, ms, grad, *, lr, rho=0.9, momentum=0.0, epsilon=1e-7,
+                    weight_decay=0.0, mom=None, mg=None, nesterov=False,
+                    epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
+                    weight_decay_mode="none", use_locking=False, name=None):
+    """Applies one RMSpropX step to `var` in place, in one fused pass.
+
+    Args:
+      var: the variable to update (a resource `tf.Variable` or its handle).
+      ms: slot of the mean square, same shape and dtype as `var`.
+      grad: the gradient, same shape as `var`.
+      lr, rho, momentum, epsilon, weight_decay: scalars (Python numbers or tensors; tensors
+        let a schedule change them without retracing).
+      mom: momentum slot; passing it enables momentum.
+      mg: mean-gradient slot; passing it enables the centered variant.
+      nesterov: Nesterov momentum (needs `mom`).
+      epsilon_placement: "inside_sqrt" (Keras/TF/Optax) or "outside_sqrt" (PyTorch).
+      lr_placement: "inside_momentum" (Keras/TF/Optax) or "outside_momentum" (PyTorch).
+      weight_decay_mode: "none", "decoupled" (var -= lr*wd*var, Keras 3) or "coupled"
+        (g += wd*var, PyTorch).
+      use_locking: hold the variables' locks exclusively during the update.
+
+    Returns:
+      The op (graph mode) or None (eager).
+    """
+    return _ops.apply_rm_sprop_x(
+        **_common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_decay,
+                       nesterov, epsilon_placement, lr_placement, weight_decay_mode,
+                       use_locking), name=name)
+
+
+def _check_static_indices(indices, var):
+    """Validates indices now when their values and var's row count are known statically.
+
+    Under XLA the op cannot raise at run time (out-of-range rows are skipped), so this is the
+    only place such a mistake can be reported there.
+    """
+    values = tf.get_static_value(indices)
+    rows = getattr(var, "shape", tf.TensorShape(None))
+    rows = rows[0] if rows.rank else None
+    if values is None or rows is None or np.size(values) == 0:
+        return
+    values = np.asarray(values).reshape(-1)
+    bad = np.flatnonzero((values < 0) | (values >= rows))
+    if bad.size:
+        i = int(bad[0])
+        raise tf.errors.InvalidArgumentError(
+            None, None, f"indices[{i}] = {values[i]} is not in [0, {rows}): every index must "
+                        f"name a row of var. Nothing was updated.")
+
+
+def sparse_apply_rmsprop_x(var, ms, grad, indices, *, lr, rho=0.9, momentum=0.0,
+                           epsilon=1e-7, weight_decay=0.0, mom=None, mg=None, nesterov=False,
+                           epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
+                           weight_decay_mode="none", use_locking=False, name=None):
+    """Applies one RMSpropX step to the rows `indices` of `var` (and of its slots).
+
+    `grad` has shape `[N] + var.shape[1:]` and `indices` (int32/int64) shape `[N]`. Rows not
+    named are untouched, slots included (lazy, as TF's sparse optimizers). A duplicated index
+    sums its gradient rows, then applies one update. An index outside `[0, rows)` is an
+    InvalidArgumentError and nothing is written. Arguments as in `apply_rmsprop_x`.
+    """
+    _check_static_indices(indices, var)
+    args = _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_decay,
+                        nesterov, epsilon_placement, lr_placement, weight_decay_mode,
+                        use_locking)
+    indices = tf.convert_to_tensor(indices)
+    if indices.dtype not in (tf.int32, tf.int64):
+        indices = tf.cast(indices, tf.int64)
+    return _ops.sparse_apply_rm_sprop_x(**args, indices=indices, name=name)
+
+
+def apply_rmsprop_x_indexed_slices(var, ms, grad, **kwargs):
+    """Applies `grad` (a `tf.IndexedSlices`, as tf.gather / embedding lookups produce) to `var`.
+
+    The rows go to SparseApplyRMSpropX and are never densified; keyword arguments as in
+    `sparse_apply_rmsprop_x`.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        raise TypeError(f"grad must be a tf.IndexedSlices, got {type(grad).__name__}")
+    return sparse_apply_rmsprop_x(var, ms, grad.values, grad.indices, **kwargs)
