@@ -1,0 +1,131 @@
+"""SparseApplyRMSpropX on CPU against the float64 reference."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_rmsprop_ops
+from helpers import (DTYPES, VARIANTS, Variant, apply_dense, apply_sparse, assert_matches,
+                     make_variables, random_hyper, random_state, reference_sparse, round_to,
+                     values)
+
+
+def _indices(rng, kind, n, rows):
+    if kind == "unsorted":
+        return rng.integers(0, rows, n)
+    if kind == "sorted":
+        return np.sort(rng.integers(0, rows, n))
+    if kind == "heavy_duplicates":
+        return rng.choice(rng.integers(0, rows, 3), n)
+    if kind == "all_duplicate":
+        return np.full(n, rng.integers(0, rows))
+    if kind == "unique":
+        return rng.permutation(rows)[:n]
+    raise ValueError(kind)
+
+
+def _check(rng, variant, dtype, var_shape, indices, index_dtype=tf.int64):
+    state = random_state(rng, var_shape, dtype, variant)
+    hyper = random_hyper(rng, dtype, variant)
+    grad = round_to(rng.uniform(-1, 1, (len(indices),) + tuple(var_shape[1:])), dtype)
+    variables = make_variables(state, dtype)
+    apply_sparse(variables, grad, tf.constant(indices, index_dtype), variant, hyper, dtype)
+    want = reference_sparse(state, grad, indices, variant, hyper)
+    got = values(variables)
+    assert_matches(got, want, dtype)
+    # Untouched rows keep var and slots bit-identical.
+    untouched = np.setdiff1d(np.arange(var_shape[0]), indices)
+    for name, value in got.items():
+        np.testing.assert_array_equal(value[untouched], state[name][untouched], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_every_variant_and_dtype_with_duplicates(variant, dtype, rng):
+    _check(rng, variant, dtype, (30, 9), _indices(rng, "unsorted", 25, 30))
+
+
+@pytest.mark.parametrize("kind", ["unsorted", "sorted", "heavy_duplicates", "all_duplicate",
+                                  "unique"])
+@pytest.mark.parametrize("index_dtype", [tf.int32, tf.int64], ids=lambda d: d.name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_index_patterns(kind, index_dtype, dtype, rng):
+    variant = Variant(centered=True, momentum=True)
+    _check(rng, variant, dtype, (50, 6), _indices(rng, kind, 40, 50), index_dtype)
+
+
+@pytest.mark.parametrize("var_shape", [(40,), (40, 1), (12, 3, 5), (300, 64), (7, 0)], ids=str)
+def test_ranks_and_row_sizes(var_shape, rng):
+    variant = Variant(momentum=True, weight_decay_mode="decoupled")
+    _check(rng, variant, tf.float32, var_shape, _indices(rng, "unsorted", 60, var_shape[0]))
+
+
+def test_empty_update_changes_nothing(rng):
+    variant = Variant(centered=True)
+    state = random_state(rng, (10, 4), tf.float32, variant)
+    variables = make_variables(state, tf.float32)
+    apply_sparse(variables, np.zeros((0, 4)), tf.zeros([0], tf.int64), variant,
+                 random_hyper(rng, tf.float32, variant), tf.float32)
+    for name, value in values(variables).items():
+        np.testing.assert_array_equal(value, state[name])
+
+
+def test_many_rows_in_parallel(rng):
+    # Enough unique rows for the thread pool to split the work.
+    variant = Variant(centered=True, momentum=True)
+    _check(rng, variant, tf.float32, (20_000, 16), _indices(rng, "unsorted", 30_000, 20_000))
+
+
+@pytest.mark.parametrize("variant", [Variant(), Variant(centered=True, momentum=True,
+                                                        nesterov=True)], ids=str)
+def test_equals_dense_op_when_every_row_is_touched_once(variant, rng):
+    dtype = tf.float32
+    state = random_state(rng, (64, 8), dtype, variant)
+    hyper = random_hyper(rng, dtype, variant)
+    perm = rng.permutation(64)
+    dense_vars, sparse_vars = make_variables(state, dtype), make_variables(state, dtype)
+    apply_dense(dense_vars, state["grad"], variant, hyper, dtype)
+    apply_sparse(sparse_vars, state["grad"][perm], tf.constant(perm), variant, hyper, dtype)
+    for name in dense_vars:
+        np.testing.assert_array_equal(sparse_vars[name].numpy(), dense_vars[name].numpy())
+
+
+def test_indexed_slices_helper_from_gather_gradient(rng):
+    table = tf.Variable(rng.uniform(-1, 1, (100, 4)).astype(np.float32))
+    ms = tf.Variable(np.full((100, 4), 0.5, np.float32))
+    ids = tf.constant([3, 7, 3, 99])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, ids) ** 2)
+    grad = tape.gradient(loss, table)
+    assert isinstance(grad, tf.IndexedSlices)
+    before = table.numpy().astype(np.float64)
+    tf_rmsprop_ops.apply_rmsprop_x_indexed_slices(table, ms, grad, lr=0.05)
+    from tf_rmsprop_ops import reference
+    want = reference.sparse_rmsprop_x_step(before, grad.values.numpy(), grad.indices.numpy(),
+                                           np.full((100, 4), 0.5), lr=0.05)
+    np.testing.assert_allclose(table.numpy(), want["var"], rtol=1e-6, atol=1e-7)
+
+
+def test_use_locking_concurrent_sparse_updates_lose_nothing(rng):
+    variant = Variant(momentum=True)
+    dtype = tf.float32
+    state = random_state(rng, (5000, 16), dtype, variant)
+    hyper = random_hyper(rng, dtype, variant)
+    indices = rng.integers(0, 5000, 3000)
+    grad = rng.uniform(-1, 1, (3000, 16))
+    steps = 10
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = make_variables(state, dtype)
+        ops = [apply_sparse(variables, grad, tf.constant(indices), variant, hyper, dtype,
+                            use_locking=True) for _ in range(steps)]
+        read = {k: v.read_value() for k, v in variables.items()}
+        config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=8)
+        with tf.compat.v1.Session(graph=graph, config=config) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(tf.group(*ops))
+            concurrent = sess.run(read)
+    sequential = make_variables(state, dtype)
+    for _ in range(steps):
+        apply_sparse(sequential, grad, tf.constant(indices), variant, hyper, dtype)
+    for name, value in sequential.items():
+        np.testing.assert_array_equal(concurrent[name], value.numpy(), err_msg=name)
