@@ -1,0 +1,260 @@
+"""RMSpropX against Keras 3's RMSprop, and the optimizer's own contract."""
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_rmsprop_ops import RMSpropX, reference
+
+SHAPES = [(7,), (3, 5)]
+
+
+def _grads(rng, steps, shapes=SHAPES):
+    return [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(steps)]
+
+
+def _init(rng, shapes=SHAPES):
+    return [rng.normal(size=s).astype(np.float32) for s in shapes]
+
+
+def _trajectory(opt, init, grads, names=None):
+    variables = [tf.Variable(x, name=(names[i] if names else f"w{i}"))
+                 for i, x in enumerate(init)]
+    out = []
+    for step in grads:
+        opt.apply_gradients([(tf.constant(g), v) for g, v in zip(step, variables)])
+        out.append([v.numpy().copy() for v in variables])
+    return out, variables
+
+
+def _assert_same_trajectory(ours, theirs, rtol=2e-5, atol=2e-6):
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"step {i}")
+
+
+def _schedule():
+    return keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.7)
+
+
+KERAS_CASES = {
+    "default": dict(),
+    "momentum": dict(momentum=0.9),
+    "centered": dict(centered=True),
+    "centered_momentum": dict(centered=True, momentum=0.8, learning_rate=0.01),
+    "weight_decay": dict(weight_decay=0.05, learning_rate=0.01),
+    "clipnorm": dict(clipnorm=0.5, momentum=0.5),
+    "global_clipnorm": dict(global_clipnorm=0.7),
+    "clipvalue": dict(clipvalue=0.3),
+    "ema": dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=7),
+    "gradient_accumulation": dict(gradient_accumulation_steps=3, momentum=0.5),
+    "schedule": dict(learning_rate="schedule", centered=True),
+    "loss_scale": dict(loss_scale_factor=128.0),
+    "everything": dict(learning_rate="schedule", centered=True, momentum=0.7,
+                       weight_decay=0.01, global_clipnorm=1.0, use_ema=True,
+                       ema_overwrite_frequency=5, gradient_accumulation_steps=2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERAS_CASES))
+def test_trajectory_matches_keras3(case, rng):
+    args = dict(KERAS_CASES[case])
+    if args.get("learning_rate") == "schedule":
+        args["learning_rate"] = _schedule()
+    init, grads = _init(rng), _grads(rng, 20)
+    ours, _ = _trajectory(RMSpropX(**args), init, grads)
+    if "learning_rate" in args and not isinstance(args["learning_rate"], float):
+        args["learning_rate"] = _schedule()  # a fresh schedule object for Keras
+    theirs, _ = _trajectory(keras.optimizers.RMSprop(**args), init, grads)
+    _assert_same_trajectory(ours, theirs)
+
+
+def test_exclude_from_weight_decay_matches_keras(rng):
+    init, grads = _init(rng), _grads(rng, 10)
+    results = []
+    for cls in (RMSpropX, keras.optimizers.RMSprop):
+        opt = cls(learning_rate=0.01, weight_decay=0.1)
+        opt.exclude_from_weight_decay(var_names=["bias"])
+        results.append(_trajectory(opt, init, grads, names=["kernel", "bias"])[0])
+    _assert_same_trajectory(*results)
+
+
+def test_documented_seed_example():
+    opt = RMSpropX(learning_rate=0.1)
+    var1 = tf.Variable(10.0)
+    opt.minimize(lambda: (var1 ** 2) / 2.0, [var1])
+    assert var1.numpy() == pytest.approx(9.683772, abs=1e-6)
+
+
+def test_minimize_with_tensor_loss_and_tape(rng):
+    var = tf.Variable(rng.normal(size=4).astype(np.float32))
+    start = var.numpy().astype(np.float64)
+    opt = RMSpropX(learning_rate=0.05, momentum=0.9)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(var ** 2)
+    opt.minimize(loss, [var], tape=tape)
+    want = reference.rmsprop_x_step(start, 2 * start, np.zeros(4), np.zeros(4), lr=0.05,
+                                    momentum=0.9, epsilon=1e-7)
+    np.testing.assert_allclose(var.numpy(), want["var"], rtol=1e-6)
+    with pytest.raises(ValueError, match="tape"):
+        opt.minimize(loss, [var])
+
+
+def test_tf_function_loop_does_not_retrace(rng):
+    w = tf.Variable(rng.normal(size=(4, 1)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(16, 4)).astype(np.float32))
+    opt = RMSpropX(learning_rate=_schedule(), momentum=0.9, centered=True)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((x @ w) ** 2)
+        opt.apply_gradients([(tape.gradient(loss, w), w)])
+        return loss
+
+    losses = [float(train_step())]  # the first call builds the slots (TF traces twice)
+    traced = train_step.experimental_get_tracing_count()
+    losses += [float(train_step()) for _ in range(9)]
+    assert train_step.experimental_get_tracing_count() == traced
+    assert losses[-1] < losses[0]
+    assert int(opt.iterations.numpy()) == 10
+
+
+def test_learning_rate_is_readable_and_assignable():
+    opt = RMSpropX(learning_rate=0.01)
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.01)
+    opt.learning_rate = 0.5
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.5)
+    opt2 = RMSpropX(learning_rate=lambda: 0.25)
+    assert opt2.learning_rate == 0.25
+
+
+def test_indexed_slices_use_the_sparse_op_and_leave_other_rows_alone(rng):
+    table = tf.Variable(rng.normal(size=(50, 4)).astype(np.float32))
+    before = table.numpy().copy()
+    opt = RMSpropX(learning_rate=0.05, momentum=0.5, centered=True)
+    ids = tf.constant([1, 9, 1, 30])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, ids) ** 2)
+    grad = tape.gradient(loss, table)
+    assert isinstance(grad, tf.IndexedSlices)
+    opt.apply_gradients([(grad, table)])
+    want = reference.sparse_rmsprop_x_step(before, grad.values.numpy(), ids.numpy(),
+                                           np.zeros((50, 4)), np.zeros((50, 4)),
+                                           np.zeros((50, 4)), lr=0.05, momentum=0.5)
+    np.testing.assert_allclose(table.numpy(), want["var"], rtol=1e-6, atol=1e-7)
+    untouched = np.setdiff1d(np.arange(50), [1, 9, 30])
+    assert np.all(opt.get_slot(table, "ms").numpy()[untouched] == 0)  # lazy: no decay
+
+
+def test_none_gradient_is_skipped_with_one_warning(rng):
+    a, b = tf.Variable([1.0, 2.0], name="a"), tf.Variable([3.0], name="b")
+    opt = RMSpropX(learning_rate=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.apply_gradients([(tf.constant([1.0, 1.0]), a), (None, b)])
+        opt.apply_gradients([(tf.constant([1.0, 1.0]), a), (None, b)])
+    assert sum("Gradients do not exist" in str(w.message) for w in caught) == 1
+    assert b.numpy()[0] == 3.0 and a.numpy()[0] != 1.0
+    with pytest.raises(ValueError, match="No gradients provided"):
+        opt.apply_gradients([(None, a)])
+
+
+def test_gradient_shape_mismatch_names_the_variable():
+    var = tf.Variable(tf.zeros((3, 2)), name="dense_kernel")
+    with pytest.raises(ValueError, match="dense_kernel"):
+        RMSpropX().apply_gradients([(tf.ones((2, 3)), var)])
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(learning_rate=-0.1), "learning_rate"),
+    (dict(rho=1.0), "rho"),
+    (dict(rho=-0.1), "rho"),
+    (dict(momentum=-0.5), "momentum"),
+    (dict(clipnorm=1.0, global_clipnorm=1.0), "global_clipnorm"),
+    (dict(gradient_accumulation_steps=1), "gradient_accumulation_steps"),
+    (dict(epsilon_placement="sideways"), "epsilon_placement"),
+    (dict(not_an_argument=3), "not_an_argument"),
+])
+def test_invalid_arguments_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        RMSpropX(**kwargs)
+
+
+def test_slots_only_for_enabled_features_and_get_slot():
+    var = tf.Variable(tf.ones((2, 3)), name="kernel")
+    plain = RMSpropX()
+    plain.build([var])
+    assert plain.slot_names == ["ms"] and len(plain.variables) == 3  # iterations, lr, ms
+    full = RMSpropX(momentum=0.9, centered=True, initial_scale=1.0)
+    full.build([var])
+    assert full.slot_names == ["ms", "mom", "mg"]
+    assert full.get_slot(var, "ms").name.startswith("kernel_ms")
+    assert full.get_slot(var, "velocity") is full.get_slot(var, "ms")  # Keras' name
+    np.testing.assert_array_equal(full.get_slot(var, "ms").numpy(), np.ones((2, 3)))
+    with pytest.raises(KeyError, match="mom"):
+        plain.get_slot(var, "mom")
+
+
+def test_config_round_trip_with_schedule():
+    opt = RMSpropX(learning_rate=_schedule(), momentum=0.3, centered=True, clipnorm=2.0,
+                   nesterov=True, epsilon_placement="outside_sqrt", initial_scale=1.0)
+    config = opt.get_config()
+    clone = RMSpropX.from_config(config)
+    assert clone.get_config() == config
+    assert float(clone.learning_rate) == pytest.approx(0.05)
+
+
+def test_finalize_variable_values_uses_the_average(rng):
+    init, grads = _init(rng), _grads(rng, 6)
+    ours = RMSpropX(use_ema=True, ema_momentum=0.5)
+    theirs = keras.optimizers.RMSprop(use_ema=True, ema_momentum=0.5)
+    _, ours_vars = _trajectory(ours, init, grads)
+    _, theirs_vars = _trajectory(theirs, init, grads)
+    ours.finalize_variable_values(ours_vars)
+    theirs.finalize_variable_values(theirs_vars)
+    for a, b in zip(ours_vars, theirs_vars):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_jit_compile_matches_native_kernels(rng):
+    init, grads = _init(rng), _grads(rng, 8)
+    native, _ = _trajectory(RMSpropX(momentum=0.9, centered=True), init, grads)
+    jit, _ = _trajectory(RMSpropX(momentum=0.9, centered=True, jit_compile=True), init, grads)
+    _assert_same_trajectory(jit, native, rtol=1e-6, atol=1e-7)
+
+
+def test_mesh_is_refused_clearly():
+    with pytest.raises(NotImplementedError, match="DTensor"):
+        RMSpropX(mesh=object())
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["built", "deferred"])
+def test_checkpoint_restore_continues_bit_identically(deferred, tmp_path, rng):
+    kwargs = dict(learning_rate=_schedule(), momentum=0.9, centered=True, use_ema=True,
+                  ema_overwrite_frequency=4, gradient_accumulation_steps=2)
+    init, grads = _init(rng), _grads(rng, 12)
+    opt = RMSpropX(**kwargs)
+    variables = [tf.Variable(x) for x in init]
+    for step in grads[:5]:
+        opt.apply_gradients(zip(map(tf.constant, step), variables))
+    path = tf.train.Checkpoint(model=variables, optimizer=opt).save(str(tmp_path / "ckpt"))
+    for step in grads[5:]:
+        opt.apply_gradients(zip(map(tf.constant, step), variables))
+
+    kwargs["learning_rate"] = _schedule()
+    restored_opt = RMSpropX(**kwargs)
+    restored = [tf.Variable(np.zeros_like(x)) for x in init]
+    if not deferred:
+        restored_opt.build(restored)
+    tf.train.Checkpoint(model=restored, optimizer=restored_opt).restore(path).assert_consumed() \
+        if not deferred else tf.train.Checkpoint(model=restored, optimizer=restored_opt).restore(path)
+    assert int(restored_opt.iterations.numpy()) == 5 // 2  # updates, under accumulation
+    for step in grads[5:]:
+        restored_opt.apply_gradients(zip(map(tf.constant, step), restored))
+    for a, b in zip(variables, restored):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(opt.variables, restored_opt.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -1,0 +1,453 @@
+"""RMSpropX: a `tf.Module` optimizer with the Keras 3 RMSprop interface, on the fused ops.
+
+Update, per variable (DESIGN.md section 2; `tf_rmsprop_ops.reference`)::
+
+    ms  = rho * ms + (1 - rho) * g**2
+    mg  = rho * mg + (1 - rho) * g                         (centered)
+    denom = sqrt(ms - mg**2 + eps)                         (eps inside the sqrt, the default)
+    mom = momentum * mom + lr * g / denom;  var -= mom     (momentum > 0)
+    var -= lr * g / denom                                  (otherwise)
+
+With the defaults this is Keras 3's `keras.optimizers.RMSprop` step for step (weight decay is
+decoupled, `var -= lr * wd * var` before the step, as Keras). Deliberate differences:
+
+* IndexedSlices gradients update only the rows they name, slots included (lazy, as TF's
+  sparse optimizers; Keras densifies them and decays every row's velocity). Decoupled weight
+  decay then also applies to those rows only.
+* The centered variance is clamped at 0 (`max(ms - mg**2, 0)`): rounding can make it
+  negative, which gives NaN in Keras and TF.
+* Extensions: `nesterov`, `epsilon_placement="outside_sqrt"` (PyTorch), `lr_placement=
+  "outside_momentum"` (PyTorch), `weight_decay_mode="coupled"` (PyTorch's L2),
+  `initial_scale` (1.0 reproduces TF1's accumulator initialisation).
+"""
+import re
+import warnings
+
+import tensorflow as tf
+
+from tf_rmsprop_ops import _gradients
+from tf_rmsprop_ops.ops import apply_rmsprop_x, sparse_apply_rmsprop_x
+from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
+
+# Slot names, and the names Keras uses for the same state.
+SLOT_ALIASES = {"velocity": "ms", "momentum": "mom", "average_gradient": "mg"}
+
+
+def _is_schedule(lr):
+    return isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule)
+
+
+def _base_name(var):
+    return re.sub(r":\d+$", "", getattr(var, "name", "variable")).replace("/", "_")
+
+
+class RMSpropX(tf.Module):
+    """Optimizer that implements RMSprop with one fused op per variable.
+
+    Args (Keras 3 RMSprop's, same defaults and meaning):
+      learning_rate: float, a `LearningRateSchedule` (called with `iterations`), or a
+        zero-argument callable. Defaults to 0.001.
+      rho: discount of the mean square, in [0, 1). momentum: >= 0; 0 disables it (no slot).
+      epsilon: added inside the square root (see `epsilon_placement`).
+      centered: normalise by the estimated variance (keeps an `mg` slot).
+      weight_decay: decoupled weight decay (Keras 3 / AdamW style), or None.
+      clipnorm, clipvalue, global_clipnorm: gradient clipping, as Keras.
+      use_ema, ema_momentum, ema_overwrite_frequency: exponential moving average of the
+        weights, as Keras (overwrite every N iterations, or with `finalize_variable_values`).
+      loss_scale_factor: gradients are divided by it (and `minimize` multiplies the loss).
+      gradient_accumulation_steps: apply the mean gradient every N steps (N >= 2).
+      jit_compile: run each update as one XLA computation (the ops' XLA lowering).
+      mesh: a DTensor mesh; reserved for DTensor support (not yet available).
+      name: the module's name.
+    Extensions: nesterov, epsilon_placement ("inside_sqrt" | "outside_sqrt"), lr_placement
+      ("inside_momentum" | "outside_momentum"), weight_decay_mode ("decoupled" | "coupled"),
+      initial_scale (starting value of `ms`: 0 for Keras/PyTorch, 1 for TF1).
+    """
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, jit_compile=False, mesh=None,
+                 name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
+                 lr_placement="inside_momentum", weight_decay_mode="decoupled",
+                 initial_scale=0.0, **kwargs):
+        if kwargs:
+            raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
+        super().__init__(name=name)
+        _validate(learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+                  weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
+                  global_clipnorm=global_clipnorm, ema_momentum=ema_momentum,
+                  ema_overwrite_frequency=ema_overwrite_frequency,
+                  loss_scale_factor=loss_scale_factor,
+                  gradient_accumulation_steps=gradient_accumulation_steps,
+                  epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+                  weight_decay_mode=weight_decay_mode, nesterov=nesterov, mesh=mesh)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered, self.nesterov = bool(centered), bool(nesterov)
+        self.weight_decay = None if weight_decay is None else float(weight_decay)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.use_ema, self.ema_momentum = bool(use_ema), float(ema_momentum)
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self.loss_scale_factor = loss_scale_factor
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.jit_compile, self.mesh = bool(jit_compile), mesh
+        self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
+        self.weight_decay_mode, self.initial_scale = weight_decay_mode, float(initial_scale)
+        self.use_momentum = self.momentum > 0 or self.nesterov
+
+        with tf.init_scope():
+            self._iterations = tf.Variable(0, dtype=tf.int64, name="iteration",
+                                           trainable=False)
+            self._learning_rate = self._make_learning_rate(learning_rate)
+        # Per-variable state, in build order (tracked by position for checkpoints).
+        self._ms, self._mom, self._mg = [], [], []
+        self._ema, self._accumulators = [], []
+        self._index = {}  # id(variable) -> position
+        self._trainable_variables = []
+        self._exclude_ids, self._exclude_pattern = set(), None
+        self._warned_missing = set()
+        self._compiled_update = None
+        self.built = False
+
+    # ---- hyperparameters -----------------------------------------------------------------
+
+    def _make_learning_rate(self, lr):
+        if _is_schedule(lr) or callable(lr):
+            return lr
+        return tf.Variable(float(lr), dtype=tf.float32, name="learning_rate", trainable=False)
+
+    @property
+    def iterations(self):
+        """Optimizer steps; with gradient accumulation, the number of real updates
+        (calls // gradient_accumulation_steps), as Keras. Schedules see the calls."""
+        if self.gradient_accumulation_steps:
+            return self._iterations // self.gradient_accumulation_steps
+        return self._iterations
+
+    @property
+    def learning_rate(self):
+        """The current learning rate (a schedule is evaluated at `iterations`)."""
+        lr = self._learning_rate
+        if _is_schedule(lr):
+            return lr(self._iterations)
+        if isinstance(lr, tf.Variable):
+            return lr
+        return lr()
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if isinstance(self._learning_rate, tf.Variable) and not (
+                _is_schedule(value) or callable(value)):
+            _validate(learning_rate=value)
+            self._learning_rate.assign(float(value))
+        else:
+            with tf.init_scope():
+                self._learning_rate = self._make_learning_rate(value)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    @property
+    def slot_names(self):
+        return ["ms"] + (["mom"] if self.use_momentum else []) + (["mg"] if self.centered else [])
+
+    def build(self, var_list):
+        """Creates the slots of every variable (only those of enabled features), once."""
+        for var in var_list:
+            if id(var) in self._index:
+                continue
+            self._index[id(var)] = len(self._trainable_variables)
+            self._trainable_variables.append(var)
+            base = _base_name(var)
+
+            def slot(name, value=0.0, create=True):
+                if not create:
+                    return None
+                with tf.init_scope(), _colocated_with(var):
+                    return tf.Variable(tf.fill(var.shape, tf.cast(value, var.dtype)),
+                                       name=f"{base}_{name}", trainable=False)
+
+            self._ms.append(slot("ms", self.initial_scale))
+            self._mom.append(slot("mom", create=self.use_momentum))
+            self._mg.append(slot("mg", create=self.centered))
+            self._ema.append(slot("average", create=self.use_ema))
+            self._accumulators.append(
+                slot("accumulator", create=bool(self.gradient_accumulation_steps)))
+        self.built = True
+
+    def get_slot(self, var, name):
+        name = SLOT_ALIASES.get(name, name)
+        if name not in self.slot_names:
+            raise KeyError(f"No slot '{name}': this optimizer has {self.slot_names}")
+        if id(var) not in self._index:
+            raise KeyError(f"Variable {getattr(var, 'name', var)} is not known to {self.name}")
+        return {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._index[id(var)]]
+
+    @property
+    def variables(self):
+        """All optimizer state: iterations, learning rate (if a variable), then per variable
+        its slots, EMA average and accumulator."""
+        out = [self._iterations]
+        if isinstance(self._learning_rate, tf.Variable):
+            out.append(self._learning_rate)
+        for group in zip(self._ms, self._mom, self._mg, self._ema, self._accumulators):
+            out.extend(v for v in group if v is not None)
+        return out
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Variables (or names matching any of `var_names`) that get no weight decay.
+        Must be called before `build`, as Keras."""
+        if self.built:
+            raise ValueError("exclude_from_weight_decay() can only be configured before the "
+                             "optimizer is built.")
+        self._exclude_ids = {id(v) for v in (var_list or [])}
+        self._exclude_pattern = re.compile("|".join(set(var_names))) if var_names else None
+
+    def _weight_decay_mode_for(self, var):
+        if not self.weight_decay or id(var) in self._exclude_ids:
+            return "none"
+        if self._exclude_pattern is not None and self._exclude_pattern.search(var.name):
+            return "none"
+        return self.weight_decay_mode
+
+    # ---- applying gradients ----------------------------------------------------------------
+
+    def minimize(self, loss, var_list, tape=None):
+        """Minimises `loss` (a zero-argument callable, or a tensor recorded by `tape`)."""
+        if not callable(loss) and tape is None:
+            raise ValueError("`tape` is required when a `Tensor` loss is passed.")
+        if callable(loss):
+            tape = tf.GradientTape()
+            with tape:
+                if callable(var_list):
+                    var_list = var_list()
+                tape.watch(var_list)
+                loss = self.scale_loss(loss())
+        elif callable(var_list):
+            var_list = var_list()
+        grads = tape.gradient(loss, var_list)
+        self.apply_gradients(zip(grads, var_list))
+        return self._iterations
+
+    def scale_loss(self, loss):
+        return loss * self.loss_scale_factor if self.loss_scale_factor is not None else loss
+
+    def apply_gradients(self, grads_and_vars):
+        grads, variables = zip(*grads_and_vars) if grads_and_vars else ((), ())
+        return self.apply(list(grads), list(variables))
+
+    def apply(self, grads, trainable_variables=None):
+        """Updates `trainable_variables` (default: those it was built with) with `grads`."""
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError("Pass trainable_variables or call build() first.")
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        grads = list(grads)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(f"Got {len(grads)} gradients for {len(trainable_variables)} "
+                             "variables.")
+        if not self.built or any(id(v) not in self._index for v in trainable_variables):
+            self.build(trainable_variables)
+        grads, trainable_variables = self._filter_missing(grads, trainable_variables)
+        for g, v in zip(grads, trainable_variables):
+            _gradients.check_shape(g, v)
+        if self.loss_scale_factor is not None:
+            inverse = 1.0 / self.loss_scale_factor
+            grads = [_gradients.map_values(g, lambda x: x * tf.cast(inverse, x.dtype))
+                     for g in grads]
+        if self.gradient_accumulation_steps:
+            self._accumulate_or_update(grads, trainable_variables)
+        else:
+            self._update(grads, trainable_variables)
+        if self.use_ema:
+            self._update_ema()
+        self._iterations.assign_add(1)
+        return self._iterations
+
+    def _filter_missing(self, grads, variables):
+        kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if not kept:
+            raise ValueError("No gradients provided for any variable.")
+        missing = [v.name for g, v in zip(grads, variables)
+                   if g is None and v.name not in self._warned_missing]
+        if missing:
+            self._warned_missing.update(missing)
+            warnings.warn(f"Gradients do not exist for variables {missing} when minimizing "
+                          "the loss; they are skipped.", stacklevel=3)
+        return [g for g, _ in kept], [v for _, v in kept]
+
+    def _clip(self, grads):
+        if self.clipnorm:
+            return [_gradients.clip_by_norm(g, self.clipnorm) for g in grads]
+        if self.global_clipnorm:
+            return _gradients.clip_by_global_norm(grads, self.global_clipnorm)
+        if self.clipvalue:
+            return [_gradients.clip_by_value(g, self.clipvalue) for g in grads]
+        return grads
+
+    def _update(self, grads, variables):
+        grads = self._clip(grads)
+        if self.jit_compile and not _inside_xla():
+            if self._compiled_update is None:
+                self._compiled_update = tf.function(self._update_variables, jit_compile=True,
+                                                    autograph=False)
+            self._compiled_update(grads, variables)
+        else:
+            self._update_variables(grads, variables)
+
+    def _update_variables(self, grads, variables):
+        lr = self.learning_rate
+        for grad, var in zip(grads, variables):
+            self._update_one(grad, var, lr)
+
+    def _update_one(self, grad, var, lr):
+        """The whole step of one variable: one fused op call (dense or sparse)."""
+        i = self._index[id(var)]
+        kwargs = dict(lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
+                      weight_decay=self.weight_decay or 0.0, mom=self._mom[i], mg=self._mg[i],
+                      nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
+                      lr_placement=self.lr_placement,
+                      weight_decay_mode=self._weight_decay_mode_for(var))
+        if isinstance(grad, tf.IndexedSlices):
+            return sparse_apply_rmsprop_x(var, self._ms[i], grad.values, grad.indices, **kwargs)
+        return apply_rmsprop_x(var, self._ms[i], grad, **kwargs)
+
+    def _accumulate_or_update(self, grads, variables):
+        steps = self.gradient_accumulation_steps
+        accumulators = [self._accumulators[self._index[id(v)]] for v in variables]
+        dense = [tf.convert_to_tensor(g) for g in grads]  # accumulators are dense
+
+        def update():
+            mean = [(g + a) / tf.cast(steps, g.dtype) for g, a in zip(dense, accumulators)]
+            self._update(mean, variables)
+            for a in accumulators:
+                a.assign(tf.zeros_like(a))
+            return tf.constant(True)
+
+        def accumulate():
+            for g, a in zip(dense, accumulators):
+                a.assign_add(g)
+            return tf.constant(False)
+
+        tf.cond((self._iterations + 1) % steps == 0, update, accumulate)
+
+    def _update_ema(self):
+        # Keras: the EMA counts `iterations` (updates, under gradient accumulation).
+        not_first = tf.cast(tf.not_equal(self.iterations, 0), tf.float32)
+        for var, average in zip(self._trainable_variables, self._ema):
+            m = tf.cast(not_first * self.ema_momentum, var.dtype)
+            average.assign(m * average + (1 - m) * var)
+        if self.ema_overwrite_frequency:
+            def overwrite():
+                self._overwrite_with_average(self._trainable_variables)
+                return tf.constant(True)
+            tf.cond((self.iterations + 1) % self.ema_overwrite_frequency == 0, overwrite,
+                    lambda: tf.constant(False))
+
+    def _overwrite_with_average(self, var_list):
+        for var in var_list:
+            var.assign(self._ema[self._index[id(var)]])
+
+    def finalize_variable_values(self, var_list):
+        """Overwrites the variables with their moving average (when `use_ema`)."""
+        if self.use_ema:
+            self._overwrite_with_average(var_list)
+
+    # ---- config ----------------------------------------------------------------------------
+
+    def get_config(self):
+        lr = self._learning_rate
+        if _is_schedule(lr):
+            lr = tf.keras.optimizers.schedules.serialize(lr)
+        elif isinstance(lr, tf.Variable):
+            lr = float(lr.numpy())
+        else:
+            lr = float(lr())  # a callable cannot be serialised: its current value is
+        return dict(
+            name=self.name, learning_rate=lr, rho=self.rho, momentum=self.momentum,
+            epsilon=self.epsilon, centered=self.centered, weight_decay=self.weight_decay,
+            clipnorm=self.clipnorm, clipvalue=self.clipvalue,
+            global_clipnorm=self.global_clipnorm, use_ema=self.use_ema,
+            ema_momentum=self.ema_momentum, ema_overwrite_frequency=self.ema_overwrite_frequency,
+            loss_scale_factor=self.loss_scale_factor,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            jit_compile=self.jit_compile, nesterov=self.nesterov,
+            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
+            weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = tf.keras.optimizers.schedules.deserialize(
+                config["learning_rate"])
+        return cls(**config)
+
+
+def _inside_xla():
+    graph = tf.compat.v1.get_default_graph()
+    ctx = getattr(graph, "_get_control_flow_context", lambda: None)()
+    while ctx is not None:
+        if ctx.IsXLAContext():
+            return True
+        ctx = ctx.outer_context
+    return False
+
+
+def _colocated_with(var):
+    """Slot placement: with the variable (its device, or under a strategy, its replicas)."""
+    if tf.distribute.has_strategy():
+        return tf.distribute.get_strategy().extended.colocate_vars_with(var)
+    return tf.device(var.device) if getattr(var, "device", None) else _null()
+
+
+class _null:  # noqa: N801 (a tiny no-op context manager)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _validate(**args):
+    """ValueError naming the first invalid constructor argument."""
+    def bad(name, why):
+        raise ValueError(f"Argument `{name}` {why}; received {args[name]!r}.")
+
+    lr = args.get("learning_rate")
+    if isinstance(lr, (int, float)) and (lr < 0 or lr != lr):
+        bad("learning_rate", "must be a non-negative float, a LearningRateSchedule or a callable")
+    if "rho" in args and not 0.0 <= args["rho"] < 1.0:
+        bad("rho", "must be in [0, 1)")
+    if "momentum" in args and not args["momentum"] >= 0.0:
+        bad("momentum", "must be >= 0")
+    if "epsilon" in args and not args["epsilon"] >= 0.0:
+        bad("epsilon", "must be >= 0")
+    if args.get("weight_decay") is not None and not args["weight_decay"] >= 0.0:
+        bad("weight_decay", "must be >= 0 or None")
+    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
+        if args.get(name) is not None and not args[name] > 0:
+            bad(name, "must be > 0 or None")
+    if args.get("clipnorm") is not None and args.get("global_clipnorm") is not None:
+        raise ValueError("Only one of `clipnorm` and `global_clipnorm` can be set; received "
+                         f"clipnorm={args['clipnorm']}, global_clipnorm={args['global_clipnorm']}.")
+    if "ema_momentum" in args and not 0.0 <= args["ema_momentum"] <= 1.0:
+        bad("ema_momentum", "must be in [0, 1]")
+    freq = args.get("ema_overwrite_frequency")
+    if freq is not None and (not isinstance(freq, int) or freq < 1):
+        bad("ema_overwrite_frequency", "must be a positive integer or None")
+    steps = args.get("gradient_accumulation_steps")
+    if steps is not None and (not isinstance(steps, int) or steps < 2):
+        bad("gradient_accumulation_steps", "must be an integer >= 2 or None")
+    if args.get("epsilon_placement", EPSILON_PLACEMENTS[0]) not in EPSILON_PLACEMENTS:
+        bad("epsilon_placement", f"must be one of {EPSILON_PLACEMENTS}")
+    if args.get("lr_placement", LR_PLACEMENTS[0]) not in LR_PLACEMENTS:
+        bad("lr_placement", f"must be one of {LR_PLACEMENTS}")
+    if args.get("weight_decay_mode", "decoupled") not in ("decoupled", "coupled"):
+        bad("weight_decay_mode", "must be 'decoupled' (Keras/AdamW) or 'coupled' (PyTorch L2)")
+    if args.get("mesh") is not None:
+        raise NotImplementedError(
+            "RMSpropX(mesh=...): DTensor meshes are not supported yet (planned with the "
+            "distribution work); create the optimizer without a mesh.")
+
