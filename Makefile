@@ -24,8 +24,14 @@ ISA_SOURCES = cc/cpu/rmsprop_x_cpu.cc
 TF_OBJECTS = $(TF_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 ISA_OBJECTS = $(ISA_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 
+# The benchmark's bandwidth probe: TensorFlow-free, loaded with ctypes.
+PROBE = $(dir $(OUT))_stream_probe.so
+
 .PHONY: all clean check-flags
-all: $(OUT)
+all: $(OUT) $(PROBE)
+
+$(PROBE): cc/bench/stream_probe.cc
+	$(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread $< -o $@
 
 check-flags:
 	@test -n "$(TF_CFLAGS)" || { echo "error: cannot import TensorFlow with $(PYTHON) to get its build flags" >&2; exit 1; }
@@ -42,7 +48,7 @@ $(BUILD_DIR)/obj/%.o: %.cc | check-flags
 	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) -c $< -o $@
 
 clean:
-	rm -rf $(BUILD_DIR)/obj $(OUT)
+	rm -rf $(BUILD_DIR)/obj $(OUT) $(PROBE)
 
 -include $(TF_OBJECTS:.o=.d) $(ISA_OBJECTS:.o=.d)
 

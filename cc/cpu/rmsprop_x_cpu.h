@@ -36,6 +36,17 @@ void LoadRow(const T* row, ComputeType<T>* acc, int64_t n);
 template <typename T>
 void AddRow(const T* row, ComputeType<T>* acc, int64_t n);
 
+// Asks the memory system for the start of a row that will be written soon. Sparse updates
+// touch rows at random, which the hardware prefetchers cannot predict: issuing the loads a
+// few rows ahead overlaps their (TLB and DRAM) latency with the current row's work.
+inline void PrefetchRowForWrite(const void* row, int64_t bytes) {
+  constexpr int64_t kLine = 64, kMaxBytes = 512;  // beyond that, streaming prefetch takes over
+  const char* p = static_cast<const char*>(row);
+  for (int64_t off = 0; off < bytes && off < kMaxBytes; off += kLine) {
+    __builtin_prefetch(p + off, /*rw=*/1, /*locality=*/3);
+  }
+}
+
 }  // namespace cpu
 }  // namespace tf_rmsprop_ops
 

@@ -24,6 +24,10 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using CPUDevice = Eigen::ThreadPoolDevice;
 
+// How many unique rows ahead the update loop prefetches (enough to cover DRAM latency
+// with ~10 rows in flight per thread, few enough to stay in L1/L2).
+constexpr int64_t kPrefetchRows = 16;
+
 // The positions of the gradient rows that share one index, as a chain in input order
 // (so that sums are deterministic): first[u] -> next[first[u]] -> ... -> -1.
 struct UniqueRows {
@@ -124,9 +128,20 @@ class SparseApplyRMSpropXOp : public OpKernel {
     auto* mom = variant_.momentum ? CpuData<T>(&t[next++]) : nullptr;
     auto* mg = variant_.centered ? CpuData<T>(&t[next++]) : nullptr;
     const Variant variant = variant_;
+    const int64_t row_bytes = row_size * static_cast<int64_t>(sizeof(T));
+    auto prefetch = [&](int64_t u) {
+      const int64_t off = unique.row[u] * row_size;
+      cpu::PrefetchRowForWrite(var + off, row_bytes);
+      cpu::PrefetchRowForWrite(ms + off, row_bytes);
+      if (mom) cpu::PrefetchRowForWrite(mom + off, row_bytes);
+      if (mg) cpu::PrefetchRowForWrite(mg + off, row_bytes);
+      cpu::PrefetchRowForWrite(g + unique.first[u] * row_size, row_bytes);
+    };
     auto update_rows = [&](int64_t begin, int64_t end) {
       std::vector<C> sum;  // one summed row, for indices that repeat
+      for (int64_t u = begin; u < std::min(end, begin + kPrefetchRows); ++u) prefetch(u);
       for (int64_t u = begin; u < end; ++u) {
+        if (u + kPrefetchRows < end) prefetch(u + kPrefetchRows);
         const int64_t off = unique.row[u] * row_size;
         auto* mom_row = mom ? mom + off : nullptr;
         auto* mg_row = mg ? mg + off : nullptr;

@@ -26,7 +26,7 @@ class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
                 absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
                                                         shape.DebugString(), ", got ",
                                                         grad_shape.DebugString())));
-    auto k = ReadXlaCoefficients(ctx, in, variant_, compute);
+    auto k = ReadXlaHyperParams(ctx, in, compute);
     OP_REQUIRES_OK(ctx, k.status());
     const xla::XlaOp g = xla::ConvertElementType(ctx->Input(in.grad()), compute);
     OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, XlaUpdate(variant_, *k, g, state)));

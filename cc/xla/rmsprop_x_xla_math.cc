@@ -13,10 +13,9 @@ xla::PrimitiveType ComputeTypeFor(tensorflow::DataType dtype) {
   return dtype == tensorflow::DT_DOUBLE ? xla::F64 : xla::F32;
 }
 
-absl::StatusOr<Coefficients<xla::XlaOp>> ReadXlaCoefficients(XlaOpKernelContext* ctx,
-                                                             const InputIndex& in,
-                                                             const Variant& v,
-                                                             xla::PrimitiveType compute) {
+absl::StatusOr<HyperParams<xla::XlaOp>> ReadXlaHyperParams(XlaOpKernelContext* ctx,
+                                                           const InputIndex& in,
+                                                           xla::PrimitiveType compute) {
   const std::pair<int, const char*> scalars[] = {{in.lr(), "lr"},
                                                  {in.rho(), "rho"},
                                                  {in.momentum(), "momentum"},
@@ -31,45 +30,39 @@ absl::StatusOr<Coefficients<xla::XlaOp>> ReadXlaCoefficients(XlaOpKernelContext*
     }
     h.push_back(xla::ConvertElementType(ctx->Input(index), compute));
   }
-  const xla::XlaOp lr = h[0], rho = h[1], momentum = h[2], eps = h[3], wd = h[4];
-  const xla::XlaOp zero = xla::ScalarLike(lr, 0), one = xla::ScalarLike(lr, 1);
-  const bool eps_in = v.epsilon_placement == EpsilonPlacement::kInsideSqrt;
-  const bool lr_in = v.lr_placement == LrPlacement::kInsideMomentum;
-  Coefficients<xla::XlaOp> k;
-  k.rho = rho;
-  k.one_minus_rho = one - rho;
-  k.eps_in_sqrt = eps_in ? eps : zero;
-  k.eps_out_sqrt = eps_in ? zero : eps;
-  k.coupled_wd = v.weight_decay_mode == WeightDecayMode::kCoupled ? wd : zero;
-  k.decoupled_wd = v.weight_decay_mode == WeightDecayMode::kDecoupled ? lr * wd : zero;
-  k.momentum = momentum;
-  const xla::XlaOp a = lr_in ? lr : one;
-  k.mom_step_scale = a;
-  k.upd_mom = v.nesterov ? momentum : one;
-  k.upd_step = v.nesterov ? a : zero;
-  k.upd_scale = lr_in ? one : lr;
-  k.lr = lr;
-  return k;
+  return HyperParams<xla::XlaOp>{h[0], h[1], h[2], h[3], h[4]};
 }
 
-XlaState XlaUpdate(const Variant& v, const Coefficients<xla::XlaOp>& k, xla::XlaOp g,
+// The variant is known when the graph is compiled, so unlike the CPU loops (which fold
+// it into coefficients to stay branch-free) the HLO contains only the enabled terms.
+XlaState XlaUpdate(const Variant& v, const HyperParams<xla::XlaOp>& h, xla::XlaOp g,
                    XlaState s) {
-  g = g + k.coupled_wd * s.var;
-  s.ms = k.rho * s.ms + k.one_minus_rho * (g * g);
+  const xla::XlaOp one_minus_rho = xla::ScalarLike(h.rho, 1) - h.rho;
+  if (v.weight_decay_mode == WeightDecayMode::kCoupled) g = g + h.weight_decay * s.var;
+  s.ms = h.rho * s.ms + one_minus_rho * (g * g);
   xla::XlaOp var_est = s.ms;
   if (v.centered) {
-    s.mg = k.rho * s.mg + k.one_minus_rho * g;
-    var_est = xla::Max(s.ms - s.mg * s.mg, xla::ZerosLike(s.ms));
+    s.mg = h.rho * s.mg + one_minus_rho * g;
+    var_est = xla::Max(s.ms - s.mg * s.mg, xla::ScalarLike(s.ms, 0));
   }
-  const xla::XlaOp step = g / (xla::Sqrt(var_est + k.eps_in_sqrt) + k.eps_out_sqrt);
+  const xla::XlaOp denom = v.epsilon_placement == EpsilonPlacement::kInsideSqrt
+                               ? xla::Sqrt(var_est + h.epsilon)
+                               : xla::Sqrt(var_est) + h.epsilon;
+  const xla::XlaOp step = g / denom;
   xla::XlaOp upd;
-  if (v.momentum) {
-    s.mom = k.momentum * s.mom + k.mom_step_scale * step;
-    upd = k.upd_scale * (k.upd_mom * s.mom + k.upd_step * step);
+  if (!v.momentum) {
+    upd = h.lr * step;
+  } else if (v.lr_placement == LrPlacement::kInsideMomentum) {
+    s.mom = h.momentum * s.mom + h.lr * step;
+    upd = v.nesterov ? h.momentum * s.mom + h.lr * step : s.mom;
   } else {
-    upd = k.lr * step;
+    s.mom = h.momentum * s.mom + step;
+    upd = h.lr * (v.nesterov ? h.momentum * s.mom + step : s.mom);
   }
-  s.var = (s.var - k.decoupled_wd * s.var) - upd;
+  if (v.weight_decay_mode == WeightDecayMode::kDecoupled) {
+    s.var = s.var - (h.lr * h.weight_decay) * s.var;
+  }
+  s.var = s.var - upd;
   return s;
 }
 

@@ -1,5 +1,6 @@
-// The RMSpropX update in HLO: a mirror of cc/rmsprop_x_update.h (same coefficients, same
-// order of operations) for the XLA lowerings. Tests pin it to the CPU kernel.
+// The RMSpropX update in HLO: a mirror of cc/rmsprop_x_update.h (the same operations in the
+// same order, minus the terms a variant switches off) for the XLA lowerings. Tests pin it
+// to the CPU kernel.
 #ifndef TF_RMSPROP_OPS_CC_XLA_RMSPROP_X_XLA_MATH_H_
 #define TF_RMSPROP_OPS_CC_XLA_RMSPROP_X_XLA_MATH_H_
 
@@ -17,15 +18,13 @@ struct XlaState {
   xla::XlaOp var, ms, mom, mg;
 };
 
-// Reads the five scalar hyperparameters (checking they are scalars), converts them to
-// compute precision and folds them with the variant, as MakeCoefficients does.
-absl::StatusOr<Coefficients<xla::XlaOp>> ReadXlaCoefficients(tensorflow::XlaOpKernelContext* ctx,
-                                                             const InputIndex& in,
-                                                             const Variant& variant,
-                                                             xla::PrimitiveType compute);
+// Reads the five scalar hyperparameters (checking they are scalars) in compute precision.
+absl::StatusOr<HyperParams<xla::XlaOp>> ReadXlaHyperParams(tensorflow::XlaOpKernelContext* ctx,
+                                                           const InputIndex& in,
+                                                           xla::PrimitiveType compute);
 
 // UpdateElement over whole arrays of equal shape.
-XlaState XlaUpdate(const Variant& variant, const Coefficients<xla::XlaOp>& k, xla::XlaOp g,
+XlaState XlaUpdate(const Variant& variant, const HyperParams<xla::XlaOp>& h, xla::XlaOp g,
                    XlaState s);
 
 // Storage dtype -> compute dtype (half types compute in float32).

@@ -90,7 +90,7 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
                 absl::InvalidArgumentError(absl::StrCat(
                     "grad rows must have shape var.shape[1:] = ", var_row.DebugString(), ", got ",
                     grad_row.DebugString())));
-    auto k = ReadXlaCoefficients(ctx, in, variant_, compute);
+    auto k = ReadXlaHyperParams(ctx, in, compute);
     OP_REQUIRES_OK(ctx, k.status());
 
     const int64_t n = indices_shape.dim_size(0);

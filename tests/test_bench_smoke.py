@@ -1,0 +1,40 @@
+"""The benchmark harness runs end to end (tiny sizes; no timing assertions: speed is
+proven by `tf-rmsprop-ops bench`, recorded in BENCHMARKS.md)."""
+import json
+
+import numpy as np
+import pytest
+
+from tf_rmsprop_ops.benchmark import dense, roofline, runner, sparse
+
+
+def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
+    from tf_rmsprop_ops import cli
+    out = tmp_path / "bench.json"
+    cli.main(["bench", "--quick", "--variants", "plain,centered_momentum", "--sizes", "4K",
+              "--json", str(out)])
+    report = json.loads(out.read_text())
+    kinds = [r["kind"] for r in report["results"]]
+    assert kinds == ["dense", "dense", "sparse"]
+    for r in report["results"]:
+        assert r["ms"]["rmspropx"] > 0 and r["roofline_ms"] > 0
+        assert r["ms"]["rmspropx_xla"] > 0
+    assert "roofline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant, moved", [("plain", (3, 2)), ("momentum", (4, 3)),
+                                            ("centered", (4, 3)),
+                                            ("centered_momentum", (5, 4))])
+def test_roofline_counts_the_arrays_the_update_moves(variant, moved):
+    assert dense.arrays_moved(variant) == moved
+    assert roofline.probe_ms(4096 * 4, *moved, threads=1, repeats=1) > 0
+
+
+def test_sparse_indices_have_the_requested_duplication():
+    idx = sparse.make_indices(np.random.default_rng(), 10_000, 1000, duplicate_fraction=0.1)
+    assert idx.size == 1000 and np.unique(idx).size == 900
+
+
+def test_sizes_parse():
+    assert runner.parse_size("1M") == 2**20 and runner.parse_size("64K") == 65536
+    assert runner.parse_size("1000") == 1000

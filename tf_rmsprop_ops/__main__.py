@@ -1,0 +1,3 @@
+from tf_rmsprop_ops.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""Runs one benchmark case in this process and prints its result as one JSON line.
+
+python -m tf_rmsprop_ops.benchmark.case '{"kind": "dense", "n": 1048576, ...}'
+"""
+import json
+import sys
+
+
+def main(spec):
+    import numpy as np
+    import tensorflow as tf
+
+    threads = spec["threads"]
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    rng = np.random.default_rng(spec.get("seed", 0))
+    if spec["kind"] == "dense":
+        from tf_rmsprop_ops.benchmark import dense
+        result = dense.run(spec["n"], spec["variant"], spec["dtype"], threads, spec["repeats"],
+                           rng)
+    else:
+        from tf_rmsprop_ops.benchmark import sparse
+        result = sparse.run(spec["rows"], spec["dim"], spec["indices"], threads,
+                            spec["repeats"], rng)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,42 @@
+"""The memory-bandwidth bound: bytes an update must move / bandwidth this machine grants.
+
+The bandwidth comes from an in-process probe (cc/bench/stream_probe.cc): one fused,
+vectorised, multi-threaded pass with the same number of arrays read and written in place
+as the update, over the same number of bytes.
+"""
+import ctypes
+import os
+
+import numpy as np
+
+from tf_rmsprop_ops.benchmark.timing import median_ms
+
+_PROBE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "_stream_probe.so")
+
+
+def _probe_library():
+    lib = ctypes.CDLL(_PROBE_PATH)
+    lib.stream_probe.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_int64, ctypes.c_int]
+    lib.stream_probe.restype = ctypes.c_int
+    return lib
+
+
+def probe_ms(num_bytes_per_array, reads, writes, threads, repeats=9):
+    """Median ms of one probe pass over `reads` arrays (writing `writes` of them)."""
+    lib = _probe_library()
+    n = max(1, num_bytes_per_array // 4)
+    arrays = [np.random.default_rng(i).random(n, dtype=np.float32) for i in range(reads)]
+    pointers = (ctypes.c_void_p * reads)(*[a.ctypes.data for a in arrays])
+
+    def run():
+        if lib.stream_probe(pointers, reads, writes, n, threads) != 0:
+            raise ValueError(f"probe has no ({reads} reads, {writes} writes) pattern")
+
+    return median_ms({"probe": run}, repeats)["probe"]
+
+
+def bandwidth_gbs(num_bytes_per_array, reads, writes, threads):
+    ms = probe_ms(num_bytes_per_array, reads, writes, threads)
+    return (reads + writes) * num_bytes_per_array / (ms * 1e-3) / 1e9

@@ -1,0 +1,136 @@
+"""Runs the benchmark cases (one process each), prints the table, writes JSON and a chart."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+
+from tf_rmsprop_ops.benchmark.dense import VARIANTS
+
+REFERENCE_IMPL = "rmspropx"
+
+
+def parse_size(text):
+    """'1M' -> 2**20, '64K' -> 65536, '1000' -> 1000."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def run_case(spec, env=None):
+    out = subprocess.run([sys.executable, "-m", "tf_rmsprop_ops.benchmark.case", json.dumps(spec)],
+                         capture_output=True, text=True, env=env)
+    for line in out.stdout.splitlines():
+        if line.startswith("bench:"):
+            print("  " + line, flush=True)
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"benchmark case {spec} failed:\n{out.stderr[-3000:]}")
+
+
+def case_specs(args):
+    specs = []
+    if not args.only_sparse:
+        for dtype in args.dtype.split(","):
+            for size in args.sizes.split(","):
+                for variant in args.variants.split(","):
+                    if variant not in VARIANTS:
+                        raise SystemExit(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+                    specs.append(dict(kind="dense", n=parse_size(size), variant=variant,
+                                      dtype=dtype, threads=args.threads, repeats=args.repeats))
+    if not args.no_sparse:
+        specs.append(dict(kind="sparse", rows=parse_size(args.sparse_rows), dim=args.sparse_dim,
+                          indices=args.sparse_indices, threads=args.threads,
+                          repeats=args.repeats))
+    return specs
+
+
+def describe(result):
+    if result["kind"] == "dense":
+        return f"dense {result['n']:,} {result['dtype']} {result['variant']}"
+    return (f"sparse [{result['rows']:,}, {result['dim']}] {result['indices']:,} idx "
+            f"({result['unique']:,} unique)")
+
+
+def table(results):
+    impls = []
+    for r in results:
+        impls += [k for k in r["ms"] if k not in impls]
+    head = f"{'case':<46}" + "".join(f"{name:>15}" for name in impls) + f"{'roofline':>11}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ours = r["ms"][REFERENCE_IMPL]
+        cells = []
+        for name in impls:
+            ms = r["ms"].get(name)
+            if ms is None:
+                cells.append(f"{'n/a':>15}")
+            elif name == REFERENCE_IMPL:
+                cells.append(f"{ms:>8.3f} ms {100 * r['roofline_ms'] / ms:>3.0f}%"[:15].rjust(15))
+            else:
+                cells.append(f"{ms:>8.3f} {ms / ours:>5.2f}x")
+        lines.append(f"{describe(r):<46}" + "".join(cells) + f"{r['roofline_ms']:>8.3f} ms")
+    lines.append("")
+    lines.append(f"ms: median per update; Nx: that implementation's time / {REFERENCE_IMPL}'s "
+                 "(higher = we are faster); %: roofline / our time.")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise SystemExit("--plot needs matplotlib: pip install 'tf-rmsprop-ops[bench]'") from e
+    impls = []
+    for r in results:
+        impls += [k for k in r["ms"] if k not in impls]
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(results)), 5))
+    width = 0.8 / len(impls)
+    x = np.arange(len(results))
+    for i, name in enumerate(impls):
+        frac = [100 * r["roofline_ms"] / r["ms"][name] if r["ms"].get(name) else 0 for r in results]
+        ax.bar(x + i * width, frac, width, label=name)
+    ax.axhline(100, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x + width * (len(impls) - 1) / 2)
+    ax.set_xticklabels([describe(r).replace(" ", "\n", 2) for r in results], fontsize=7)
+    ax.set_ylabel("% of memory-bandwidth roofline (higher is better)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(args):
+    specs = case_specs(args)
+    print(f"machine: {machine_description()}; threads: {args.threads}; {len(specs)} cases, "
+          "one process each", flush=True)
+    results = []
+    for spec in specs:
+        result = run_case(spec)
+        results.append(result)
+        print(f"  done: {describe(result)}", flush=True)
+    print()
+    print(table(results))
+    report = dict(machine=machine_description(), threads=args.threads, results=results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"\nJSON: {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"chart: {args.plot}")
+    return report

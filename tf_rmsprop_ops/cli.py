@@ -1,0 +1,55 @@
+"""Command line: `tf-rmsprop-ops demo` and `tf-rmsprop-ops bench` (also `python -m tf_rmsprop_ops`)."""
+import argparse
+import os
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="tf-rmsprop-ops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a small model with RMSpropX, print the loss")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--jit", action="store_true", help="jit_compile=True (the XLA lowering)")
+    demo.add_argument("--seed", type=int, default=0)
+
+    bench = sub.add_parser("bench", help="time the ops against TensorFlow, Keras, the roofline")
+    bench.add_argument("--sizes", default=None,
+                       help="dense element counts (K/M/G); default 1M,16M,64M (--quick: 4K,64K)")
+    bench.add_argument("--variants", default="plain,momentum,centered_momentum",
+                       help="from plain, momentum, centered, centered_momentum")
+    bench.add_argument("--dtype", default="float32",
+                       help="comma list from float32, float16, bfloat16, float64")
+    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                       help="intra-op threads (and probe threads)")
+    bench.add_argument("--repeats", type=int, default=15, help="timed calls per implementation")
+    bench.add_argument("--sparse-rows", default="1000000")
+    bench.add_argument("--sparse-dim", type=int, default=64)
+    bench.add_argument("--sparse-indices", type=int, default=10000)
+    bench.add_argument("--no-sparse", action="store_true")
+    bench.add_argument("--only-sparse", action="store_true")
+    bench.add_argument("--json", default="bench_out/bench.json", help="where to write results")
+    bench.add_argument("--plot", default=None, help="PNG chart path (needs matplotlib)")
+    bench.add_argument("--quick", action="store_true",
+                       help="tiny sizes and few repeats: checks the harness, not the speed")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "demo":
+        from tf_rmsprop_ops import demo
+        demo.main(steps=args.steps, jit_compile=args.jit, seed=args.seed)
+    elif args.command == "bench":
+        if args.quick:
+            args.sizes, args.repeats = args.sizes or "4K,64K", 3
+            args.sparse_rows, args.sparse_indices, args.sparse_dim = "2000", 300, 8
+        args.sizes = args.sizes or "1M,16M,64M"
+        if args.json and os.path.dirname(args.json):
+            os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        from tf_rmsprop_ops.benchmark import runner
+        runner.main(args)
+
+
+if __name__ == "__main__":
+    main()
