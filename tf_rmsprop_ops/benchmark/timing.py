@@ -4,9 +4,11 @@ import time
 import numpy as np
 
 
-def median_ms(functions, repeats, warmup=2, budget_s=None):
+def median_ms(functions, repeats, warmup=2, budget_s=None, interleave=True):
     """{name: median ms} for zero-argument callables, timed round-robin so that drift of
-    the machine affects every competitor alike. A competitor whose calls exceed `budget_s`
+    the machine affects every competitor alike (`interleave=False`: each competitor's calls
+    back to back, so that one competitor's memory traffic does not evict another's working
+    set; for cache-sensitive cases). A competitor whose calls exceed `budget_s`
     in total stops early (at least 3 timings are kept). A competitor that fails to run
     (e.g. XLA cannot compile it) is reported as None."""
     functions = dict(functions)
@@ -22,13 +24,15 @@ def median_ms(functions, repeats, warmup=2, budget_s=None):
             del functions[name]
     samples = {name: [] for name in functions}
     spent = {name: 0.0 for name in functions}
-    for _ in range(repeats):
-        for name, f in functions.items():
-            if budget_s is not None and spent[name] > budget_s and len(samples[name]) >= 3:
-                continue
-            start = time.perf_counter()
-            f()
-            elapsed = time.perf_counter() - start
-            samples[name].append(elapsed)
-            spent[name] += elapsed
+    rounds = [(name, f) for _ in range(repeats) for name, f in functions.items()]
+    if not interleave:
+        rounds = [(name, f) for name, f in functions.items() for _ in range(repeats)]
+    for name, f in rounds:
+        if budget_s is not None and spent[name] > budget_s and len(samples[name]) >= 3:
+            continue
+        start = time.perf_counter()
+        f()
+        elapsed = time.perf_counter() - start
+        samples[name].append(elapsed)
+        spent[name] += elapsed
     return {**{name: float(np.median(s)) * 1e3 for name, s in samples.items()}, **failed}
