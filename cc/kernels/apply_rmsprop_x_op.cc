@@ -64,9 +64,20 @@ class ApplyRMSpropXOp : public OpKernel {
                       mg ? mg + lo : nullptr, hi - lo);
     };
     const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    // ~1 ns per element: Shard runs small updates inline and splits large ones.
-    tensorflow::Shard(workers->num_threads, workers->workers, (n + kBlock - 1) / kBlock, kBlock,
-                      update_blocks);
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    if (workers->num_threads <= 1 || blocks < 4) {
+      update_blocks(0, blocks);
+      return;
+    }
+    // A few equal, contiguous shards per thread: long streams for the prefetchers, and
+    // enough shards to even out a thread that starts late.
+    const int64_t per_shard = std::max<int64_t>(1, blocks / (4 * workers->num_threads));
+    workers->workers->ParallelFor(
+        blocks,
+        tensorflow::thread::ThreadPool::SchedulingParams(
+            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt,
+            per_shard),
+        update_blocks);
   }
 
  private:

@@ -1,0 +1,38 @@
+"""Loading the op library: TensorFlow version checks and clear errors."""
+import pytest
+import tensorflow as tf
+
+import tf_rmsprop_ops
+from tf_rmsprop_ops import _build_info, _library
+
+
+def test_library_was_built_against_the_running_tensorflow():
+    assert _build_info.TF_VERSION == tf.__version__
+    assert tf_rmsprop_ops.LIBRARY_PATH.endswith(".so")
+
+
+def test_version_mismatch_is_an_import_error_naming_both_versions(monkeypatch):
+    monkeypatch.setattr(_build_info, "TF_VERSION", "2.0.0")
+    with pytest.raises(ImportError) as err:
+        _library._check_tensorflow_version()
+    message = str(err.value)
+    assert "2.0.0" in message and tf.__version__ in message
+    assert "pip install --no-build-isolation" in message and "make" in message
+
+
+def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(_library, "_HERE", str(tmp_path))
+    with pytest.raises(ImportError, match="is missing.*pip install --no-build-isolation"):
+        _library._library_path()
+
+
+def test_ops_are_registered_once_with_tensorflow():
+    assert {"ApplyRMSpropX", "SparseApplyRMSpropX"} <= set(dir(_library.ops))
+    # Loading again (e.g. a second import path) must not fail or re-register.
+    tf.load_op_library(tf_rmsprop_ops.LIBRARY_PATH)
+
+
+def test_dtensor_opt_in_is_set_for_both_ops():
+    import os
+    for op in ("APPLYRMSPROPX", "SPARSEAPPLYRMSPROPX"):
+        assert os.environ[f"DTENSOR_ENABLE_REPLICATED_SPMD_AS_DEFAULT_TF.{op}"] == "1"
