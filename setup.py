@@ -6,6 +6,7 @@ with the isolation removed (the TensorFlow you will run is the one we must compi
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_SIDECAR_FILES = ("_build_info.py", "_stream_probe.so")  # written by `make` beside the library
 
 
 def _tensorflow_flags():
@@ -43,6 +45,14 @@ class MakeBuildExt(build_ext):
              f"TF_LFLAGS={lflags}", f"TF_VERSION={version}", f"PYTHON={sys.executable}"]
             + ([f"ARCH_FLAGS={os.environ['TF_RMSPROP_OPS_ARCH_FLAGS']}"]
                if "TF_RMSPROP_OPS_ARCH_FLAGS" in os.environ else []))
+        if self.inplace or getattr(self, "editable_mode", False):
+            # Editable installs import from the source tree: the files `make` wrote beside
+            # the library (build info, bandwidth probe) must be there too.
+            package_dir = os.path.join(_HERE, "tf_rmsprop_ops")
+            for name in _SIDECAR_FILES:
+                built = os.path.join(os.path.dirname(target), name)
+                if os.path.abspath(built) != os.path.join(package_dir, name):
+                    shutil.copyfile(built, os.path.join(package_dir, name))
 
 
 setup(

@@ -4,6 +4,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def plot(results, path):
         ax.bar(x + i * width, frac, width, label=name)
     ax.axhline(100, color="k", lw=0.8, ls="--")
     ax.set_xticks(x + width * (len(impls) - 1) / 2)
-    ax.set_xticklabels([describe(r).replace(" ", "\n", 2) for r in results], fontsize=7)
+    ax.set_xticklabels([textwrap.fill(describe(r), 16) for r in results], fontsize=7)
     ax.set_ylabel("% of memory-bandwidth roofline (higher is better)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
