@@ -1,14 +1,21 @@
 // CPU span loops: the formula of cc/rmsprop_x_update.h applied over contiguous memory.
 #include "cc/cpu/rmsprop_x_cpu.h"
 
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace tf_rmsprop_ops {
 namespace cpu {
 namespace {
 
-// Storage <-> compute conversions. Written on the raw bits so that the loops stay plain
-// and vectorise (F16C / AVX512-FP16 for half, integer shifts for bfloat16).
+// Storage <-> compute conversions, on the raw bits. Scalar versions for tails and rows;
+// the 16-bit types are otherwise converted a block at a time (ToFloatBlock/FromFloatBlock),
+// in loops that vectorise, around the float32 update loop.
 inline float ToCompute(Half h) {
   _Float16 f;
   std::memcpy(&f, &h.bits, sizeof(f));
@@ -43,7 +50,47 @@ template <> inline BFloat16 FromCompute<BFloat16>(float x) {
   return b;
 }
 
+void ToFloatBlock(const Half* __restrict__ in, float* __restrict__ out, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                  reinterpret_cast<const __m128i*>(in + i))));
+  }
+#endif
+  for (; i < n; ++i) out[i] = ToCompute(in[i]);
+}
+void FromFloatBlock(const float* __restrict__ in, Half* __restrict__ out, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+#endif
+  for (; i < n; ++i) out[i] = FromCompute<Half>(in[i]);
+}
+// bfloat16 blocks: plain integer loops on the bits (a struct element type would keep the
+// vectoriser away), the same arithmetic as the scalar conversions above.
+void ToFloatBlock(const BFloat16* __restrict__ in, float* __restrict__ out, int64_t n) {
+  const uint16_t* bits = &in->bits;
+  uint32_t* widened = reinterpret_cast<uint32_t*>(out);  // float buffer, written as bits
+  for (int64_t i = 0; i < n; ++i) widened[i] = static_cast<uint32_t>(bits[i]) << 16;
+}
+void FromFloatBlock(const float* __restrict__ in, BFloat16* __restrict__ out, int64_t n) {
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(in);
+  uint16_t* bits = &out->bits;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t x = u[i];
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t nan = (x >> 16) | 0x40u;
+    bits[i] = static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  }
+}
+
 template <bool kCentered, bool kMomentum, typename T, typename G>
+// One pass over n elements, in the storage type (float, double) or, for 16-bit types,
+// over float32 blocks.
 void UpdateSpanImpl(const Coefficients<ComputeType<T>>& k, const G* __restrict__ grad,
                     T* __restrict__ var, T* __restrict__ ms, T* __restrict__ mom,
                     T* __restrict__ mg, int64_t n) {
@@ -62,17 +109,97 @@ void UpdateSpanImpl(const Coefficients<ComputeType<T>>& k, const G* __restrict__
   }
 }
 
+// bfloat16 without blocks: the widening and rounding are integer operations that
+// vectorise inside the update loop itself, so the data crosses the core once.
+inline float Bf16BitsToFloat(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline uint16_t FloatToBf16Bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  const uint32_t nan = (x >> 16) | 0x40u;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+template <bool kCentered, bool kMomentum, typename G>
+void UpdateSpanBf16(const Coefficients<float>& k, const G* __restrict__ grad,
+                    uint16_t* __restrict__ var, uint16_t* __restrict__ ms,
+                    uint16_t* __restrict__ mom, uint16_t* __restrict__ mg, int64_t n) {
+  const Coefficients<float> kk = k;
+  for (int64_t i = 0; i < n; ++i) {
+    float g;
+    if constexpr (std::is_same_v<G, float>) {
+      g = grad[i];
+    } else {
+      g = Bf16BitsToFloat(grad[i].bits);
+    }
+    float v = Bf16BitsToFloat(var[i]);
+    float s = Bf16BitsToFloat(ms[i]);
+    float m = kMomentum ? Bf16BitsToFloat(mom[i]) : 0.f;
+    float a = kCentered ? Bf16BitsToFloat(mg[i]) : 0.f;
+    UpdateElement<kCentered, kMomentum, float>(kk, g, v, s, m, a);
+    var[i] = FloatToBf16Bits(v);
+    ms[i] = FloatToBf16Bits(s);
+    if (kMomentum) mom[i] = FloatToBf16Bits(m);
+    if (kCentered) mg[i] = FloatToBf16Bits(a);
+  }
+}
+
+// half: each block is widened to float32, updated by the float32 loop (the same
+// instantiation float variables use) and narrowed back: every loop stays vectorised.
+template <bool kCentered, bool kMomentum, typename T, typename G>
+void UpdateSpanViaFloat(const Coefficients<float>& k, const G* grad, T* var, T* ms, T* mom,
+                        T* mg, int64_t n) {
+  constexpr int64_t kChunk = 512;
+  alignas(64) float v[kChunk], s[kChunk], m[kChunk], a[kChunk], g[kChunk];
+  for (int64_t off = 0; off < n; off += kChunk) {
+    const int64_t len = std::min(kChunk, n - off);
+    const float* g_block = g;
+    if constexpr (std::is_same_v<G, float>) {
+      g_block = grad + off;  // a summed sparse row, already float32
+    } else {
+      ToFloatBlock(grad + off, g, len);
+    }
+    ToFloatBlock(var + off, v, len);
+    ToFloatBlock(ms + off, s, len);
+    if (kMomentum) ToFloatBlock(mom + off, m, len);
+    if (kCentered) ToFloatBlock(mg + off, a, len);
+    UpdateSpanImpl<kCentered, kMomentum, float, float>(k, g_block, v, s, m, a, len);
+    FromFloatBlock(v, var + off, len);
+    FromFloatBlock(s, ms + off, len);
+    if (kMomentum) FromFloatBlock(m, mom + off, len);
+    if (kCentered) FromFloatBlock(a, mg + off, len);
+  }
+}
+
+template <bool kCentered, bool kMomentum, typename T, typename G>
+void UpdateSpanDispatch(const Coefficients<ComputeType<T>>& k, const G* grad, T* var, T* ms,
+                        T* mom, T* mg, int64_t n) {
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    auto bits = [](BFloat16* p) { return p ? &p->bits : nullptr; };
+    UpdateSpanBf16<kCentered, kMomentum>(k, grad, bits(var), bits(ms), bits(mom), bits(mg), n);
+  } else if constexpr (std::is_same_v<T, Half>) {
+    UpdateSpanViaFloat<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
+  } else {
+    UpdateSpanImpl<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
+  }
+}
+
 }  // namespace
 
 template <typename T, typename G>
 void UpdateSpan(const Variant& variant, const Coefficients<ComputeType<T>>& k, const G* grad,
                 T* var, T* ms, T* mom, T* mg, int64_t n) {
   if (variant.centered) {
-    if (variant.momentum) return UpdateSpanImpl<true, true>(k, grad, var, ms, mom, mg, n);
-    return UpdateSpanImpl<true, false>(k, grad, var, ms, mom, mg, n);
+    if (variant.momentum) return UpdateSpanDispatch<true, true>(k, grad, var, ms, mom, mg, n);
+    return UpdateSpanDispatch<true, false>(k, grad, var, ms, mom, mg, n);
   }
-  if (variant.momentum) return UpdateSpanImpl<false, true>(k, grad, var, ms, mom, mg, n);
-  return UpdateSpanImpl<false, false>(k, grad, var, ms, mom, mg, n);
+  if (variant.momentum) return UpdateSpanDispatch<false, true>(k, grad, var, ms, mom, mg, n);
+  return UpdateSpanDispatch<false, false>(k, grad, var, ms, mom, mg, n);
 }
 
 template <typename T>
