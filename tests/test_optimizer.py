@@ -226,8 +226,8 @@ def test_jit_compile_matches_native_kernels(rng):
     _assert_same_trajectory(jit, native, rtol=1e-6, atol=1e-7)
 
 
-def test_mesh_is_refused_clearly():
-    with pytest.raises(NotImplementedError, match="DTensor"):
+def test_mesh_must_be_a_dtensor_mesh():
+    with pytest.raises(ValueError, match="mesh"):
         RMSpropX(mesh=object())
 
 

@@ -25,7 +25,7 @@ import warnings
 
 import tensorflow as tf
 
-from tf_rmsprop_ops import _gradients
+from tf_rmsprop_ops import _dtensor, _gradients
 from tf_rmsprop_ops.ops import apply_rmsprop_x, sparse_apply_rmsprop_x
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
@@ -57,7 +57,9 @@ class RMSpropX(tf.Module):
       loss_scale_factor: gradients are divided by it (and `minimize` multiplies the loss).
       gradient_accumulation_steps: apply the mean gradient every N steps (N >= 2).
       jit_compile: run each update as one XLA computation (the ops' XLA lowering).
-      mesh: a DTensor mesh; reserved for DTensor support (not yet available).
+      mesh: a DTensor mesh: the optimizer's own variables (iterations, learning rate) are
+        created replicated on it. DVariables get slots with their own layout whether or not
+        a mesh is given; sharded layouts stay sharded (see `_dtensor`).
       name: the module's name.
     Extensions: nesterov, epsilon_placement ("inside_sqrt" | "outside_sqrt"), lr_placement
       ("inside_momentum" | "outside_momentum"), weight_decay_mode ("decoupled" | "coupled"),
@@ -97,8 +99,7 @@ class RMSpropX(tf.Module):
         self.use_momentum = self.momentum > 0 or self.nesterov
 
         with tf.init_scope():
-            self._iterations = tf.Variable(0, dtype=tf.int64, name="iteration",
-                                           trainable=False)
+            self._iterations = self._scalar_variable(0, tf.int64, "iteration")
             self._learning_rate = self._make_learning_rate(learning_rate)
         # Per-variable state, in build order (tracked by position for checkpoints).
         self._ms, self._mom, self._mg = [], [], []
@@ -112,10 +113,15 @@ class RMSpropX(tf.Module):
 
     # ---- hyperparameters -----------------------------------------------------------------
 
+    def _scalar_variable(self, value, dtype, name):
+        if self.mesh is not None:
+            return _dtensor.replicated_variable(self.mesh, value, name, dtype)
+        return tf.Variable(value, dtype=dtype, name=name, trainable=False)
+
     def _make_learning_rate(self, lr):
         if _is_schedule(lr) or callable(lr):
             return lr
-        return tf.Variable(float(lr), dtype=tf.float32, name="learning_rate", trainable=False)
+        return self._scalar_variable(float(lr), tf.float32, "learning_rate")
 
     @property
     def iterations(self):
@@ -163,6 +169,9 @@ class RMSpropX(tf.Module):
             def slot(name, value=0.0, create=True):
                 if not create:
                     return None
+                if _dtensor.is_dvariable(var):
+                    with tf.init_scope():
+                        return _dtensor.variable_like(var, value, f"{base}_{name}")
                 with tf.init_scope(), _colocated_with(var):
                     return tf.Variable(tf.fill(var.shape, tf.cast(value, var.dtype)),
                                        name=f"{base}_{name}", trainable=False)
@@ -304,14 +313,30 @@ class RMSpropX(tf.Module):
     def _update_one(self, grad, var, lr):
         """The whole step of one variable: one fused op call (dense or sparse)."""
         i = self._index[id(var)]
-        kwargs = dict(lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
-                      weight_decay=self.weight_decay or 0.0, mom=self._mom[i], mg=self._mg[i],
-                      nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
-                      lr_placement=self.lr_placement,
-                      weight_decay_mode=self._weight_decay_mode_for(var))
-        if isinstance(grad, tf.IndexedSlices):
-            return sparse_apply_rmsprop_x(var, self._ms[i], grad.values, grad.indices, **kwargs)
-        return apply_rmsprop_x(var, self._ms[i], grad, **kwargs)
+        slots = [s for s in (self._ms[i], self._mom[i], self._mg[i]) if s is not None]
+        scalars = dict(lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
+                       weight_decay=self.weight_decay or 0.0)
+        structure = dict(nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
+                         lr_placement=self.lr_placement,
+                         weight_decay_mode=self._weight_decay_mode_for(var))
+
+        def apply(var, slots, values, indices, **scalars):
+            ms, rest = slots[0], list(slots[1:])
+            mom = rest.pop(0) if self.use_momentum else None
+            mg = rest.pop(0) if self.centered else None
+            if indices is not None:
+                return sparse_apply_rmsprop_x(var, ms, values, indices, mom=mom, mg=mg,
+                                              **scalars, **structure)
+            return apply_rmsprop_x(var, ms, values, mom=mom, mg=mg, **scalars, **structure)
+
+        sparse = isinstance(grad, tf.IndexedSlices)
+        values = grad.values if sparse else grad
+        indices = grad.indices if sparse else None
+        if _dtensor.is_dvariable(var):
+            if _dtensor.is_sharded(var):
+                return _dtensor.apply_on_shards(apply, var, slots, values, scalars, indices)
+            values, indices = _dtensor.on_mesh_of(values, var), _dtensor.on_mesh_of(indices, var)
+        return apply(var, slots, values, indices, **scalars)
 
     def _accumulate_or_update(self, grads, variables):
         steps = self.gradient_accumulation_steps
@@ -446,8 +471,7 @@ def _validate(**args):
         bad("lr_placement", f"must be one of {LR_PLACEMENTS}")
     if args.get("weight_decay_mode", "decoupled") not in ("decoupled", "coupled"):
         bad("weight_decay_mode", "must be 'decoupled' (Keras/AdamW) or 'coupled' (PyTorch L2)")
-    if args.get("mesh") is not None:
-        raise NotImplementedError(
-            "RMSpropX(mesh=...): DTensor meshes are not supported yet (planned with the "
-            "distribution work); create the optimizer without a mesh.")
+    mesh = args.get("mesh")
+    if mesh is not None and not isinstance(mesh, tf.experimental.dtensor.Mesh):
+        bad("mesh", "must be a tf.experimental.dtensor.Mesh or None")
 
