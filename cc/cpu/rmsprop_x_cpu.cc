@@ -176,6 +176,34 @@ void UpdateSpanViaFloat(const Coefficients<float>& k, const G* grad, T* var, T* 
   }
 }
 
+// Streams of 4 KiB pages: the hardware prefetchers stop at every page boundary, so each
+// stream stalls on a TLB walk and a cold line per page. Software prefetches a fixed
+// distance ahead cross the boundary early. The span is walked in short chunks (a multiple
+// of every vector width) with one prefetch per stream and cache line ahead.
+template <bool kCentered, bool kMomentum, typename T, typename G>
+void UpdateSpanPrefetched(const Coefficients<ComputeType<T>>& k, const G* grad, T* var, T* ms,
+                          T* mom, T* mg, int64_t n) {
+  constexpr int64_t kChunk = 64 / sizeof(T) * 4;              // 4 cache lines per stream
+  constexpr int64_t kAhead = 2048 / sizeof(T);                // 2 KiB ahead (measured best)
+  int64_t off = 0;
+  for (; off + kChunk + kAhead <= n; off += kChunk) {
+    for (int64_t line = 0; line < kChunk; line += 64 / sizeof(T)) {
+      const int64_t at = off + kAhead + line;
+      __builtin_prefetch(grad + at, 0, 3);
+      __builtin_prefetch(var + at, 1, 3);
+      __builtin_prefetch(ms + at, 1, 3);
+      if (kMomentum) __builtin_prefetch(mom + at, 1, 3);
+      if (kCentered) __builtin_prefetch(mg + at, 1, 3);
+    }
+    UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off,
+                                         kMomentum ? mom + off : nullptr,
+                                         kCentered ? mg + off : nullptr, kChunk);
+  }
+  UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off,
+                                       kMomentum ? mom + off : nullptr,
+                                       kCentered ? mg + off : nullptr, n - off);
+}
+
 template <bool kCentered, bool kMomentum, typename T, typename G>
 void UpdateSpanDispatch(const Coefficients<ComputeType<T>>& k, const G* grad, T* var, T* ms,
                         T* mom, T* mg, int64_t n) {
@@ -185,7 +213,7 @@ void UpdateSpanDispatch(const Coefficients<ComputeType<T>>& k, const G* grad, T*
   } else if constexpr (std::is_same_v<T, Half>) {
     UpdateSpanViaFloat<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
   } else {
-    UpdateSpanImpl<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
+    UpdateSpanPrefetched<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
   }
 }
 
