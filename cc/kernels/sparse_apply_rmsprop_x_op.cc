@@ -6,6 +6,8 @@
 // and validates, then the unique rows are updated in parallel, each in one fused pass.
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
