@@ -20,6 +20,7 @@ decoupled, `var -= lr * wd * var` before the step, as Keras). Deliberate differe
   "outside_momentum"` (PyTorch), `weight_decay_mode="coupled"` (PyTorch's L2),
   `initial_scale` (1.0 reproduces TF1's accumulator initialisation).
 """
+import contextlib
 import re
 import warnings
 
@@ -424,15 +425,7 @@ def _colocated_with(var):
     """Slot placement: with the variable (its device, or under a strategy, its replicas)."""
     if tf.distribute.has_strategy():
         return tf.distribute.get_strategy().extended.colocate_vars_with(var)
-    return tf.device(var.device) if getattr(var, "device", None) else _null()
-
-
-class _null:  # noqa: N801 (a tiny no-op context manager)
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return tf.device(var.device) if getattr(var, "device", None) else contextlib.nullcontext()
 
 
 def _validate(**args):
