@@ -13,20 +13,31 @@ namespace tf_rmsprop_ops {
 namespace cpu {
 namespace {
 
-// Storage <-> compute conversions, on the raw bits. Scalar versions for tails and rows;
-// the 16-bit types are otherwise converted a block at a time (ToFloatBlock/FromFloatBlock),
-// in loops that vectorise, around the float32 update loop.
+// Storage <-> compute conversions, on the raw bits. Scalar versions serve tails and sparse
+// rows; bfloat16 also uses them inside the vectorised update loop, half converts blocks
+// with F16C (ToFloatBlock/FromFloatBlock) around the float32 loop.
 inline float ToCompute(Half h) {
   _Float16 f;
   std::memcpy(&f, &h.bits, sizeof(f));
   return static_cast<float>(f);
 }
-inline float ToCompute(BFloat16 b) {
-  const uint32_t u = static_cast<uint32_t>(b.bits) << 16;
+// bfloat16 is the upper half of a float32: widening is a shift; narrowing rounds to
+// nearest even, as Eigen::bfloat16, and keeps NaN a (quiet) NaN. Branch-free, so loops
+// over the bits vectorise.
+inline float Bf16BitsToFloat(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
+inline uint16_t FloatToBf16Bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  const uint32_t nan = (x >> 16) | 0x40u;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+inline float ToCompute(BFloat16 b) { return Bf16BitsToFloat(b.bits); }
 inline float ToCompute(float x) { return x; }
 inline double ToCompute(double x) { return x; }
 
@@ -40,17 +51,13 @@ template <> inline Half FromCompute<Half>(float x) {
   return h;
 }
 template <> inline BFloat16 FromCompute<BFloat16>(float x) {
-  // Round to nearest even, as Eigen::bfloat16; NaN stays a (quiet) NaN.
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  BFloat16 b;
-  b.bits = static_cast<uint16_t>(is_nan ? ((u >> 16) | 0x40u) : rounded);
-  return b;
+  return BFloat16{FloatToBf16Bits(x)};
 }
 
-void ToFloatBlock(const Half* __restrict__ in, float* __restrict__ out, int64_t n) {
+// half blocks: F16C converts 8 at a time. Not inlined: one call per block costs nothing,
+// and inlined copies made GCC warn about the scalar tails.
+__attribute__((noinline)) void ToFloatBlock(const Half* __restrict__ in,
+                                            float* __restrict__ out, int64_t n) {
   int64_t i = 0;
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8) {
@@ -60,7 +67,8 @@ void ToFloatBlock(const Half* __restrict__ in, float* __restrict__ out, int64_t 
 #endif
   for (; i < n; ++i) out[i] = ToCompute(in[i]);
 }
-void FromFloatBlock(const float* __restrict__ in, Half* __restrict__ out, int64_t n) {
+__attribute__((noinline)) void FromFloatBlock(const float* __restrict__ in,
+                                              Half* __restrict__ out, int64_t n) {
   int64_t i = 0;
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8) {
@@ -69,23 +77,6 @@ void FromFloatBlock(const float* __restrict__ in, Half* __restrict__ out, int64_
   }
 #endif
   for (; i < n; ++i) out[i] = FromCompute<Half>(in[i]);
-}
-// bfloat16 blocks: plain integer loops on the bits (a struct element type would keep the
-// vectoriser away), the same arithmetic as the scalar conversions above.
-void ToFloatBlock(const BFloat16* __restrict__ in, float* __restrict__ out, int64_t n) {
-  const uint16_t* bits = &in->bits;
-  uint32_t* widened = reinterpret_cast<uint32_t*>(out);  // float buffer, written as bits
-  for (int64_t i = 0; i < n; ++i) widened[i] = static_cast<uint32_t>(bits[i]) << 16;
-}
-void FromFloatBlock(const float* __restrict__ in, BFloat16* __restrict__ out, int64_t n) {
-  const uint32_t* u = reinterpret_cast<const uint32_t*>(in);
-  uint16_t* bits = &out->bits;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t x = u[i];
-    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-    const uint32_t nan = (x >> 16) | 0x40u;
-    bits[i] = static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-  }
 }
 
 template <bool kCentered, bool kMomentum, typename T, typename G>
@@ -109,22 +100,9 @@ void UpdateSpanImpl(const Coefficients<ComputeType<T>>& k, const G* __restrict__
   }
 }
 
-// bfloat16 without blocks: the widening and rounding are integer operations that
-// vectorise inside the update loop itself, so the data crosses the core once.
-inline float Bf16BitsToFloat(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-inline uint16_t FloatToBf16Bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-  const uint32_t nan = (x >> 16) | 0x40u;
-  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
-
+// bfloat16 without blocks: the widening and rounding (Bf16BitsToFloat, FloatToBf16Bits)
+// are integer operations that vectorise inside the update loop itself, so the data
+// crosses the core once.
 template <bool kCentered, bool kMomentum, typename G>
 void UpdateSpanBf16(const Coefficients<float>& k, const G* __restrict__ grad,
                     uint16_t* __restrict__ var, uint16_t* __restrict__ ms,
@@ -178,43 +156,46 @@ void UpdateSpanViaFloat(const Coefficients<float>& k, const G* grad, T* var, T* 
 
 // Streams of 4 KiB pages: the hardware prefetchers stop at every page boundary, so each
 // stream stalls on a TLB walk and a cold line per page. Software prefetches a fixed
-// distance ahead cross the boundary early. The span is walked in short chunks (a multiple
-// of every vector width) with one prefetch per stream and cache line ahead.
-template <bool kCentered, bool kMomentum, typename T, typename G>
-void UpdateSpanPrefetched(const Coefficients<ComputeType<T>>& k, const G* grad, T* var, T* ms,
-                          T* mom, T* mg, int64_t n) {
-  constexpr int64_t kChunk = 64 / sizeof(T) * 4;              // 4 cache lines per stream
-  constexpr int64_t kAhead = 2048 / sizeof(T);                // 2 KiB ahead (measured best)
+// distance ahead cross the boundary early. The span is walked in chunks of four cache lines
+// per stream (a multiple of every vector width), one prefetch per stream and line, and
+// `span(offset, length)` updates each chunk.
+template <typename T, typename G, typename Span>
+void WithStreamPrefetch(const G* grad, T* var, T* ms, T* mom, T* mg, int64_t n, Span&& span) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  constexpr int64_t kChunk = 4 * kLine;
+  constexpr int64_t kAhead = 2048 / sizeof(T);  // 2 KiB ahead: measured best here
   int64_t off = 0;
   for (; off + kChunk + kAhead <= n; off += kChunk) {
-    for (int64_t line = 0; line < kChunk; line += 64 / sizeof(T)) {
+    for (int64_t line = 0; line < kChunk; line += kLine) {
       const int64_t at = off + kAhead + line;
       __builtin_prefetch(grad + at, 0, 3);
       __builtin_prefetch(var + at, 1, 3);
       __builtin_prefetch(ms + at, 1, 3);
-      if (kMomentum) __builtin_prefetch(mom + at, 1, 3);
-      if (kCentered) __builtin_prefetch(mg + at, 1, 3);
+      if (mom != nullptr) __builtin_prefetch(mom + at, 1, 3);
+      if (mg != nullptr) __builtin_prefetch(mg + at, 1, 3);
     }
-    UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off,
-                                         kMomentum ? mom + off : nullptr,
-                                         kCentered ? mg + off : nullptr, kChunk);
+    span(off, kChunk);
   }
-  UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off,
-                                       kMomentum ? mom + off : nullptr,
-                                       kCentered ? mg + off : nullptr, n - off);
+  span(off, n - off);
 }
 
 template <bool kCentered, bool kMomentum, typename T, typename G>
 void UpdateSpanDispatch(const Coefficients<ComputeType<T>>& k, const G* grad, T* var, T* ms,
                         T* mom, T* mg, int64_t n) {
-  if constexpr (std::is_same_v<T, BFloat16>) {
-    auto bits = [](BFloat16* p) { return p ? &p->bits : nullptr; };
-    UpdateSpanBf16<kCentered, kMomentum>(k, grad, bits(var), bits(ms), bits(mom), bits(mg), n);
-  } else if constexpr (std::is_same_v<T, Half>) {
-    UpdateSpanViaFloat<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
-  } else {
-    UpdateSpanPrefetched<kCentered, kMomentum>(k, grad, var, ms, mom, mg, n);
-  }
+  auto at = [](auto* p, int64_t off) { return p != nullptr ? p + off : p; };
+  WithStreamPrefetch(grad, var, ms, mom, mg, n, [&](int64_t off, int64_t len) {
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      auto bits = [](BFloat16* p) { return p != nullptr ? &p->bits : nullptr; };
+      UpdateSpanBf16<kCentered, kMomentum>(k, grad + off, bits(var + off), bits(ms + off),
+                                           bits(at(mom, off)), bits(at(mg, off)), len);
+    } else if constexpr (std::is_same_v<T, Half>) {
+      UpdateSpanViaFloat<kCentered, kMomentum>(k, grad + off, var + off, ms + off,
+                                               at(mom, off), at(mg, off), len);
+    } else {
+      UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off, at(mom, off),
+                                           at(mg, off), len);
+    }
+  });
 }
 
 }  // namespace
