@@ -20,3 +20,8 @@ def pytest_report_header(config):
 @pytest.fixture
 def rng(request):
     return np.random.default_rng([BASE_SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    if exitstatus != 0:  # -q hides the header: repeat the seed where a failure is read
+        terminalreporter.write_line(f"reproduce with TF_RMSPROP_TEST_SEED={BASE_SEED}")

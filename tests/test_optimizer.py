@@ -97,7 +97,10 @@ def test_minimize_with_tensor_loss_and_tape(rng):
     opt.minimize(loss, [var], tape=tape)
     want = reference.rmsprop_x_step(start, 2 * start, np.zeros(4), np.zeros(4), lr=0.05,
                                     momentum=0.9, epsilon=1e-7)
-    np.testing.assert_allclose(var.numpy(), want["var"], rtol=1e-6)
+    # Relative to the values' scale: an element that lands near 0 (var - upd cancels)
+    # carries the float32 rounding of its operands.
+    np.testing.assert_allclose(var.numpy(), want["var"], rtol=1e-6,
+                               atol=1e-6 * np.max(np.abs(start)))
     with pytest.raises(ValueError, match="tape"):
         opt.minimize(loss, [var])
 

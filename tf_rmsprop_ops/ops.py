@@ -18,9 +18,10 @@ def _handle(variable, what):
 
 
 def _dtype_of(variable, grad):
-    dtype = getattr(variable, "dtype", None)
-    if dtype is None or dtype == tf.resource:
-        dtype = grad.dtype
+    """The op's T: the variable's dtype, or for a bare handle, the gradient's."""
+    dtype = getattr(variable, "dtype", tf.resource)
+    if dtype == tf.resource:
+        dtype = tf.convert_to_tensor(grad).dtype
     return tf.as_dtype(dtype).base_dtype
 
 
@@ -31,8 +32,7 @@ def _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_deca
         slots.append(_handle(mom, "mom"))
     if mg is not None:
         slots.append(_handle(mg, "mg"))
-    dtype = _dtype_of(var, tf.convert_to_tensor(grad) if not isinstance(
-        grad, tf.Tensor) else grad)
+    dtype = _dtype_of(var, grad)
 
     def scalar(x):
         # A Python number goes straight to `dtype` (via float32 it would lose precision).
