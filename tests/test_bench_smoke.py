@@ -14,6 +14,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
     cli.main(["bench", "--quick", "--variants", "plain,centered_momentum", "--sizes", "4K",
               "--json", str(out)])
     report = json.loads(out.read_text())
+    assert "keras" in report["software"] and report["machine"]
     kinds = [r["kind"] for r in report["results"]]
     assert kinds == ["dense", "dense", "sparse"]
     for r in report["results"]:

@@ -30,6 +30,18 @@ def machine_description():
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
+def software_versions():
+    """Versions of what is compared (read without importing TensorFlow here)."""
+    from importlib import metadata
+    versions = {"python": platform.python_version()}
+    for dist in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "tf-rmsprop-ops"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
 def run_case(spec, env=None):
     out = subprocess.run([sys.executable, "-m", "tf_rmsprop_ops.benchmark.case", json.dumps(spec)],
                          capture_output=True, text=True, env=env)
@@ -126,7 +138,8 @@ def main(args):
         print(f"  done: {describe(result)}", flush=True)
     print()
     print(table(results))
-    report = dict(machine=machine_description(), threads=args.threads, results=results)
+    report = dict(machine=machine_description(), threads=args.threads,
+                  software=software_versions(), results=results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
