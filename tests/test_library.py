@@ -36,3 +36,17 @@ def test_dtensor_opt_in_is_set_for_both_ops():
     import os
     for op in ("APPLYRMSPROPX", "SPARSEAPPLYRMSPROPX"):
         assert os.environ[f"DTENSOR_ENABLE_REPLICATED_SPMD_AS_DEFAULT_TF.{op}"] == "1"
+
+
+def test_every_subpackage_is_listed_for_regular_installs():
+    # pyproject lists packages explicitly; a new subpackage missing there would work in the
+    # editable checkout but be absent from a wheel.
+    import os
+
+    import setuptools
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = set(setuptools.find_packages(root, include=["tf_rmsprop_ops*"]))
+    assert found == listed
