@@ -82,6 +82,8 @@ def _check_static_indices(indices, var):
     Under XLA the op cannot raise at run time (out-of-range rows are skipped), so this is the
     only place such a mistake can be reported there.
     """
+    if tf.executing_eagerly():
+        return  # eager calls run the kernel, which validates (and says the same)
     values = tf.get_static_value(indices)
     rows = getattr(var, "shape", tf.TensorShape(None))
     rows = rows[0] if rows.rank else None
