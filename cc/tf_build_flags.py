@@ -18,11 +18,10 @@ def compile_flags():
     include = tf.sysconfig.get_include()
     flags = list(tf.sysconfig.get_compile_flags())
     # Headers that TensorFlow's own headers include from its external repositories.
-    flags += [
-        "-I" + os.path.join(include, "external", "highwayhash"),
-        "-I" + os.path.join(include, "external", "farmhash_archive", "src"),
-        "-DEIGEN_USE_THREADS",
-    ]
+    flags += ["-I" + os.path.join(include, "external", "highwayhash"),
+              "-I" + os.path.join(include, "external", "farmhash_archive", "src")]
+    # TensorFlow's headers as system headers: their warnings are not ours to fix.
+    flags = ["-isystem" + f[2:] if f.startswith("-I") else f for f in flags]
     return " ".join(flags)
 
 

@@ -52,16 +52,12 @@ class ApplyRMSpropXOp : public OpKernel {
     const auto k = ReadCoefficients<T>(ctx, in, variant_);
     const int64_t n = grad.NumElements();
     const auto* g = CpuData<T>(grad);
-    auto* var = CpuData<T>(&t[0]);
-    auto* ms = CpuData<T>(&t[1]);
-    int next = 2;
-    auto* mom = variant_.momentum ? CpuData<T>(&t[next++]) : nullptr;
-    auto* mg = variant_.centered ? CpuData<T>(&t[next++]) : nullptr;
+    const StatePointers<T> state = StateOf<T>(variant_, &t);
     const Variant variant = variant_;
     auto update_blocks = [&](int64_t begin, int64_t end) {
       const int64_t lo = begin * kBlock, hi = std::min(n, end * kBlock);
-      cpu::UpdateSpan(variant, k, g + lo, var + lo, ms + lo, mom ? mom + lo : nullptr,
-                      mg ? mg + lo : nullptr, hi - lo);
+      const StatePointers<T> s = state.At(lo);
+      cpu::UpdateSpan(variant, k, g + lo, s.var, s.ms, s.mom, s.mg, hi - lo);
     };
     const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     const int64_t blocks = (n + kBlock - 1) / kBlock;

@@ -50,12 +50,7 @@ absl::Status CheckVariablesBeforeUpdate(OpKernelContext* ctx, const VariableInpu
 }
 
 absl::Status CheckScalarInputs(OpKernelContext* ctx, const InputIndex& in) {
-  const std::pair<int, const char*> scalars[] = {{in.lr(), "lr"},
-                                                 {in.rho(), "rho"},
-                                                 {in.momentum(), "momentum"},
-                                                 {in.epsilon(), "epsilon"},
-                                                 {in.weight_decay(), "weight_decay"}};
-  for (const auto& [index, name] : scalars) {
+  for (const auto& [index, name] : in.scalars()) {
     const tensorflow::TensorShape& shape = ctx->input(index).shape();
     if (!tensorflow::TensorShapeUtils::IsScalar(shape)) {
       return absl::InvalidArgumentError(absl::StrCat(name, " must be a scalar, got shape ", shape.DebugString()));

@@ -28,6 +28,28 @@ const CpuStorage<T>* CpuData(const tensorflow::Tensor& t) {
   return reinterpret_cast<const CpuStorage<T>*>(t.flat<T>().data());
 }
 
+// var and the enabled slots as raw pointers (mom/mg null when their feature is off), in the
+// order ListVariableInputs gives them.
+template <typename T>
+struct StatePointers {
+  CpuStorage<T>* var;
+  CpuStorage<T>* ms;
+  CpuStorage<T>* mom;
+  CpuStorage<T>* mg;
+  // The same element offset into var and every enabled slot.
+  StatePointers At(int64_t off) const {
+    return {var + off, ms + off, mom ? mom + off : nullptr, mg ? mg + off : nullptr};
+  }
+};
+template <typename T>
+StatePointers<T> StateOf(const Variant& variant, std::vector<tensorflow::Tensor>* tensors) {
+  auto& t = *tensors;
+  int next = 2;
+  CpuStorage<T>* mom = variant.momentum ? CpuData<T>(&t[next++]) : nullptr;
+  CpuStorage<T>* mg = variant.centered ? CpuData<T>(&t[next++]) : nullptr;
+  return {CpuData<T>(&t[0]), CpuData<T>(&t[1]), mom, mg};
+}
+
 // The resource inputs of an op instance ("var", then the slots) with their flat indices.
 struct VariableInputs {
   std::vector<int> ids;

@@ -124,33 +124,26 @@ class SparseApplyRMSpropXOp : public OpKernel {
 
     const auto k = ReadCoefficients<T>(ctx, in, variant_);
     const auto* g = CpuData<T>(grad);
-    auto* var = CpuData<T>(&t[0]);
-    auto* ms = CpuData<T>(&t[1]);
-    int next = 2;
-    auto* mom = variant_.momentum ? CpuData<T>(&t[next++]) : nullptr;
-    auto* mg = variant_.centered ? CpuData<T>(&t[next++]) : nullptr;
+    const StatePointers<T> state = StateOf<T>(variant_, &t);
     const Variant variant = variant_;
     const int64_t row_bytes = row_size * static_cast<int64_t>(sizeof(T));
     auto prefetch = [&](int64_t u) {
-      const int64_t off = unique.row[u] * row_size;
-      cpu::PrefetchRowForWrite(var + off, row_bytes);
-      cpu::PrefetchRowForWrite(ms + off, row_bytes);
-      if (mom) cpu::PrefetchRowForWrite(mom + off, row_bytes);
-      if (mg) cpu::PrefetchRowForWrite(mg + off, row_bytes);
-      cpu::PrefetchRowForWrite(g + unique.first[u] * row_size, row_bytes);
+      const StatePointers<T> s = state.At(unique.row[u] * row_size);
+      for (const void* row : {static_cast<const void*>(s.var), static_cast<const void*>(s.ms),
+                              static_cast<const void*>(s.mom), static_cast<const void*>(s.mg),
+                              static_cast<const void*>(g + unique.first[u] * row_size)}) {
+        if (row != nullptr) cpu::PrefetchRowForWrite(row, row_bytes);
+      }
     };
     auto update_rows = [&](int64_t begin, int64_t end) {
       std::vector<C> sum;  // one summed row, for indices that repeat
       for (int64_t u = begin; u < std::min(end, begin + kPrefetchRows); ++u) prefetch(u);
       for (int64_t u = begin; u < end; ++u) {
         if (u + kPrefetchRows < end) prefetch(u + kPrefetchRows);
-        const int64_t off = unique.row[u] * row_size;
-        auto* mom_row = mom ? mom + off : nullptr;
-        auto* mg_row = mg ? mg + off : nullptr;
+        const StatePointers<T> s = state.At(unique.row[u] * row_size);
         int32_t pos = unique.first[u];
         if (unique.next[pos] < 0) {  // the common case: the row appears once, no copy
-          cpu::UpdateSpan(variant, k, g + pos * row_size, var + off, ms + off, mom_row, mg_row,
-                          row_size);
+          cpu::UpdateSpan(variant, k, g + pos * row_size, s.var, s.ms, s.mom, s.mg, row_size);
           continue;
         }
         sum.resize(row_size);
@@ -158,8 +151,8 @@ class SparseApplyRMSpropXOp : public OpKernel {
         for (pos = unique.next[pos]; pos >= 0; pos = unique.next[pos]) {
           cpu::AddRow(g + pos * row_size, sum.data(), row_size);
         }
-        cpu::UpdateSpan(variant, k, static_cast<const C*>(sum.data()), var + off, ms + off,
-                        mom_row, mg_row, row_size);
+        cpu::UpdateSpan(variant, k, static_cast<const C*>(sum.data()), s.var, s.ms, s.mom, s.mg,
+                        row_size);
       }
     };
     const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();

@@ -3,7 +3,9 @@
 #ifndef TF_RMSPROP_OPS_CC_OPS_RMSPROP_X_ATTRS_H_
 #define TF_RMSPROP_OPS_CC_OPS_RMSPROP_X_ATTRS_H_
 
+#include <array>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cc/rmsprop_x_update.h"
@@ -53,6 +55,11 @@ struct InputIndex {
   int weight_decay() const { return 5 + num_slots; }
   int grad() const { return 6 + num_slots; }
   int indices() const { return 7 + num_slots; }  // sparse op only
+  // The scalar hyperparameter inputs in order, with the names errors use.
+  std::array<std::pair<int, const char*>, 5> scalars() const {
+    return {{{lr(), "lr"}, {rho(), "rho"}, {momentum(), "momentum"}, {epsilon(), "epsilon"},
+             {weight_decay(), "weight_decay"}}};
+  }
 };
 
 }  // namespace tf_rmsprop_ops

@@ -16,13 +16,8 @@ xla::PrimitiveType ComputeTypeFor(tensorflow::DataType dtype) {
 absl::StatusOr<HyperParams<xla::XlaOp>> ReadXlaHyperParams(XlaOpKernelContext* ctx,
                                                            const InputIndex& in,
                                                            xla::PrimitiveType compute) {
-  const std::pair<int, const char*> scalars[] = {{in.lr(), "lr"},
-                                                 {in.rho(), "rho"},
-                                                 {in.momentum(), "momentum"},
-                                                 {in.epsilon(), "epsilon"},
-                                                 {in.weight_decay(), "weight_decay"}};
   std::vector<xla::XlaOp> h;
-  for (const auto& [index, name] : scalars) {
+  for (const auto& [index, name] : in.scalars()) {
     const TensorShape shape = ctx->InputShape(index);
     if (!tensorflow::TensorShapeUtils::IsScalar(shape)) {
       return absl::InvalidArgumentError(
