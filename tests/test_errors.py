@@ -155,27 +155,16 @@ def test_out_of_range_after_valid_rows_writes_nothing(rng):
     _assert_unchanged([var, ms], before)
 
 
-def test_index_rank(rng):
+@pytest.mark.parametrize("grad_shape, indices, message", [
+    ((4, 3), [[0, 1], [2, 3]], r"indices must be a vector"),
+    ((3, 3), [0, 1], r"grad has 3 rows but indices has 2"),
+    ((2, 2), [0, 1], r"grad rows must have shape var.shape\[1:\] = \[3\], got \[2\]"),
+], ids=["index_rank", "length_mismatch", "row_shape_mismatch"])
+def test_sparse_shape_errors(grad_shape, indices, message, rng):
     var, ms = _vars(rng, n=2)
     before = _snapshot([var, ms])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices must be a vector"):
-        _raw_sparse(var, [ms], tf.ones((4, 3)), tf.constant([[0, 1], [2, 3]]))
-    _assert_unchanged([var, ms], before)
-
-
-def test_grad_indices_length_mismatch(rng):
-    var, ms = _vars(rng, n=2)
-    before = _snapshot([var, ms])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad has 3 rows but indices has 2"):
-        _raw_sparse(var, [ms], tf.ones((3, 3)), tf.constant([0, 1]))
-    _assert_unchanged([var, ms], before)
-
-
-def test_grad_row_shape_mismatch(rng):
-    var, ms = _vars(rng, n=2)
-    before = _snapshot([var, ms])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad rows must have shape var.shape\[1:\] = \[3\], got \[2\]"):
-        _raw_sparse(var, [ms], tf.ones((2, 2)), tf.constant([0, 1]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        _raw_sparse(var, [ms], tf.ones(grad_shape), tf.constant(indices))
     _assert_unchanged([var, ms], before)
 
 

@@ -79,9 +79,8 @@ __attribute__((noinline)) void FromFloatBlock(const float* __restrict__ in,
   for (; i < n; ++i) out[i] = FromCompute<Half>(in[i]);
 }
 
+// One pass over n elements in float or double (half reaches it through float32 blocks).
 template <bool kCentered, bool kMomentum, typename T, typename G>
-// One pass over n elements, in the storage type (float, double) or, for 16-bit types,
-// over float32 blocks.
 void UpdateSpanImpl(const Coefficients<ComputeType<T>>& k, const G* __restrict__ grad,
                     T* __restrict__ var, T* __restrict__ ms, T* __restrict__ mom,
                     T* __restrict__ mg, int64_t n) {

@@ -42,9 +42,9 @@ def software_versions():
     return versions
 
 
-def run_case(spec, env=None):
+def run_case(spec):
     out = subprocess.run([sys.executable, "-m", "tf_rmsprop_ops.benchmark.case", json.dumps(spec)],
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("bench:"):
             print("  " + line, flush=True)
