@@ -17,7 +17,7 @@ CXX ?= g++
 CXXFLAGS_BASE = -std=c++17 -O3 -fPIC -fno-math-errno -Wall -Wno-sign-compare -Wno-unused-function -Wno-deprecated-declarations -Wno-interference-size -I. -MMD -MP
 TF_SOURCES = cc/ops/rmsprop_x_attrs.cc cc/ops/rmsprop_x_ops.cc \
              cc/kernels/rmsprop_x_kernel_util.cc cc/kernels/apply_rmsprop_x_op.cc \
-             cc/kernels/sparse_apply_rmsprop_x_op.cc \
+             cc/kernels/sparse_apply_rmsprop_x_op.cc cc/kernels/unique_rows.cc \
              cc/xla/rmsprop_x_xla_math.cc cc/xla/apply_rmsprop_x_xla.cc \
              cc/xla/sparse_apply_rmsprop_x_xla.cc
 ISA_SOURCES = cc/cpu/rmsprop_x_cpu.cc

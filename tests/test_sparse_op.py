@@ -75,6 +75,41 @@ def test_many_rows_in_parallel(rng):
     _check(rng, variant, tf.float32, (20_000, 16), _indices(rng, "unsorted", 30_000, 20_000))
 
 
+def test_deduplication_table_is_reused_correctly_across_calls(rng):
+    # The kernel keeps its index table per thread between steps and clears only the slots
+    # a step filled: growing and shrinking batches, and a rejected batch that stopped
+    # half-way, must leave nothing behind for the next step.
+    variant = Variant(momentum=True)
+    for n, rows in [(3000, 500), (12, 40), (5000, 5000), (7, 7), (900, 30)]:
+        state = random_state(rng, (rows, 3), tf.float32, variant)
+        variables = make_variables(state, tf.float32)
+        bad = _indices(rng, "unsorted", n, rows)
+        bad[len(bad) // 2] = rows  # out of range, after half of the rows were hashed
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"is not in \[0, "):
+            apply_sparse(variables, rng.uniform(-1, 1, (n, 3)), tf.constant(bad), variant,
+                         random_hyper(rng, tf.float32, variant), tf.float32)
+        for name, value in values(variables).items():
+            np.testing.assert_array_equal(value, state[name], err_msg=name)
+        # Same size twice: the table is reused as it is, not reallocated.
+        for _ in range(2):
+            _check(rng, variant, tf.float32, (rows, 3), _indices(rng, "unsorted", n, rows))
+
+
+def test_large_batch_then_small_batches(rng):
+    # Over 2M indices: the table is released when the next, smaller batch comes.
+    variant = Variant()
+    rows = 2_200_000
+    state = random_state(rng, (rows, 1), tf.float32, variant)
+    hyper = random_hyper(rng, tf.float32, variant)
+    perm = rng.permutation(rows)
+    dense_vars, sparse_vars = make_variables(state, tf.float32), make_variables(state, tf.float32)
+    apply_dense(dense_vars, state["grad"], variant, hyper, tf.float32)
+    apply_sparse(sparse_vars, state["grad"][perm], tf.constant(perm), variant, hyper, tf.float32)
+    for name in dense_vars:
+        np.testing.assert_array_equal(sparse_vars[name].numpy(), dense_vars[name].numpy())
+    _check(rng, variant, tf.float32, (100, 2), _indices(rng, "heavy_duplicates", 80, 100))
+
+
 @pytest.mark.parametrize("variant", [Variant(), Variant(centered=True, momentum=True,
                                                         nesterov=True)], ids=str)
 def test_equals_dense_op_when_every_row_is_touched_once(variant, rng):

@@ -30,22 +30,23 @@ template <typename T, typename G>
 void UpdateSpan(const Variant& variant, const Coefficients<ComputeType<T>>& k, const G* grad,
                 T* var, T* ms, T* mom, T* mg, int64_t n);
 
-// acc[j] = row[j] (in compute precision), and acc[j] += row[j]: summing duplicate rows.
-template <typename T>
-void LoadRow(const T* row, ComputeType<T>* acc, int64_t n);
-template <typename T>
-void AddRow(const T* row, ComputeType<T>* acc, int64_t n);
+// The unique rows of a sparse update, as the kernel's deduplication found them: state row
+// row[u] receives the sum of gradient rows first[u] -> next[first[u]] -> ... -> -1 (in
+// input order, so sums are deterministic). Each row has row_size elements.
+struct SparseRows {
+  const int64_t* row;
+  const int32_t* first;
+  const int32_t* next;
+  int64_t row_size;
+};
 
-// Asks the memory system for the start of a row that will be written soon. Sparse updates
-// touch rows at random, which the hardware prefetchers cannot predict: issuing the loads a
-// few rows ahead overlaps their (TLB and DRAM) latency with the current row's work.
-inline void PrefetchRowForWrite(const void* row, int64_t bytes) {
-  constexpr int64_t kLine = 64, kMaxBytes = 512;  // beyond that, streaming prefetch takes over
-  const char* p = static_cast<const char*>(row);
-  for (int64_t off = 0; off < bytes && off < kMaxBytes; off += kLine) {
-    __builtin_prefetch(p + off, /*rw=*/1, /*locality=*/3);
-  }
-}
+// Updates unique rows [begin, end) of `rows`, each in one pass. Rows are random in
+// memory, which the hardware prefetchers cannot predict: the loop requests the rows a
+// fixed distance ahead so that their TLB and DRAM latencies overlap the current row's work.
+template <typename T>
+void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, const T* grad,
+                T* var, T* ms, T* mom, T* mg, const SparseRows& rows, int64_t begin,
+                int64_t end);
 
 }  // namespace cpu
 }  // namespace tf_rmsprop_ops
