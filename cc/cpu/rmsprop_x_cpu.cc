@@ -223,9 +223,10 @@ void AddRow(const T* __restrict__ row, ComputeType<T>* __restrict__ acc, int64_t
   for (int64_t i = 0; i < n; ++i) acc[i] += ToCompute(row[i]);
 }
 
-// Requests the first bytes of a row that will be written soon. Always inlined, as is every
-// caller up to the loop: GCC treats a function holding nothing but prefetches as free of
-// side effects and deletes calls to it that it did not inline (it did, for float rows).
+// Requests the first bytes of a row that will be written soon. Always inlined, as is its
+// caller below: GCC treats a function that holds nothing but prefetches as free of side
+// effects and deletes the calls it does not inline (the float kernels once lost every
+// prefetch that way; tests/test_library.py checks the built library for them).
 __attribute__((always_inline)) inline void PrefetchRowForWrite(const void* row, int64_t bytes) {
   constexpr int64_t kLine = 64, kMaxBytes = 512;  // beyond that, streaming prefetch takes over
   const char* p = static_cast<const char*>(row);
@@ -268,7 +269,9 @@ void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, c
     }
     sum.resize(n);
     LoadRow(grad + pos * n, sum.data(), n);
-    for (pos = rows.next[pos]; pos >= 0; pos = rows.next[pos]) AddRow(grad + pos * n, sum.data(), n);
+    for (pos = rows.next[pos]; pos >= 0; pos = rows.next[pos]) {
+      AddRow(grad + pos * n, sum.data(), n);
+    }
     UpdateSpan(variant, k, static_cast<const C*>(sum.data()), var + off, ms + off, at(mom, off),
                at(mg, off), n);
   }

@@ -1,7 +1,5 @@
 #include "cc/kernels/unique_rows.h"
 
-#include <algorithm>
-
 namespace tf_rmsprop_ops {
 
 // Above this many table slots (16 MiB), a thread gives the memory back when a smaller
