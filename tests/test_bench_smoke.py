@@ -31,6 +31,16 @@ def test_roofline_counts_the_arrays_the_update_moves(variant, moved):
     assert roofline.probe_ms(4096 * 4, *moved, threads=1, repeats=1) > 0
 
 
+def test_random_row_probe_runs_on_batches_of_any_size():
+    ms = roofline.random_rows_ms(1000, 8, [np.array([5, 1, 999]), np.arange(0, 1000, 7)],
+                                 num_tables=3, threads=2, repeats=2)
+    assert ms > 0
+
+
+def test_first_appearances_keep_the_kernel_order():
+    assert sparse._first_appearances(np.array([7, 3, 7, 1, 3])).tolist() == [7, 3, 1]
+
+
 def test_sparse_indices_have_the_requested_duplication():
     idx = sparse.make_indices(np.random.default_rng(), 10_000, 1000, duplicate_fraction=0.1)
     assert idx.size == 1000 and np.unique(idx).size == 900

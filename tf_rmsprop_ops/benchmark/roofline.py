@@ -2,7 +2,9 @@
 
 The bandwidth comes from an in-process probe (cc/bench/stream_probe.cc): one fused,
 vectorised, multi-threaded pass with the same number of arrays read and written in place
-as the update, over the same number of bytes.
+as the update, over the same number of bytes. For sparse updates a second probe,
+`random_rows_ms`, moves the same random rows without the arithmetic: what random access
+allows, as opposed to the streaming bound.
 """
 import ctypes
 import os
@@ -20,6 +22,9 @@ def _probe_library():
     lib.stream_probe.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int,
                                  ctypes.c_int64, ctypes.c_int]
     lib.stream_probe.restype = ctypes.c_int
+    lib.row_probe.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_void_p,
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.row_probe.restype = ctypes.c_int
     return lib
 
 
@@ -40,3 +45,24 @@ def probe_ms(num_bytes_per_array, reads, writes, threads, repeats=9):
 def bandwidth_gbs(num_bytes_per_array, reads, writes, threads):
     ms = probe_ms(num_bytes_per_array, reads, writes, threads)
     return (reads + writes) * num_bytes_per_array / (ms * 1e-3) / 1e9
+
+
+def random_rows_ms(num_rows, dim, row_batches, num_tables, threads, repeats):
+    """Median ms of reading and writing, in place, the rows of each batch (arrays of row
+    numbers, used in turn) in `num_tables` float32 [num_rows, dim] tables, reading a
+    gradient row for each: a sparse update's memory traffic without its arithmetic."""
+    lib = _probe_library()
+    tables = [np.random.default_rng(i).random((num_rows, dim), dtype=np.float32)
+              for i in range(num_tables)]
+    pointers = (ctypes.c_void_p * num_tables)(*[t.ctypes.data for t in tables])
+    batches = [np.ascontiguousarray(b, dtype=np.int64) for b in row_batches]
+    grad = np.random.default_rng(99).random((max(b.size for b in batches), dim), dtype=np.float32)
+    state = {"i": 0}
+
+    def run():
+        rows = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        lib.row_probe(pointers, num_tables, grad.ctypes.data, rows.ctypes.data, rows.size, dim,
+                      threads)
+
+    return median_ms({"rows": run}, repeats)["rows"]

@@ -98,6 +98,11 @@ def table(results):
     lines.append("")
     lines.append(f"ms: median per update; Nx: that implementation's time / {REFERENCE_IMPL}'s "
                  "(higher = we are faster); %: roofline / our time.")
+    for r in results:
+        if r.get("random_rows_ms"):
+            lines.append(f"{describe(r)}: the same rows moved without arithmetic (random-row "
+                         f"probe) take {r['random_rows_ms']:.3f} ms; {REFERENCE_IMPL} takes "
+                         f"{r['ms'][REFERENCE_IMPL] / r['random_rows_ms']:.2f}x that.")
     return "\n".join(lines)
 
 

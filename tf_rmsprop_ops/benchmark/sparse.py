@@ -18,6 +18,12 @@ def make_indices(rng, rows, n, duplicate_fraction=0.1):
     return rng.permutation(np.concatenate([unique, repeats])).astype(np.int64)
 
 
+def _first_appearances(indices):
+    """The unique values of `indices` in order of first appearance."""
+    _, first = np.unique(indices, return_index=True)
+    return indices[np.sort(first)]
+
+
 def _batches(rng, rows, dim, num_indices, count=8):
     """A few different (grad, indices) batches, cycled: each step touches fresh rows, as
     training on new batches does."""
@@ -93,6 +99,12 @@ def run(rows, dim, num_indices, threads, repeats, rng):
     # indices read once.
     bytes_moved = 6 * unique * row_bytes + num_indices * (row_bytes + 8)
     bandwidth = roofline.bandwidth_gbs(64 * 2**20, 4, 3, threads)
+    # The same unique rows of var, ms and mom, in the order the kernel visits them (first
+    # appearance), moved without the arithmetic.
+    random_rows = roofline.random_rows_ms(
+        rows, dim, [_first_appearances(idx.numpy()) for _, idx in batches], 3, threads,
+        max(repeats, 8 * len(batches)))
     return dict(kind="sparse", rows=rows, dim=dim, indices=num_indices, unique=int(unique),
                 threads=threads, ms=times, bytes_moved=bytes_moved, bandwidth_gbs=bandwidth,
-                roofline_ms=bytes_moved / (bandwidth * 1e9) * 1e3)
+                roofline_ms=bytes_moved / (bandwidth * 1e9) * 1e3,
+                random_rows_ms=random_rows)
