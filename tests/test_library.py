@@ -1,4 +1,5 @@
 """Loading the op library: TensorFlow version checks and clear errors."""
+import functools
 import platform
 import re
 import shutil
@@ -57,16 +58,20 @@ def test_every_subpackage_is_listed_for_regular_installs():
     assert found == listed
 
 
-def _disassembly_of(symbol_part):
-    """objdump's listing of the library's functions whose demangled name contains the
-    string, one listing per function."""
-    objdump = shutil.which("objdump")
-    if objdump is None:
-        pytest.skip("objdump (binutils) is not installed")
-    listing = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", _library._library_path()],
+@functools.lru_cache(maxsize=1)
+def _disassembly():
+    """objdump's listing of the library, one entry per function."""
+    listing = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn",
+                              _library._library_path()],
                              capture_output=True, text=True, check=True).stdout
-    functions = re.split(r"\n(?=[0-9a-f]+ <)", listing)
-    return [f for f in functions
+    return re.split(r"\n(?=[0-9a-f]+ <)", listing)
+
+
+def _disassembly_of(symbol_part):
+    """The listings of the library's functions whose demangled name contains the string."""
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump (binutils) is not installed")
+    return [f for f in _disassembly()
             if symbol_part in f.splitlines()[0] and "@plt" not in f.splitlines()[0]]
 
 
