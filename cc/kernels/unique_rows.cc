@@ -15,7 +15,7 @@ void UniqueRows::Reset(int64_t n) {
   size_t slots = 16;  // at most half full: short probe sequences
   while (slots < 2 * static_cast<size_t>(n)) slots *= 2;
   if (table_.size() > kMaxKeptSlots && slots < table_.size()) *this = UniqueRows();
-  for (int32_t s : slot_) table_[s] = -1;  // empty only what the previous call filled
+  for (uint32_t s : slot_) table_[s] = -1;  // empty only what the previous call filled
   if (table_.size() != slots) table_.assign(slots, -1);
   row_.clear();
   first_.clear();

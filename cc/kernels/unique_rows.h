@@ -41,7 +41,7 @@ class UniqueRows {
   std::vector<int32_t> last_;   // its last position so far (chain tail while building)
   std::vector<int32_t> next_;   // per position: next position with the same index, or -1
   std::vector<int32_t> table_;  // hash slots: a unique row number, or -1
-  std::vector<int32_t> slot_;   // the table slot of unique row u (to clear only those)
+  std::vector<uint32_t> slot_;  // the table slot of unique row u (to clear only those)
 };
 
 // The calling thread's reusable instance (valid until that thread's next Find).
@@ -68,7 +68,7 @@ absl::Status UniqueRows::Find(const Index* indices, int64_t n, int64_t num_rows)
         row_.push_back(index);
         first_.push_back(static_cast<int32_t>(i));
         last_.push_back(static_cast<int32_t>(i));
-        slot_.push_back(static_cast<int32_t>(s));
+        slot_.push_back(static_cast<uint32_t>(s));  // < 2^32: n < 2^31
         break;
       }
       if (row_[u] == index) {  // a repeat: append to its chain
