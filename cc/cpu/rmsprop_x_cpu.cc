@@ -80,6 +80,12 @@ __attribute__((noinline)) void FromFloatBlock(const float* __restrict__ in,
   for (; i < n; ++i) out[i] = FromCompute<Half>(in[i]);
 }
 
+// p + off, or null for a slot whose feature is off.
+template <typename P>
+P* OffsetOrNull(P* p, int64_t off) {
+  return p != nullptr ? p + off : p;
+}
+
 // One pass over n elements in float or double (half reaches it through float32 blocks).
 template <bool kCentered, bool kMomentum, typename T, typename G>
 void UpdateSpanImpl(const Coefficients<ComputeType<T>>& k, const G* __restrict__ grad,
@@ -182,18 +188,19 @@ void WithStreamPrefetch(const G* grad, T* var, T* ms, T* mom, T* mg, int64_t n, 
 template <bool kCentered, bool kMomentum, typename T, typename G>
 void UpdateSpanDispatch(const Coefficients<ComputeType<T>>& k, const G* grad, T* var, T* ms,
                         T* mom, T* mg, int64_t n) {
-  auto at = [](auto* p, int64_t off) { return p != nullptr ? p + off : p; };
   WithStreamPrefetch(grad, var, ms, mom, mg, n, [&](int64_t off, int64_t len) {
+    T* const mom_at = OffsetOrNull(mom, off);
+    T* const mg_at = OffsetOrNull(mg, off);
     if constexpr (std::is_same_v<T, BFloat16>) {
       auto bits = [](BFloat16* p) { return p != nullptr ? &p->bits : nullptr; };
       UpdateSpanBf16<kCentered, kMomentum>(k, grad + off, bits(var + off), bits(ms + off),
-                                           bits(at(mom, off)), bits(at(mg, off)), len);
+                                           bits(mom_at), bits(mg_at), len);
     } else if constexpr (std::is_same_v<T, Half>) {
-      UpdateSpanViaFloat<kCentered, kMomentum>(k, grad + off, var + off, ms + off,
-                                               at(mom, off), at(mg, off), len);
+      UpdateSpanViaFloat<kCentered, kMomentum>(k, grad + off, var + off, ms + off, mom_at, mg_at,
+                                               len);
     } else {
-      UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off, at(mom, off),
-                                           at(mg, off), len);
+      UpdateSpanImpl<kCentered, kMomentum>(k, grad + off, var + off, ms + off, mom_at, mg_at,
+                                           len);
     }
   });
 }
@@ -248,7 +255,6 @@ void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, c
   using C = ComputeType<T>;
   const int64_t n = rows.row_size;
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
-  auto at = [](T* p, int64_t off) { return p != nullptr ? p + off : p; };
   auto prefetch = [&](int64_t u) __attribute__((always_inline)) {
     const int64_t off = rows.row[u] * n;
     PrefetchRowForWrite(var + off, bytes);
@@ -262,9 +268,11 @@ void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, c
   for (int64_t u = begin; u < end; ++u) {
     if (u + kPrefetchRows < end) prefetch(u + kPrefetchRows);
     const int64_t off = rows.row[u] * n;
+    T* const mom_at = OffsetOrNull(mom, off);
+    T* const mg_at = OffsetOrNull(mg, off);
     int32_t pos = rows.first[u];
     if (rows.next[pos] < 0) {  // the common case: the row appears once, no copy
-      UpdateSpan(variant, k, grad + pos * n, var + off, ms + off, at(mom, off), at(mg, off), n);
+      UpdateSpan(variant, k, grad + pos * n, var + off, ms + off, mom_at, mg_at, n);
       continue;
     }
     sum.resize(n);
@@ -272,8 +280,8 @@ void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, c
     for (pos = rows.next[pos]; pos >= 0; pos = rows.next[pos]) {
       AddRow(grad + pos * n, sum.data(), n);
     }
-    UpdateSpan(variant, k, static_cast<const C*>(sum.data()), var + off, ms + off, at(mom, off),
-               at(mg, off), n);
+    UpdateSpan(variant, k, static_cast<const C*>(sum.data()), var + off, ms + off, mom_at, mg_at,
+               n);
   }
 }
 
