@@ -89,11 +89,12 @@ def competitors(rows, dim, batches, rng):
 def run(rows, dim, num_indices, threads, repeats, rng):
     batches = _batches(rng, rows, dim, num_indices)
     unique = np.unique(batches[0][1].numpy()).size
-    # Back to back: Keras' dense passes over the table would evict the next competitor's rows.
     # A sparse step takes a few ms: time every batch several times over (at least 8 cycles
     # through the batches), or the median rests on a handful of cold first visits.
-    times = median_ms(competitors(rows, dim, batches, rng), max(repeats, 8 * len(batches)),
-                      budget_s=5.0, interleave=False)
+    repeats = max(repeats, 8 * len(batches))
+    # Back to back: Keras' dense passes over the table would evict the next competitor's rows.
+    times = median_ms(competitors(rows, dim, batches, rng), repeats, budget_s=5.0,
+                      interleave=False)
     row_bytes = dim * 4
     # Row traffic: var, ms, mom read and written for each unique row; grad rows and
     # indices read once.
@@ -102,8 +103,7 @@ def run(rows, dim, num_indices, threads, repeats, rng):
     # The same unique rows of var, ms and mom, in the order the kernel visits them (first
     # appearance), moved without the arithmetic.
     random_rows = roofline.random_rows_ms(
-        rows, dim, [_first_appearances(idx.numpy()) for _, idx in batches], 3, threads,
-        max(repeats, 8 * len(batches)))
+        rows, dim, [_first_appearances(idx.numpy()) for _, idx in batches], 3, threads, repeats)
     return dict(kind="sparse", rows=rows, dim=dim, indices=num_indices, unique=int(unique),
                 threads=threads, ms=times, bytes_moved=bytes_moved, bandwidth_gbs=bandwidth,
                 roofline_ms=bytes_moved / (bandwidth * 1e9) * 1e3,
