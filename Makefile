@@ -30,8 +30,8 @@ PROBE = $(dir $(OUT))_stream_probe.so
 .PHONY: all clean check-flags
 all: $(OUT) $(PROBE)
 
-$(PROBE): cc/bench/stream_probe.cc
-	$(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread $< -o $@
+$(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h
+	$(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread -I. $< -o $@
 
 check-flags:
 	@test -n "$(TF_CFLAGS)" || { echo "error: cannot import TensorFlow with $(PYTHON) to get its build flags" >&2; exit 1; }

@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#include "cc/cpu/row_prefetch.h"
 
 namespace {
 
@@ -61,20 +64,28 @@ int stream_probe(float* const* arrays, int num_read, int num_write, int64_t n, i
 
 // For each of `num_rows` rows (indices into every table, `dim` floats per row), reads the
 // row of every table and the matching gradient row and writes the tables' rows: the
-// memory traffic of a sparse update without its arithmetic. Rows are prefetched 16 ahead,
-// as the update does. Returns 0.
+// memory traffic of a sparse update without its arithmetic, prefetched exactly as the
+// kernel's row loop does (cc/cpu/row_prefetch.h). Returns 0.
 int row_probe(float* const* tables, int num_tables, const float* grad, const int64_t* rows,
               int64_t num_rows, int64_t dim, int threads) {
-  constexpr int64_t kAhead = 16;
+  using tf_rmsprop_ops::cpu::kFarRows;
+  using tf_rmsprop_ops::cpu::kNearRows;
+  using tf_rmsprop_ops::cpu::PrefetchRow;
+  const int64_t bytes = dim * static_cast<int64_t>(sizeof(float));
   auto pass = [=](int64_t begin, int64_t end) {
-    auto prefetch = [&](int64_t u) __attribute__((always_inline)) {
+    auto request = [&](auto near, int64_t u) __attribute__((always_inline)) {
       for (int t = 0; t < num_tables; ++t) {
-        const char* row = reinterpret_cast<const char*>(tables[t] + rows[u] * dim);
-        for (int64_t b = 0; b < dim * 4 && b < 512; b += 64) __builtin_prefetch(row + b, 1, 3);
+        PrefetchRow<decltype(near)::value>(tables[t] + rows[u] * dim, bytes);
       }
+      if (decltype(near)::value) PrefetchRow<true>(grad + u * dim, bytes);
     };
+    const std::true_type near;
+    const std::false_type far;
+    for (int64_t u = begin; u < std::min(end, begin + kFarRows); ++u) request(far, u);
+    for (int64_t u = begin; u < std::min(end, begin + kNearRows); ++u) request(near, u);
     for (int64_t u = begin; u < end; ++u) {
-      if (u + kAhead < end) prefetch(u + kAhead);
+      if (u + kFarRows < end) request(far, u + kFarRows);
+      if (u + kNearRows < end) request(near, u + kNearRows);
       const float* g = grad + u * dim;
       for (int t = 0; t < num_tables; ++t) {
         float* __restrict__ row = tables[t] + rows[u] * dim;

@@ -6,6 +6,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "cc/cpu/row_prefetch.h"
+
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -229,31 +231,6 @@ template <typename T>
 void AddRow(const T* __restrict__ row, ComputeType<T>* __restrict__ acc, int64_t n) {
   for (int64_t i = 0; i < n; ++i) acc[i] += ToCompute(row[i]);
 }
-
-// Requests the first bytes of a row: into L1 for writing (`for_write`), or into L2 only.
-// Always inlined, as is its caller below: GCC treats a function that holds nothing but
-// prefetches as free of side effects and deletes the calls it does not inline (the float
-// kernels once lost every prefetch that way; tests/test_library.py checks the built
-// library for them).
-template <bool for_write>
-__attribute__((always_inline)) inline void PrefetchRow(const void* row, int64_t bytes) {
-  constexpr int64_t kLine = 64, kMaxBytes = 512;  // beyond that, streaming prefetch takes over
-  const char* p = static_cast<const char*>(row);
-  for (int64_t off = 0; off < bytes && off < kMaxBytes; off += kLine) {
-    if (for_write) {
-      __builtin_prefetch(p + off, /*rw=*/1, /*locality=*/3);
-    } else {
-      __builtin_prefetch(p + off, /*rw=*/0, /*locality=*/1);
-    }
-  }
-}
-
-// Random rows are prefetched at two distances. The near one (into L1, for writing) is
-// bounded by the core's few L1 fill buffers; the far one (into L2) keeps more misses in
-// flight and turns most near prefetches into L2 hits. Measured: 13-14% off a 10k-index
-// step against the near distance alone (A/B in one process, BENCHMARKS.md).
-constexpr int64_t kNearRows = 16;
-constexpr int64_t kFarRows = 64;
 
 }  // namespace
 

@@ -41,8 +41,8 @@ struct SparseRows {
 };
 
 // Updates unique rows [begin, end) of `rows`, each in one pass. Rows are random in
-// memory, which the hardware prefetchers cannot predict: the loop requests the rows a
-// fixed distance ahead so that their TLB and DRAM latencies overlap the current row's work.
+// memory, which the hardware prefetchers cannot predict: the loop requests them ahead
+// (cc/cpu/row_prefetch.h) so that their TLB and DRAM latencies overlap the current work.
 template <typename T>
 void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, const T* grad,
                 T* var, T* ms, T* mom, T* mg, const SparseRows& rows, int64_t begin,
