@@ -1,6 +1,7 @@
 // XLA lowering of ApplyRMSpropX: elementwise HLO over var and its slots.
 #include "absl/strings/str_cat.h"
 #include "cc/xla/rmsprop_x_xla_math.h"
+#include "tensorflow/compiler/tf2xla/type_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 
 namespace tf_rmsprop_ops {
@@ -18,9 +19,11 @@ class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     const InputIndex in(static_cast<int>(SlotNames(variant_).size()));
     const tensorflow::DataType dtype = ctx->input_type(in.grad());
     const xla::PrimitiveType compute = ComputeTypeFor(dtype);
+    xla::PrimitiveType storage;
+    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(dtype, &storage));
     tensorflow::TensorShape shape;
-    XlaState state;
-    OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, compute, &shape, &state));
+    XlaState state;  // as stored: XlaUpdateDense converts per copy of the formula
+    OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, storage, &shape, &state));
     const tensorflow::TensorShape grad_shape = ctx->InputShape(in.grad());
     OP_REQUIRES(ctx, grad_shape.IsSameSize(shape),
                 absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
@@ -28,8 +31,9 @@ class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
                                                         grad_shape.DebugString())));
     auto k = ReadXlaHyperParams(ctx, in, compute);
     OP_REQUIRES_OK(ctx, k.status());
-    const xla::XlaOp g = xla::ConvertElementType(ctx->Input(in.grad()), compute);
-    OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, XlaUpdate(variant_, *k, g, state)));
+    const XlaState updated = XlaUpdateDense(variant_, *k, compute, ctx->Input(in.grad()), state,
+                                            ChooseOutputLayout(ctx));
+    OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, updated));
   }
 
  private:

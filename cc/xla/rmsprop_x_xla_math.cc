@@ -1,7 +1,13 @@
 #include "cc/xla/rmsprop_x_xla_math.h"
 
+#include <limits>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
+#include "tensorflow/compiler/tf2xla/xla_compiler.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "xla/debug_options_flags.h"
 #include "xla/hlo/builder/lib/constants.h"
 
 namespace tf_rmsprop_ops {
@@ -59,6 +65,59 @@ XlaState XlaUpdate(const Variant& v, const HyperParams<xla::XlaOp>& h, xla::XlaO
   }
   s.var = s.var - upd;
   return s;
+}
+
+namespace {
+
+// Copy `copy` of the formula reads every input through its own exact identity (x,
+// x + -0, max(x, -inf), min(x, +inf): the same bits, NaN included). Without the tags HLO's
+// common-subexpression elimination would merge the copies back into one chain; with them
+// no instruction is shared between two outputs, which would otherwise become an array of
+// its own. LLVM removes the identities from the loop.
+xla::XlaOp TagForCopy(xla::XlaOp x, int copy) {
+  switch (copy) {
+    case 0: return x;
+    case 1: return x + xla::ScalarLike(x, -0.0);
+    case 2: return xla::Max(x, xla::ScalarLike(x, -std::numeric_limits<double>::infinity()));
+    default: return xla::Min(x, xla::ScalarLike(x, std::numeric_limits<double>::infinity()));
+  }
+}
+
+bool HasBackendOption(const xla::DebugOptions& options, const std::string& key) {
+  return options.xla_backend_extra_options().contains(key);
+}
+
+}  // namespace
+
+OutputLayout ChooseOutputLayout(const XlaOpKernelContext* ctx) {
+  if (ctx->compiler()->options().device_type.type_string() != tensorflow::DEVICE_CPU_XLA_JIT) {
+    return OutputLayout::kChain;
+  }
+  // XLA reads its flags once per process; so do we. The conditions mirror
+  // xla::cpu::options::UseMultiOutputFusion.
+  static const bool multi_output_fusion = [] {
+    const xla::DebugOptions options = xla::GetDebugOptionsFromFlags();
+    return HasBackendOption(options, "xla_cpu_use_multi_output_fusion") &&
+           !HasBackendOption(options, "xla_cpu_disable_new_fusion_emitters");
+  }();
+  return multi_output_fusion ? OutputLayout::kIndependent : OutputLayout::kChain;
+}
+
+XlaState XlaUpdateDense(const Variant& v, const HyperParams<xla::XlaOp>& h,
+                        xla::PrimitiveType compute, xla::XlaOp g, const XlaState& s,
+                        OutputLayout layout) {
+  // A copy of the whole update from (tagged) inputs; XLA drops what its output does not use.
+  auto copy_of_update = [&](int copy) {
+    auto in = [&](xla::XlaOp x) { return xla::ConvertElementType(TagForCopy(x, copy), compute); };
+    return XlaUpdate(v, h, in(g), MapState(v, s, in));
+  };
+  if (layout == OutputLayout::kChain) return copy_of_update(0);
+  XlaState out;
+  out.ms = copy_of_update(0).ms;
+  out.var = copy_of_update(1).var;
+  if (v.momentum) out.mom = copy_of_update(2).mom;
+  if (v.centered) out.mg = copy_of_update(3).mg;
+  return out;
 }
 
 XlaState MapState(const Variant& v, const XlaState& s,

@@ -23,15 +23,40 @@ absl::StatusOr<HyperParams<xla::XlaOp>> ReadXlaHyperParams(tensorflow::XlaOpKern
                                                            const InputIndex& in,
                                                            xla::PrimitiveType compute);
 
-// UpdateElement over whole arrays of equal shape.
+// UpdateElement over whole arrays of equal shape, as one chain: each output feeds the
+// next (ms -> step -> mom -> var).
 XlaState XlaUpdate(const Variant& variant, const HyperParams<xla::XlaOp>& h, xla::XlaOp g,
                    XlaState s);
+
+// How a dense update is laid out in HLO (both give the same bits).
+enum class OutputLayout {
+  // XlaUpdate's chain. XLA:CPU emits one loop per output, each re-reading its producer's
+  // output: 7 arrays for the plain variant where one fused pass moves 5. The right form
+  // wherever a compiler fuses producer into consumer with several outputs (XLA:GPU).
+  kChain,
+  // Every output computed from the inputs by its own copy of the formula, so the outputs
+  // are siblings that XLA:CPU's multi-output fusion merges into a single loop (one pass,
+  // as the native kernel). Without that pass it is worse than the chain: the slot written
+  // in place is still read by its siblings, so XLA inserts a copy of it.
+  kIndependent,
+};
+
+// kIndependent when compiling for XLA:CPU with its multi-output fusion switched on
+// (XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion), else kChain.
+OutputLayout ChooseOutputLayout(const tensorflow::XlaOpKernelContext* ctx);
+
+// The dense update from var, slots and grad in storage precision: converted to `compute`,
+// updated in the given layout, returned in compute precision.
+XlaState XlaUpdateDense(const Variant& variant, const HyperParams<xla::XlaOp>& h,
+                        xla::PrimitiveType compute, xla::XlaOp g, const XlaState& s,
+                        OutputLayout layout);
 
 // Storage dtype -> compute dtype (half types compute in float32).
 xla::PrimitiveType ComputeTypeFor(tensorflow::DataType dtype);
 
 // Reads var and the enabled slots (checking dtype and that all shapes agree), converted to
-// compute precision; `shape` receives var's shape.
+// `compute` precision (pass the storage type to keep them as stored); `shape` receives
+// var's shape.
 absl::Status ReadXlaState(tensorflow::XlaOpKernelContext* ctx, const InputIndex& in,
                           const Variant& variant, tensorflow::DataType dtype,
                           xla::PrimitiveType compute, tensorflow::TensorShape* shape,
