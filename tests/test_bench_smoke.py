@@ -23,6 +23,17 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
     assert "roofline" in capsys.readouterr().out
 
 
+def test_bench_passes_multi_output_fusion_to_its_cases(tmp_path, monkeypatch):
+    from tf_rmsprop_ops import cli
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_hlo_as_text")
+    out = tmp_path / "bench.json"
+    cli.main(["bench", "--quick", "--no-sparse", "--variants", "momentum", "--sizes", "4K",
+              "--xla-multi-output-fusion", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["xla_flags"] == f"--xla_dump_hlo_as_text {runner.MULTI_OUTPUT_FUSION_FLAG}"
+    assert report["results"][0]["ms"]["rmspropx_xla"] > 0
+
+
 @pytest.mark.parametrize("variant, moved", [("plain", (3, 2)), ("momentum", (4, 3)),
                                             ("centered", (4, 3)),
                                             ("centered_momentum", (5, 4))])

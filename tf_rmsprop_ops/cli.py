@@ -29,6 +29,9 @@ def _parser():
     bench.add_argument("--only-sparse", action="store_true")
     bench.add_argument("--json", default="bench_out/bench.json", help="where to write results")
     bench.add_argument("--plot", default=None, help="PNG chart path (needs matplotlib)")
+    bench.add_argument("--xla-multi-output-fusion", action="store_true",
+                       help="run every case with XLA:CPU's multi-output fusion on (XLA_FLAGS), "
+                            "which makes the XLA update one loop (README: XLA)")
     bench.add_argument("--quick", action="store_true",
                        help="tiny sizes and few repeats: checks the harness, not the speed")
     return parser

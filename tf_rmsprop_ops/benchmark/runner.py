@@ -11,6 +11,8 @@ import numpy as np
 from tf_rmsprop_ops.benchmark.dense import VARIANTS
 
 REFERENCE_IMPL = "rmspropx"
+# XLA:CPU's switch for multi-output fusion; with it the dense lowering is one loop.
+MULTI_OUTPUT_FUSION_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 
 
 def parse_size(text):
@@ -134,8 +136,14 @@ def plot(results, path):
 
 def main(args):
     specs = case_specs(args)
+    if getattr(args, "xla_multi_output_fusion", False):
+        # Read by XLA once per process: every case process (all XLA competitors) gets it.
+        flags = os.environ.get("XLA_FLAGS", "")
+        if MULTI_OUTPUT_FUSION_FLAG not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {MULTI_OUTPUT_FUSION_FLAG}".strip()
+    xla_flags = os.environ.get("XLA_FLAGS", "")
     print(f"machine: {machine_description()}; threads: {args.threads}; {len(specs)} cases, "
-          "one process each", flush=True)
+          f"one process each; XLA_FLAGS={xla_flags!r}", flush=True)
     results = []
     for spec in specs:
         result = run_case(spec)
@@ -143,7 +151,7 @@ def main(args):
         print(f"  done: {describe(result)}", flush=True)
     print()
     print(table(results))
-    report = dict(machine=machine_description(), threads=args.threads,
+    report = dict(machine=machine_description(), threads=args.threads, xla_flags=xla_flags,
                   software=software_versions(), results=results)
     if args.json:
         with open(args.json, "w") as f:
