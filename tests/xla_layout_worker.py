@@ -1,5 +1,5 @@
-"""Runs the dense XLA lowering on every variant (float32) and a few dtypes, two steps
-each, and saves the results and one optimized HLO module. Run by
+"""Runs the XLA lowerings, dense on every variant (float32) and sparse on a quarter of
+them, both on every dtype, two steps each, and saves inputs, results and optimized HLO. Run by
 test_xla_output_layout.py in processes of their own, with and without XLA:CPU's
 multi-output fusion (XLA reads XLA_FLAGS once per process).
 
@@ -11,27 +11,43 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from helpers import (DTYPES, VARIANTS, Variant, apply_dense, make_variables, random_hyper,
-                     random_state, round_to, values)
+from helpers import (DTYPES, VARIANTS, Variant, apply_dense, apply_sparse, make_variables,
+                     random_hyper, random_state, round_to, values)
 
 # Every feature on: the variant with the most outputs (4) and the longest chain.
 WIDEST = Variant(centered=True, momentum=True, nesterov=True, weight_decay_mode="coupled")
+SHAPE = (7, 11)
+STEPS = 2
 
 
-def run(rng, variant, dtype, shape=(7, 11), steps=2):
-    state = random_state(rng, shape, dtype, variant)
+def _grad_batches(rng, dtype, sparse):
+    """[(grad, indices or None)] for each step; sparse batches repeat and reorder rows."""
+    batches = []
+    for _ in range(STEPS):
+        indices = rng.integers(0, SHAPE[0], 9) if sparse else None
+        shape = (9,) + SHAPE[1:] if sparse else SHAPE
+        batches.append((round_to(rng.uniform(-1, 1, shape), dtype), indices))
+    return batches
+
+
+def run(rng, variant, dtype, sparse):
+    state = random_state(rng, SHAPE, dtype, variant)
     hyper = random_hyper(rng, dtype, variant)
-    grads = [tf.constant(round_to(rng.uniform(-1, 1, shape), dtype), dtype) for _ in range(steps)]
+    batches = _grad_batches(rng, dtype, sparse)
     variables = make_variables(state, dtype)
 
     @tf.function(jit_compile=True)
-    def step(g):
-        apply_dense(variables, g, variant, hyper, dtype)
+    def step(g, idx):
+        if sparse:
+            apply_sparse(variables, g, idx, variant, hyper, dtype)
+        else:
+            apply_dense(variables, g, variant, hyper, dtype)
 
-    for g in grads:
-        step(g)
-    hlo = step.experimental_get_compiler_ir(grads[0])(stage="optimized_hlo")
-    return state, hyper, [g.numpy().astype(np.float64) for g in grads], values(variables), hlo
+    args = [(tf.constant(g, dtype), tf.constant(i if sparse else [0])) for g, i in batches]
+    for a in args:
+        step(*a)
+    hlo = step.experimental_get_compiler_ir(*args[0])(stage="optimized_hlo")
+    return state, hyper, batches, values(variables), hlo
 
 
 def main(seed, out_path):
@@ -39,18 +55,21 @@ def main(seed, out_path):
     cases = [(v, tf.float32) for v in VARIANTS] + [(WIDEST, d) for d in DTYPES]
     arrays, meta = {}, []
     for i, (variant, dtype) in enumerate(cases):
-        state, hyper, grads, result, hlo = run(rng, variant, dtype)
-        meta.append(dict(variant=str(variant), dtype=dtype.name, hyper=hyper,
-                         fields=sorted(result)))
-        for k, v in result.items():
-            arrays[f"{i}/out/{k}"] = v
-        for k, v in state.items():
-            if v is not None:
-                arrays[f"{i}/in/{k}"] = v
-        for j, g in enumerate(grads):
-            arrays[f"{i}/grad/{j}"] = g
-        if variant == WIDEST and dtype == tf.float32:
-            arrays["widest_hlo"] = np.array(hlo)
+        # Sparse shares the formula with dense: a quarter of the variants keeps it quick.
+        sparse_too = dtype != tf.float32 or variant == WIDEST or i % 4 == 0
+        for kind in ("dense", "sparse") if sparse_too else ("dense",):
+            state, hyper, batches, result, hlo = run(rng, variant, dtype, kind == "sparse")
+            meta.append(dict(kind=kind, variant=str(variant), dtype=dtype.name, hyper=hyper,
+                             fields=sorted(result)))
+            key = f"{len(meta) - 1}"
+            arrays.update({f"{key}/out/{k}": v for k, v in result.items()})
+            arrays.update({f"{key}/in/{k}": v for k, v in state.items() if v is not None})
+            for j, (g, idx) in enumerate(batches):
+                arrays[f"{key}/grad/{j}"] = g
+                if idx is not None:
+                    arrays[f"{key}/indices/{j}"] = idx
+            if variant == WIDEST and dtype == tf.float32:
+                arrays[f"widest_{kind}_hlo"] = np.array(hlo)
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez(out_path, **arrays)
 

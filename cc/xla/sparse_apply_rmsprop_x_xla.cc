@@ -6,6 +6,8 @@
 // [N, row] sized, never table sized. XLA cannot raise at run time: an index outside
 // [0, rows) is mapped to the row `rows`, which every XLA scatter skips, so such entries
 // change nothing (the Python layer validates indices where it can).
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "cc/xla/rmsprop_x_xla_math.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
@@ -30,24 +32,49 @@ xla::XlaOp GatherRows(xla::XlaOp table, xla::XlaOp rows, int64_t n, int64_t d, b
   return xla::Gather(table, xla::Reshape(rows, {n, 1}), dn, {1, d}, sorted);
 }
 
-// table[rows[i], :] = combine(table[rows[i], :], updates[i, :]); out-of-range rows skipped.
-xla::XlaOp ScatterRows(xla::XlaOp table, xla::XlaOp rows, xla::XlaOp updates, int64_t n,
-                       const xla::XlaComputation& combine, bool sorted, bool unique) {
+xla::ScatterDimensionNumbers RowScatterDims() {
   xla::ScatterDimensionNumbers dn;
   dn.add_update_window_dims(1);
   dn.add_inserted_window_dims(0);
   dn.add_scatter_dims_to_operand_dims(0);
   dn.set_index_vector_dim(1);
-  return xla::Scatter(table, xla::Reshape(rows, {n, 1}), updates, combine, dn, sorted, unique);
+  return dn;
 }
 
-// (old, new) -> new: a plain overwrite.
-xla::XlaComputation TakeUpdate(xla::XlaBuilder* b, xla::PrimitiveType type) {
+// table[rows[i], :] = combine(table[rows[i], :], updates[i, :]); out-of-range rows skipped.
+xla::XlaOp ScatterRows(xla::XlaOp table, xla::XlaOp rows, xla::XlaOp updates, int64_t n,
+                       const xla::XlaComputation& combine, bool sorted, bool unique) {
+  return xla::Scatter(table, xla::Reshape(rows, {n, 1}), updates, combine, RowScatterDims(),
+                      sorted, unique);
+}
+
+// (old_0..old_k-1, new_0..new_k-1) -> (new_0..new_k-1): a plain overwrite of k arrays.
+xla::XlaComputation TakeUpdates(xla::XlaBuilder* b, xla::PrimitiveType type, int k) {
   auto sub = b->CreateSubBuilder("take_update");
   const xla::Shape scalar = xla::ShapeUtil::MakeShape(type, {});
-  xla::Parameter(sub.get(), 0, scalar, "old");
-  xla::Parameter(sub.get(), 1, scalar, "new");
+  std::vector<xla::XlaOp> updates;
+  for (int i = 0; i < 2 * k; ++i) {
+    xla::XlaOp p = xla::Parameter(sub.get(), i, scalar, absl::StrCat(i < k ? "old" : "new", i % k));
+    if (i >= k) updates.push_back(p);
+  }
+  if (k > 1) xla::Tuple(sub.get(), updates);
   return sub->BuildAndNoteError();
+}
+
+// tables[j][rows[i], :] = updates[j][i, :] for every j, as ONE variadic scatter: one pass
+// over the rows, and no sibling scatters sharing `rows` (XLA:CPU's multi-output fusion
+// would merge siblings into a loop fusion that its emitter cannot compile).
+std::vector<xla::XlaOp> ScatterRowsBack(xla::XlaBuilder* b, const std::vector<xla::XlaOp>& tables,
+                                        xla::XlaOp rows, const std::vector<xla::XlaOp>& updates,
+                                        int64_t n, xla::PrimitiveType type) {
+  const int k = static_cast<int>(tables.size());
+  const xla::XlaOp scattered =
+      xla::Scatter(tables, xla::Reshape(rows, {n, 1}), updates, TakeUpdates(b, type, k),
+                   RowScatterDims(), /*indices_are_sorted=*/true, /*unique_indices=*/false);
+  if (k == 1) return {scattered};
+  std::vector<xla::XlaOp> out;
+  for (int j = 0; j < k; ++j) out.push_back(xla::GetTupleElement(scattered, j));
+  return out;
 }
 
 // Inclusive prefix sum of a rank-1 int32 array in log2(n) shifted adds.
@@ -137,7 +164,7 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
         ScatterRows(xla::Broadcast(out_of_range, {n, 1}), head_target,
                     xla::Reshape(xla::Select(valid, sorted_index, xla::Broadcast(out_of_range, {n})),
                                  {n, 1}),
-                    n, TakeUpdate(b, index_type), /*sorted=*/true, /*unique=*/true),
+                    n, TakeUpdates(b, index_type, 1), /*sorted=*/true, /*unique=*/true),
         {n});
     // 5. One update per touched row, scattered back in place.
     const XlaState tables =
@@ -146,17 +173,15 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
       return GatherRows(x, segment_row, n, d, /*sorted=*/true);
     });
     XlaState updated = XlaUpdate(variant_, *k, summed, gathered);
-    const xla::XlaComputation take = TakeUpdate(b, compute);
-    XlaState result;
-    auto scatter_back = [&](xla::XlaOp table, xla::XlaOp rows_new) {
-      return xla::Reshape(ScatterRows(table, segment_row, rows_new, n, take, /*sorted=*/true,
-                                      /*unique=*/false),
-                          var_shape.dim_sizes());
-    };
-    result.var = scatter_back(tables.var, updated.var);
-    result.ms = scatter_back(tables.ms, updated.ms);
-    if (variant_.momentum) result.mom = scatter_back(tables.mom, updated.mom);
-    if (variant_.centered) result.mg = scatter_back(tables.mg, updated.mg);
+    std::vector<xla::XlaOp> table_list, update_list;
+    MapState(variant_, tables, [&](xla::XlaOp x) { table_list.push_back(x); return x; });
+    MapState(variant_, updated, [&](xla::XlaOp x) { update_list.push_back(x); return x; });
+    const std::vector<xla::XlaOp> written =
+        ScatterRowsBack(b, table_list, segment_row, update_list, n, compute);
+    int next = 0;  // MapState visits var, ms, mom, mg in the same order as above
+    const XlaState result = MapState(variant_, tables, [&](xla::XlaOp) {
+      return xla::Reshape(written[next++], var_shape.dim_sizes());
+    });
     OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, result));
   }
 
