@@ -12,6 +12,7 @@ VARIANTS = {"plain": (False, False), "momentum": (True, False), "centered": (Fal
             "centered_momentum": (True, True)}
 HYPER = dict(lr=1e-3, rho=0.9, epsilon=1e-7)
 MOMENTUM = 0.9
+ROOFLINE = "roofline"
 
 
 def arrays_moved(variant):
@@ -79,10 +80,13 @@ def competitors(n, variant, dtype, rng):
 
 def run(n, variant, dtype, threads, repeats, rng):
     dtype = tf.as_dtype(dtype)
-    times = median_ms(competitors(n, variant, dtype, rng), repeats)
     reads, writes = arrays_moved(variant)
     bytes_per_array = n * dtype.size
-    roof = roofline.probe_ms(bytes_per_array, reads, writes, threads, repeats=max(5, repeats))
+    # The bandwidth probe runs in the same round-robin as the implementations.
+    probe = roofline.make_probe(bytes_per_array, reads, writes, threads)
+    probe()
+    times = median_ms({**competitors(n, variant, dtype, rng), ROOFLINE: probe}, repeats)
+    roof = times.pop(ROOFLINE)
     return dict(kind="dense", n=n, variant=variant, dtype=dtype.name, threads=threads,
                 ms=times, roofline_ms=roof,
                 bytes_moved=(reads + writes) * bytes_per_array,
