@@ -11,9 +11,12 @@ namespace cpu {
 
 // Random rows are prefetched at two distances. The near one (into L1, for writing) is
 // bounded by the core's few L1 fill buffers; the far one (into L2) keeps more misses in
-// flight and turns most near prefetches into L2 hits. Measured: 14-19% off a 10k-index
-// step against the near distance alone (A/B in one process, BENCHMARKS.md).
-constexpr int64_t kNearRows = 16;
+// flight and turns most near prefetches into L2 hits. Measured (A/B in one process,
+// BENCHMARKS.md): the far distance took 14-19% off a 10k-index step (Intel, near 16);
+// on an AMD Zen 5 VM a near distance of 4 rows moves the rows 9-13% faster than 16
+// (8: 8-11%, 0: 2% slower; far 32-128 within 2%). Once a row is in L2, asking for it
+// into L1 only a few rows ahead keeps the fill buffers for the rows in use.
+constexpr int64_t kNearRows = 4;
 constexpr int64_t kFarRows = 64;
 
 // Requests the first bytes of a row: into L1 for writing (`near`), or into L2 only.

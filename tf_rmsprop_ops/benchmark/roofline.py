@@ -7,6 +7,7 @@ as the update, over the same number of bytes. For sparse updates a second probe,
 allows, as opposed to the streaming bound.
 """
 import ctypes
+import mmap
 import os
 
 import numpy as np
@@ -28,13 +29,29 @@ def _probe_library():
     return lib
 
 
+def os_pages_array(shape):
+    """A float32 array in anonymous memory from mmap, as TensorFlow's CPU allocator gets
+    its large buffers (glibc malloc -> mmap): the same page size as the tensors under test
+    (4 KiB where transparent huge pages are `madvise`-only). NumPy's own allocation
+    asks for huge pages, which changed random row access by 1.7x on one VM (BENCHMARKS.md)."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(1, count) * 4)
+    return np.frombuffer(buffer, dtype=np.float32, count=count).reshape(shape)
+
+
+def _filled(shape, seed):
+    a = os_pages_array(shape)
+    a[...] = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    return a
+
+
 def make_probe(num_bytes_per_array, reads, writes, threads):
     """A zero-argument callable: one probe pass over `reads` arrays (writing `writes` of
     them). The benchmark times it round-robin with the implementations, so that the bound
     and the updates see the same machine (a shared VM's bandwidth drifts within seconds)."""
     lib = _probe_library()
     n = max(1, num_bytes_per_array // 4)
-    arrays = [np.random.default_rng(i).random(n, dtype=np.float32) for i in range(reads)]
+    arrays = [_filled(n, i) for i in range(reads)]
     pointers = (ctypes.c_void_p * reads)(*[a.ctypes.data for a in arrays])
 
     def run():
@@ -62,8 +79,7 @@ def random_rows_ms(num_rows, dim, row_batches, num_tables, threads, repeats):
     numbers, used in turn) in `num_tables` float32 [num_rows, dim] tables, reading a
     gradient row for each: a sparse update's memory traffic without its arithmetic."""
     lib = _probe_library()
-    tables = [np.random.default_rng(i).random((num_rows, dim), dtype=np.float32)
-              for i in range(num_tables)]
+    tables = [_filled((num_rows, dim), i) for i in range(num_tables)]
     pointers = (ctypes.c_void_p * num_tables)(*[t.ctypes.data for t in tables])
     batches = [np.ascontiguousarray(b, dtype=np.int64) for b in row_batches]
     grad = np.random.default_rng(99).random((max(b.size for b in batches), dim), dtype=np.float32)
