@@ -16,7 +16,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
-#include "tensorflow/core/util/work_sharder.h"
+#include "tensorflow/core/platform/threadpool.h"
 
 namespace tf_rmsprop_ops {
 
@@ -89,9 +89,20 @@ class SparseApplyRMSpropXOp : public OpKernel {
       cpu::UpdateRows(variant, k, g, s.var, s.ms, s.mom, s.mg, rows, begin, end);
     };
     const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    // ~1 ns per element of a row.
-    tensorflow::Shard(workers->num_threads, workers->workers,
-                      unique.size(), row_size + 16, update_rows);
+    const int64_t threads = std::min<int64_t>(workers->num_threads, unique.size());
+    if (threads <= 1) {
+      update_rows(0, unique.size());
+      return;
+    }
+    // One contiguous run of rows per thread: each run restarts the row prefetch pipeline,
+    // and cost-model shards (tensorflow::Shard) made many short runs; 5-7% slower per step
+    // in a same-process A/B (10k indices; 2 or 4 runs per thread: 1-2% slower).
+    workers->workers->ParallelFor(
+        unique.size(),
+        tensorflow::thread::ThreadPool::SchedulingParams(
+            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt,
+            (unique.size() + threads - 1) / threads),
+        update_rows);
   }
 
  private:
