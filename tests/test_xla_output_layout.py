@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_rmsprop_ops.benchmark.runner import MULTI_OUTPUT_FUSION_FLAG
+
 from conftest import BASE_SEED
 from helpers import RTOL, VARIANTS, assert_matches, reference_dense, reference_sparse
 from xla_layout_worker import WIDEST
 
-MULTI_OUTPUT_FUSION = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 
 
 def _run_worker(tmp_path_factory, xla_flags):
@@ -38,7 +39,7 @@ def chain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def independent(tmp_path_factory):
-    return _run_worker(tmp_path_factory, MULTI_OUTPUT_FUSION)
+    return _run_worker(tmp_path_factory, MULTI_OUTPUT_FUSION_FLAG)
 
 
 def _entry_loops(hlo):

@@ -130,12 +130,18 @@ XlaState MapState(const Variant& v, const XlaState& s,
   return out;
 }
 
+std::vector<xla::XlaOp*> StateOps(const Variant& v, XlaState* s) {
+  std::vector<xla::XlaOp*> ops = {&s->var, &s->ms};
+  if (v.momentum) ops.push_back(&s->mom);
+  if (v.centered) ops.push_back(&s->mg);
+  return ops;
+}
+
 namespace {
 // The slot ops in input order (ms, [mom], [mg]).
 std::vector<xla::XlaOp*> SlotOps(const Variant& v, XlaState* s) {
-  std::vector<xla::XlaOp*> ops = {&s->ms};
-  if (v.momentum) ops.push_back(&s->mom);
-  if (v.centered) ops.push_back(&s->mg);
+  std::vector<xla::XlaOp*> ops = StateOps(v, s);
+  ops.erase(ops.begin());
   return ops;
 }
 }  // namespace

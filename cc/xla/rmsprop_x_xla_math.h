@@ -67,6 +67,9 @@ absl::Status AssignXlaState(tensorflow::XlaOpKernelContext* ctx, const InputInde
                             const Variant& variant, tensorflow::DataType dtype,
                             const XlaState& state);
 
+// var and the enabled slots of `s`, in input order (var, ms, [mom], [mg]).
+std::vector<xla::XlaOp*> StateOps(const Variant& variant, XlaState* s);
+
 // Applies `f` to var and each enabled slot (e.g. a reshape, a gather).
 XlaState MapState(const Variant& variant, const XlaState& s,
                   const std::function<xla::XlaOp(xla::XlaOp)>& f);

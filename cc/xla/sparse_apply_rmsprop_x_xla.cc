@@ -173,15 +173,16 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
       return GatherRows(x, segment_row, n, d, /*sorted=*/true);
     });
     XlaState updated = XlaUpdate(variant_, *k, summed, gathered);
+    XlaState result = tables;
     std::vector<xla::XlaOp> table_list, update_list;
-    MapState(variant_, tables, [&](xla::XlaOp x) { table_list.push_back(x); return x; });
-    MapState(variant_, updated, [&](xla::XlaOp x) { update_list.push_back(x); return x; });
+    for (const xla::XlaOp* x : StateOps(variant_, &result)) table_list.push_back(*x);
+    for (const xla::XlaOp* x : StateOps(variant_, &updated)) update_list.push_back(*x);
     const std::vector<xla::XlaOp> written =
         ScatterRowsBack(b, table_list, segment_row, update_list, n, compute);
-    int next = 0;  // MapState visits var, ms, mom, mg in the same order as above
-    const XlaState result = MapState(variant_, tables, [&](xla::XlaOp) {
-      return xla::Reshape(written[next++], var_shape.dim_sizes());
-    });
+    const std::vector<xla::XlaOp*> outputs = StateOps(variant_, &result);
+    for (size_t j = 0; j < outputs.size(); ++j) {
+      *outputs[j] = xla::Reshape(written[j], var_shape.dim_sizes());
+    }
     OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, result));
   }
 

@@ -84,7 +84,6 @@ def run(n, variant, dtype, threads, repeats, rng):
     bytes_per_array = n * dtype.size
     # The bandwidth probe runs in the same round-robin as the implementations.
     probe = roofline.make_probe(bytes_per_array, reads, writes, threads)
-    probe()
     times = median_ms({**competitors(n, variant, dtype, rng), ROOFLINE: probe}, repeats)
     roof = times.pop(ROOFLINE)
     return dict(kind="dense", n=n, variant=variant, dtype=dtype.name, threads=threads,

@@ -48,25 +48,26 @@ def _filled(shape, seed):
 def make_probe(num_bytes_per_array, reads, writes, threads):
     """A zero-argument callable: one probe pass over `reads` arrays (writing `writes` of
     them). The benchmark times it round-robin with the implementations, so that the bound
-    and the updates see the same machine (a shared VM's bandwidth drifts within seconds)."""
+    and the updates see the same machine (a shared VM's bandwidth drifts within seconds).
+    Runs one pass here: an unsupported pattern fails now, not as a missing timing."""
     lib = _probe_library()
     n = max(1, num_bytes_per_array // 4)
     arrays = [_filled(n, i) for i in range(reads)]
     pointers = (ctypes.c_void_p * reads)(*[a.ctypes.data for a in arrays])
 
     def run():
-        run.arrays = arrays  # the buffers live as long as the callable
         if lib.stream_probe(pointers, reads, writes, n, threads) != 0:
             raise ValueError(f"probe has no ({reads} reads, {writes} writes) pattern")
 
+    run.arrays = arrays  # the buffers live as long as the callable
+    run()
     return run
 
 
 def probe_ms(num_bytes_per_array, reads, writes, threads, repeats=9):
     """Median ms of one probe pass over `reads` arrays (writing `writes` of them)."""
-    probe = make_probe(num_bytes_per_array, reads, writes, threads)
-    probe()  # fails now for an unsupported pattern, not as a missing timing
-    return median_ms({"probe": probe}, repeats)["probe"]
+    return median_ms({"probe": make_probe(num_bytes_per_array, reads, writes, threads)},
+                     repeats)["probe"]
 
 
 def bandwidth_gbs(num_bytes_per_array, reads, writes, threads):

@@ -136,7 +136,7 @@ def plot(results, path):
 
 def main(args):
     specs = case_specs(args)
-    if getattr(args, "xla_multi_output_fusion", False):
+    if args.xla_multi_output_fusion:
         # Read by XLA once per process: every case process (all XLA competitors) gets it.
         flags = os.environ.get("XLA_FLAGS", "")
         if MULTI_OUTPUT_FUSION_FLAG not in flags:
