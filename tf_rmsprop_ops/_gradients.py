@@ -14,6 +14,14 @@ def map_values(grad, fn):
     return fn(grad)
 
 
+def as_function_argument(grad):
+    """grad as a tf.function argument (an IndexedSlices' dense_shape may be a TensorShape,
+    which tf.function cannot take; the ops do not need it)."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values, grad.indices)
+    return grad
+
+
 def _values(grad):
     return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 

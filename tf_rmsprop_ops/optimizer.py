@@ -26,8 +26,7 @@ import warnings
 
 import tensorflow as tf
 
-from tf_rmsprop_ops import _dtensor, _gradients
-from tf_rmsprop_ops.ops import apply_rmsprop_x, sparse_apply_rmsprop_x
+from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # Slot names, and the names Keras uses for the same state.
@@ -105,11 +104,11 @@ class RMSpropX(tf.Module):
         # Per-variable state, in build order (tracked by position for checkpoints).
         self._ms, self._mom, self._mg = [], [], []
         self._ema, self._accumulators = [], []
-        self._index = {}  # id(variable) -> position
+        self._index = {}  # _distribute.var_key(variable) -> position
         self._trainable_variables = []
-        self._exclude_ids, self._exclude_pattern = set(), None
+        self._exclude_keys, self._exclude_pattern = set(), None
         self._warned_missing = set()
-        self._compiled_update = None
+        self._compiled_updates = {}  # (device, variable keys) -> XLA function
         self.built = False
 
     # ---- hyperparameters -----------------------------------------------------------------
@@ -117,7 +116,9 @@ class RMSpropX(tf.Module):
     def _scalar_variable(self, value, dtype, name):
         if self.mesh is not None:
             return _dtensor.replicated_variable(self.mesh, value, name, dtype)
-        return tf.Variable(value, dtype=dtype, name=name, trainable=False)
+        # Under a strategy every replica computes the same value: the first one is written.
+        return tf.Variable(value, dtype=dtype, name=name, trainable=False,
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def _make_learning_rate(self, lr):
         if _is_schedule(lr) or callable(lr):
@@ -159,11 +160,23 @@ class RMSpropX(tf.Module):
         return ["ms"] + (["mom"] if self.use_momentum else []) + (["mg"] if self.centered else [])
 
     def build(self, var_list):
-        """Creates the slots of every variable (only those of enabled features), once."""
+        """Creates the slots of every variable (only those of enabled features), once.
+
+        Under a strategy the slots are created in a cross-replica context (also when this
+        is first called inside `strategy.run`), colocated and mirrored like their variable.
+        """
+        missing = [v for v in var_list if _distribute.var_key(v) not in self._index]
+        if missing:
+            _distribute.in_cross_replica(self._create_slots, missing)
+        self.built = True
+
+    def _create_slots(self, var_list):
         for var in var_list:
-            if id(var) in self._index:
+            key = _distribute.var_key(var)
+            if key in self._index:
                 continue
-            self._index[id(var)] = len(self._trainable_variables)
+            var = _distribute.unwrap(var)
+            self._index[key] = len(self._trainable_variables)
             self._trainable_variables.append(var)
             base = _base_name(var)
 
@@ -173,7 +186,7 @@ class RMSpropX(tf.Module):
                 if _dtensor.is_dvariable(var):
                     with tf.init_scope():
                         return _dtensor.variable_like(var, value, f"{base}_{name}")
-                with tf.init_scope(), _colocated_with(var):
+                with _distribute.creation_scope(var):
                     return tf.Variable(tf.fill(var.shape, tf.cast(value, var.dtype)),
                                        name=f"{base}_{name}", trainable=False)
 
@@ -183,15 +196,18 @@ class RMSpropX(tf.Module):
             self._ema.append(slot("average", create=self.use_ema))
             self._accumulators.append(
                 slot("accumulator", create=bool(self.gradient_accumulation_steps)))
-        self.built = True
+
+    def _position(self, var):
+        key = _distribute.var_key(var)
+        if key not in self._index:
+            raise KeyError(f"Variable {getattr(var, 'name', var)} is not known to {self.name}")
+        return self._index[key]
 
     def get_slot(self, var, name):
         name = SLOT_ALIASES.get(name, name)
         if name not in self.slot_names:
             raise KeyError(f"No slot '{name}': this optimizer has {self.slot_names}")
-        if id(var) not in self._index:
-            raise KeyError(f"Variable {getattr(var, 'name', var)} is not known to {self.name}")
-        return {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._index[id(var)]]
+        return {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._position(var)]
 
     @property
     def variables(self):
@@ -210,11 +226,11 @@ class RMSpropX(tf.Module):
         if self.built:
             raise ValueError("exclude_from_weight_decay() can only be configured before the "
                              "optimizer is built.")
-        self._exclude_ids = {id(v) for v in (var_list or [])}
+        self._exclude_keys = {_distribute.var_key(v) for v in (var_list or [])}
         self._exclude_pattern = re.compile("|".join(set(var_names))) if var_names else None
 
     def _weight_decay_mode_for(self, var):
-        if not self.weight_decay or id(var) in self._exclude_ids:
+        if not self.weight_decay or _distribute.var_key(var) in self._exclude_keys:
             return "none"
         if self._exclude_pattern is not None and self._exclude_pattern.search(var.name):
             return "none"
@@ -247,7 +263,12 @@ class RMSpropX(tf.Module):
         return self.apply(list(grads), list(variables))
 
     def apply(self, grads, trainable_variables=None):
-        """Updates `trainable_variables` (default: those it was built with) with `grads`."""
+        """Updates `trainable_variables` (default: those it was built with) with `grads`.
+
+        Returns the new `iterations` (eagerly and in tf.function); in a TF1-style graph, the
+        op that performs the whole update when run. Inside `strategy.run` the gradients are
+        summed over replicas first (see `_distribute`).
+        """
         if trainable_variables is None:
             if not self.built:
                 raise ValueError("Pass trainable_variables or call build() first.")
@@ -257,23 +278,38 @@ class RMSpropX(tf.Module):
         if len(grads) != len(trainable_variables):
             raise ValueError(f"Got {len(grads)} gradients for {len(trainable_variables)} "
                              "variables.")
-        if not self.built or any(id(v) not in self._index for v in trainable_variables):
-            self.build(trainable_variables)
+        self.build(trainable_variables)
         grads, trainable_variables = self._filter_missing(grads, trainable_variables)
         for g, v in zip(grads, trainable_variables):
             _gradients.check_shape(g, v)
+        if _distribute.is_v1_graph():
+            return self._apply_in_v1_graph(grads, trainable_variables)
+        grads = _distribute.all_reduce_sum(grads)
+        return _distribute.run_step(self._local_step, grads, trainable_variables,
+                                    self._finish_step)
+
+    def _apply_in_v1_graph(self, grads, variables):
+        # A tf.function call gives the step TF2's automatic control dependencies (accumulate,
+        # update, EMA, count, in order); the returned op runs all of it.
+        def step(*flat):
+            return self.apply(list(flat), variables)
+        return tf.function(step, autograph=False)(*grads).op
+
+    def _local_step(self, grads, variables):
+        """One device's step on reduced gradients: everything but counting `iterations`."""
         if self.loss_scale_factor is not None:
             inverse = 1.0 / self.loss_scale_factor
             grads = [_gradients.map_values(g, lambda x: x * tf.cast(inverse, x.dtype))
                      for g in grads]
         if self.gradient_accumulation_steps:
-            self._accumulate_or_update(grads, trainable_variables)
+            self._accumulate_or_update(grads, variables)
         else:
-            self._update(grads, trainable_variables)
+            self._update(grads, variables)
         if self.use_ema:
             self._update_ema()
-        self._iterations.assign_add(1)
-        return self._iterations
+
+    def _finish_step(self):
+        return self._iterations.assign_add(1)
 
     def _filter_missing(self, grads, variables):
         kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
@@ -298,13 +334,22 @@ class RMSpropX(tf.Module):
 
     def _update(self, grads, variables):
         grads = self._clip(grads)
-        if self.jit_compile and not _inside_xla():
-            if self._compiled_update is None:
-                self._compiled_update = tf.function(self._update_variables, jit_compile=True,
-                                                    autograph=False)
-            self._compiled_update(grads, variables)
-        else:
-            self._update_variables(grads, variables)
+        if not self.jit_compile or _inside_xla():
+            return self._update_variables(grads, variables)
+        for device, pairs in _distribute.jit_groups(zip(grads, variables)):
+            group = [v for _, v in pairs]
+            key = (device, tuple(_distribute.var_key(v) for v in group))
+            if key not in self._compiled_updates:
+                self._compiled_updates[key] = self._compile_update(group)
+            with tf.device(device) if device else contextlib.nullcontext():
+                self._compiled_updates[key]([_gradients.as_function_argument(g)
+                                             for g, _ in pairs])
+
+    def _compile_update(self, variables):
+        # The variables are captured, not passed: tf.function would hand out stand-ins.
+        def update(grads):
+            return self._update_variables(grads, variables)
+        return tf.function(update, jit_compile=True, autograph=False)
 
     def _update_variables(self, grads, variables):
         lr = self.learning_rate
@@ -313,35 +358,21 @@ class RMSpropX(tf.Module):
 
     def _update_one(self, grad, var, lr):
         """The whole step of one variable: one fused op call (dense or sparse)."""
-        i = self._index[id(var)]
-        slots = [s for s in (self._ms[i], self._mom[i], self._mg[i]) if s is not None]
-        scalars = dict(lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
-                       weight_decay=self.weight_decay or 0.0)
-        structure = dict(nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
-                         lr_placement=self.lr_placement,
-                         weight_decay_mode=self._weight_decay_mode_for(var))
+        i = self._position(var)
+        return _apply.apply_update(
+            grad, _distribute.unwrap(var), _apply.Slots(self._ms[i], self._mom[i], self._mg[i]),
+            self._structure(var), lr=lr, rho=self.rho, momentum=self.momentum,
+            epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0)
 
-        def apply(var, slots, values, indices, **scalars):
-            ms, rest = slots[0], list(slots[1:])
-            mom = rest.pop(0) if self.use_momentum else None
-            mg = rest.pop(0) if self.centered else None
-            if indices is not None:
-                return sparse_apply_rmsprop_x(var, ms, values, indices, mom=mom, mg=mg,
-                                              **scalars, **structure)
-            return apply_rmsprop_x(var, ms, values, mom=mom, mg=mg, **scalars, **structure)
-
-        sparse = isinstance(grad, tf.IndexedSlices)
-        values = grad.values if sparse else grad
-        indices = grad.indices if sparse else None
-        if _dtensor.is_dvariable(var):
-            if _dtensor.is_sharded(var):
-                return _dtensor.apply_on_shards(apply, var, slots, values, scalars, indices)
-            values, indices = _dtensor.on_mesh_of(values, var), _dtensor.on_mesh_of(indices, var)
-        return apply(var, slots, values, indices, **scalars)
+    def _structure(self, var):
+        return _apply.Structure(
+            use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
+            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
+            weight_decay_mode=self._weight_decay_mode_for(var))
 
     def _accumulate_or_update(self, grads, variables):
         steps = self.gradient_accumulation_steps
-        accumulators = [self._accumulators[self._index[id(v)]] for v in variables]
+        accumulators = [self._accumulators[self._position(v)] for v in variables]
         dense = [tf.convert_to_tensor(g) for g in grads]  # accumulators are dense
 
         def update():
@@ -373,7 +404,7 @@ class RMSpropX(tf.Module):
 
     def _overwrite_with_average(self, var_list):
         for var in var_list:
-            var.assign(self._ema[self._index[id(var)]])
+            var.assign(self._ema[self._position(var)])
 
     def finalize_variable_values(self, var_list):
         """Overwrites the variables with their moving average (when `use_ema`)."""
@@ -419,13 +450,6 @@ def _inside_xla():
             return True
         ctx = ctx.outer_context
     return False
-
-
-def _colocated_with(var):
-    """Slot placement: with the variable (its device, or under a strategy, its replicas)."""
-    if tf.distribute.has_strategy():
-        return tf.distribute.get_strategy().extended.colocate_vars_with(var)
-    return tf.device(var.device) if getattr(var, "device", None) else contextlib.nullcontext()
 
 
 def _validate(**args):

@@ -1,0 +1,61 @@
+"""The one place that turns (variable, slots, gradient) into an op call.
+
+Both optimizers (the `tf.Module` `RMSpropX` and the Keras 3 adapter) call `apply_update`
+per variable with the variable's slots and its (already reduced, clipped) gradient; it picks
+the dense or the sparse op, and routes DTensor variables to `_dtensor`. A new formula
+variant is an attr of the ops (cc/ops) and a field of `Structure`; nothing else here
+changes.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from tf_rmsprop_ops import _dtensor
+from tf_rmsprop_ops.ops import apply_rmsprop_x, sparse_apply_rmsprop_x
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """The ops' structural attrs: which slots exist and where eps, lr and wd go."""
+    use_momentum: bool = False
+    centered: bool = False
+    nesterov: bool = False
+    epsilon_placement: str = "inside_sqrt"
+    lr_placement: str = "inside_momentum"
+    weight_decay_mode: str = "none"
+
+    def op_attrs(self):
+        return dict(nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
+                    lr_placement=self.lr_placement, weight_decay_mode=self.weight_decay_mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slots:
+    """A variable's optimizer state: `ms` always, `mom` / `mg` when enabled (else None)."""
+    ms: object
+    mom: object = None
+    mg: object = None
+
+    def present(self):
+        return [s for s in (self.ms, self.mom, self.mg) if s is not None]
+
+
+def call_op(var, slots, values, indices, structure, **scalars):
+    """One op call on `var` (a variable or a resource handle) and its slots."""
+    ms, mom, mg = slots.ms, slots.mom, slots.mg
+    if indices is not None:
+        return sparse_apply_rmsprop_x(var, ms, values, indices, mom=mom, mg=mg, **scalars,
+                                      **structure.op_attrs())
+    return apply_rmsprop_x(var, ms, values, mom=mom, mg=mg, **scalars, **structure.op_attrs())
+
+
+def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, weight_decay):
+    """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices)."""
+    scalars = dict(lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
+                   weight_decay=weight_decay)
+    sparse = isinstance(grad, tf.IndexedSlices)
+    values = grad.values if sparse else grad
+    indices = grad.indices if sparse else None
+    if _dtensor.is_dvariable(var):
+        return _dtensor.apply(call_op, var, slots, values, indices, structure, scalars)
+    return call_op(var, slots, values, indices, structure, **scalars)

@@ -1,0 +1,154 @@
+"""How an RMSpropX step meets tf.distribute (and plain TF1-style graphs).
+
+The step of `RMSpropX.apply` under a strategy, as Keras 3's TensorFlow optimizer does it:
+
+1. Slots are created in a cross-replica context (a `merge_call` when `apply` is first
+   called inside `strategy.run`), colocated with their variable: under MirroredStrategy /
+   MultiWorkerMirroredStrategy they are mirrored like it, under ParameterServerStrategy
+   they live on the variable's parameter server.
+2. In the replica context the gradients are all-reduced once (`ReplicaContext.all_reduce`,
+   SUM; IndexedSlices are gathered, never densified).
+3. A `merge_call` then runs the optimizer's local step once per device through
+   `strategy.extended.update`, with each device's reduced gradients. The local step is the
+   one-device step (loss scale, accumulation, clipping, the op calls, EMA): inside `update`
+   every mirrored variable and slot reads and writes its own device's component, so every
+   replica applies the same bits. It is anchored on one mirrored variable (all of them live
+   on the same devices) rather than called per variable, because global-norm clipping and
+   gradient accumulation need all gradients of a step together.
+4. Strategies without mirrored copies (the default strategy, OneDeviceStrategy,
+   ParameterServerStrategy: one replica per worker, variables on the PS) run the local step
+   directly: each op is placed on its variable's device (on the PS) by its resource input.
+
+Under ParameterServerStrategy, XLA updates run per variable device (`jit_groups`): an XLA
+function at the top level of a worker function cannot take PS variables, one called under
+`tf.device(var.device)` can.
+"""
+import contextlib
+
+import tensorflow as tf
+
+
+def var_key(var):
+    """A stable key for a variable: the container of a per-replica component, the
+    tf.Variable of a keras.Variable, then its unique id (ids of Python objects change
+    when tf.function or a strategy hands out wrappers)."""
+    inner = getattr(var, "_value", None)  # keras.Variable (TensorFlow backend)
+    if isinstance(inner, tf.Variable) and not isinstance(var, tf.Variable):
+        var = inner
+    if isinstance(var, tf.distribute.DistributedValues):
+        pass  # a container already
+    elif hasattr(var, "_distributed_container"):
+        var = var._distributed_container()
+    elif (isinstance(var, tf.Variable) and not tf.executing_eagerly()
+          and hasattr(var.handle, "_distributed_container")):
+        var = var.handle._distributed_container()
+    return getattr(var, "_unique_id", None) or id(var)
+
+
+def unwrap(var):
+    """The tf.Variable behind a keras.Variable; other variables as they are."""
+    inner = getattr(var, "_value", None)
+    if isinstance(inner, tf.Variable) and not isinstance(var, tf.Variable):
+        return inner
+    return var
+
+
+def _strategy():
+    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+
+
+def in_replica_context():
+    """True inside `strategy.run` of a real (non-default) strategy."""
+    return (tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context()
+            and tf.distribute.get_replica_context() is not None)
+
+
+def creation_scope(var):
+    """Where a slot of `var` is created: outside any tf.function, in the strategy's scope,
+    colocated with (mirrored like / on the PS of) the variable."""
+    strategy = _strategy()
+    stack = contextlib.ExitStack()
+    stack.enter_context(tf.init_scope())
+    if strategy is not None:
+        stack.enter_context(strategy.scope())
+        stack.enter_context(strategy.extended.colocate_vars_with(var))
+    elif getattr(var, "device", None):
+        stack.enter_context(tf.device(var.device))
+    return stack
+
+
+def in_cross_replica(fn, *args):
+    """Runs fn(*args) in a cross-replica context (a merge_call inside strategy.run)."""
+    if in_replica_context():
+        return tf.distribute.get_replica_context().merge_call(lambda _, *a: fn(*a), args=args)
+    return fn(*args)
+
+
+def all_reduce_sum(grads):
+    """Sums the gradients over replicas, once (a no-op outside strategy.run)."""
+    if not in_replica_context():
+        return grads
+    ctx = tf.distribute.get_replica_context()
+    if ctx.num_replicas_in_sync == 1:
+        return grads
+    # Dense gradients in one batched all-reduce, IndexedSlices (all-gathered) one by one:
+    # a mixed batch issues its collectives in a different order per replica when eager.
+    sparse = [i for i, g in enumerate(grads) if isinstance(g, tf.IndexedSlices)]
+    dense = [i for i, g in enumerate(grads) if i not in set(sparse)]
+    out = list(grads)
+    if dense:
+        for i, g in zip(dense, ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                              [grads[i] for i in dense])):
+            out[i] = g
+    for i in sparse:
+        out[i] = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads[i])
+    return out
+
+
+def _is_mirrored(var):
+    return isinstance(var, tf.distribute.DistributedValues)
+
+
+def run_step(local_step, grads, variables, finish):
+    """Runs `local_step(grads, variables)` on every device holding a copy of the
+    variables, then `finish()` once (cross-replica); see the module docstring."""
+    if not in_replica_context():
+        if tf.distribute.has_strategy() and any(isinstance(g, tf.distribute.DistributedValues)
+                                                for g in grads):
+            return _update_each_device(tf.distribute.get_strategy(), local_step, grads,
+                                       variables, finish)
+        local_step(grads, variables)
+        return finish()
+    anchor = next((v for v in variables if _is_mirrored(v)), None)
+    if anchor is None:  # ParameterServerStrategy, OneDeviceStrategy: one copy of each
+        local_step(grads, variables)
+        return finish()
+    ctx = tf.distribute.get_replica_context()
+    return ctx.merge_call(
+        lambda strategy, g: _update_each_device(strategy, local_step, g, variables, finish,
+                                                anchor), args=(grads,))
+
+
+def _update_each_device(strategy, local_step, grads, variables, finish, anchor=None):
+    anchor = anchor if anchor is not None else variables[0]
+
+    def on_device(_, local_grads):
+        local_step(list(local_grads), variables)
+        return tf.constant(True)
+
+    done = strategy.extended.update(anchor, on_device, args=(grads,), group=True)
+    with tf.control_dependencies(tf.nest.flatten(done) if not tf.executing_eagerly() else []):
+        return finish()
+
+
+def jit_groups(pairs):
+    """(device, [(grad, var), ...]) groups: XLA compiles one function per variable device."""
+    groups = {}
+    for grad, var in pairs:
+        groups.setdefault(getattr(var, "device", "") or "", []).append((grad, var))
+    return list(groups.items())
+
+
+def is_v1_graph():
+    """True while building a TF1-style graph (tf.Graph().as_default(), no tf.function)."""
+    return not tf.executing_eagerly() and not tf.inside_function()
