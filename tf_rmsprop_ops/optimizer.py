@@ -25,6 +25,7 @@ import re
 import warnings
 
 import tensorflow as tf
+from tensorflow.python.trackable.data_structures import NoDependency
 
 from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
@@ -108,7 +109,8 @@ class RMSpropX(tf.Module):
         self._trainable_variables = []
         self._exclude_keys, self._exclude_pattern = set(), None
         self._warned_missing = set()
-        self._compiled_updates = {}  # (device, variable keys) -> XLA function
+        # (device, variable keys) -> XLA function; a cache, not state to save.
+        self._compiled_updates = NoDependency({})
         self.built = False
 
     # ---- hyperparameters -----------------------------------------------------------------
