@@ -139,7 +139,7 @@ def _tf_ops_step(var, slots, values, indices, structure, scalars):
     else:
         rows = var.shape[0]
         g = tf.math.unsorted_segment_sum(tf.cast(values, compute), indices, rows)
-        hit = tf.math.unsorted_segment_max(tf.ones_like(indices, dtype=compute), indices, rows)
+        hit = tf.math.unsorted_segment_sum(tf.ones_like(indices, dtype=compute), indices, rows)
         mask = tf.reshape(hit > 0, [rows] + [1] * (var.shape.rank - 1))
     w = old["var"]
     if structure.weight_decay_mode == "coupled":
