@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from multiworker_worker import update_ops_by_compilation  # noqa: E402
 from tf_rmsprop_ops import RMSpropX  # noqa: E402  (loads the op library the servers share)
 
 ROWS, DIM, OUT, STEPS = 10, 4, 3, 3
@@ -32,7 +33,8 @@ KWARGS = dict(learning_rate=0.02, momentum=0.9, centered=True, epsilon=1e-6)
 NUM_WORKERS = 2
 # Placement log lines: "<node name>: (<op type>): <device>".
 PLACEMENT = re.compile(r"^\S+: \((\w+)\): (/job:\S+)$")
-REPORTED_OPS = ("ApplyRMSpropX", "SparseApplyRMSpropX", "MatMul", "Sin")
+REPORTED_OPS = ("ApplyRMSpropX", "SparseApplyRMSpropX", "StatefulPartitionedCall", "MatMul",
+                "Sin")
 
 # Only the table of the "sharded" case is partitioned: FixedShardsPartitioner(2) while the
 # flag is set, no partitioning otherwise.
@@ -119,7 +121,8 @@ def loss_fn(w, table, x, ids):
     return tf.reduce_sum((x @ w) ** 2) * 1e-3 + tf.reduce_sum(tf.sin(emb) * 1e-2)
 
 
-def run_case(strategy, coordinator, case, rng):
+def run_case(strategy, coordinator, case, rng, result):
+    """Runs one case, filling `result` (devices first, so they are there on a failure)."""
     init_w = rng.normal(size=(DIM, OUT)).astype(np.float32)
     init_t = rng.normal(size=(ROWS, DIM)).astype(np.float32)
     data = [(rng.normal(size=(5, DIM)).astype(np.float32),
@@ -135,6 +138,8 @@ def run_case(strategy, coordinator, case, rng):
     # A ShardedVariable is trained through its shards (tf.GradientTape cannot differentiate
     # with respect to the ShardedVariable itself).
     parts = list(table.variables) if case == "sharded" else [table]
+    result.update(w_device=w.device, part_devices=[p.device for p in parts],
+                  lr_device=opt.learning_rate.device, is_sharded=type(table).__name__)
 
     def replica_fn(x, ids):
         with tf.GradientTape() as tape:
@@ -159,19 +164,22 @@ def run_case(strategy, coordinator, case, rng):
     def value(v):
         return v.numpy().tolist()
 
-    return dict(
+    # The step's graph (traced again here, the same ops): which update ops XLA compiles.
+    graph = step_fn.get_concrete_function(tf.constant(data[0][0]),
+                                          tf.constant(data[0][1])).graph
+
+    result.update(
         init_w=init_w.tolist(), init_t=init_t.tolist(), grads=fetched,
         iterations=int(opt.iterations.numpy()), slot_names=list(opt.slot_names),
         w=value(w), parts=[value(p) for p in parts],
-        part_rows=[int(p.shape[0]) for p in parts], is_sharded=type(table).__name__,
-        w_device=w.device, part_devices=[p.device for p in parts],
+        part_rows=[int(p.shape[0]) for p in parts],
         slots={name: dict(w=value(opt.get_slot(w, name)),
                           parts=[value(opt.get_slot(p, name)) for p in parts])
                for name in opt.slot_names},
         slot_devices={name: dict(w=opt.get_slot(w, name).device,
                                  parts=[opt.get_slot(p, name).device for p in parts])
                       for name in opt.slot_names},
-        lr_device=opt._learning_rate.device,
+        update_ops=update_ops_by_compilation(graph.as_graph_def()),
     )
 
 
@@ -186,12 +194,12 @@ def main(seed, num_ps, cases):
     coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
     out = dict(num_ps=num_ps)
     for k, case in enumerate(cases):
-        log = []
+        log, result = [], {}
         try:
             with captured_fd1(log):
-                result = run_case(strategy, coordinator, case, np.random.default_rng([seed, k]))
+                run_case(strategy, coordinator, case, np.random.default_rng([seed, k]), result)
         except Exception as e:  # reported, the next case still runs
-            result = dict(error=f"{type(e).__name__}: {e}"[:3000],
+            result.update(error=f"{type(e).__name__}: {e}"[-20000:],
                           traceback=traceback.format_exc()[-3000:])
         result["placement"] = placements("".join(log))
         out[case] = result

@@ -32,6 +32,9 @@ def _parser():
     bench.add_argument("--xla-multi-output-fusion", action="store_true",
                        help="run every case with XLA:CPU's multi-output fusion on (XLA_FLAGS), "
                             "which makes the XLA update one loop (README: XLA)")
+    bench.add_argument("--dtensor", action="store_true",
+                       help="only the DTensor case: a row-sharded variable on a 2-device CPU "
+                            "mesh, eager per-shard op vs the in-graph path (sizes: --sizes)")
     bench.add_argument("--quick", action="store_true",
                        help="tiny sizes and few repeats: checks the harness, not the speed")
     return parser

@@ -12,11 +12,18 @@ def main(spec):
 
     threads = spec["threads"]
     tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if spec["kind"] == "dtensor":  # a 2-device mesh: logical devices before TF starts them
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * 2)
     rng = np.random.default_rng(spec.get("seed", 0))
     if spec["kind"] == "dense":
         from tf_rmsprop_ops.benchmark import dense
         result = dense.run(spec["n"], spec["variant"], spec["dtype"], threads, spec["repeats"],
                            rng)
+    elif spec["kind"] == "dtensor":
+        from tf_rmsprop_ops.benchmark import dtensor
+        result = dtensor.run(spec["n"], threads, spec["repeats"], rng)
     else:
         from tf_rmsprop_ops.benchmark import sparse
         result = sparse.run(spec["rows"], spec["dim"], spec["indices"], threads,

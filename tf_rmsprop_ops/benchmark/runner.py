@@ -57,6 +57,9 @@ def run_case(spec):
 
 def case_specs(args):
     specs = []
+    if getattr(args, "dtensor", False):
+        return [dict(kind="dtensor", n=parse_size(size), threads=args.threads,
+                     repeats=args.repeats) for size in args.sizes.split(",")]
     if not args.only_sparse:
         for dtype in args.dtype.split(","):
             for size in args.sizes.split(","):
@@ -75,6 +78,8 @@ def case_specs(args):
 def describe(result):
     if result["kind"] == "dense":
         return f"dense {result['n']:,} {result['dtype']} {result['variant']}"
+    if result["kind"] == "dtensor":
+        return f"dtensor row-sharded [{result['rows']:,}, {result['dim']}] momentum"
     return (f"sparse [{result['rows']:,}, {result['dim']}] {result['indices']:,} idx "
             f"({result['unique']:,} unique)")
 
