@@ -30,8 +30,8 @@ UPDATE_OPS = ("ApplyRMSpropX", "SparseApplyRMSpropX")
 
 
 def update_ops_by_compilation(graph_def):
-    """{"xla": [...], "native": [...]}: the RMSpropX op types in the graph and its function
-    library, split by whether they sit in a function that XLA must compile."""
+    """{"xla": [...], "native": [...]}: the RMSpropX op types (sorted) in the graph and its
+    function library, split by whether they sit in a function that XLA must compile."""
     library = {f.signature.name: f for f in graph_def.library.function}
     compiled = {name for name, f in library.items()
                 if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b}
@@ -44,7 +44,7 @@ def update_ops_by_compilation(graph_def):
     for fn, n in nodes:
         if n.op in UPDATE_OPS:
             out["xla" if fn in compiled else "native"].append(n.op)
-    return out
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def main(seed, steps, mode):

@@ -11,6 +11,9 @@ def _parser():
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--jit", action="store_true", help="jit_compile=True (the XLA lowering)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--strategy", default="none",
+                      choices=["none", "mirrored", "multiworker", "ps", "dtensor"],
+                      help="train under a tf.distribute strategy or a DTensor mesh (README)")
 
     bench = sub.add_parser("bench", help="time the ops against TensorFlow, Keras, the roofline")
     bench.add_argument("--sizes", default=None,
@@ -45,7 +48,8 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "demo":
         from tf_rmsprop_ops import demo
-        demo.main(steps=args.steps, jit_compile=args.jit, seed=args.seed)
+        demo.main(steps=args.steps, jit_compile=args.jit, seed=args.seed,
+                  strategy=args.strategy)
     elif args.command == "bench":
         if args.quick:
             args.sizes, args.repeats = args.sizes or "4K,64K", 3

@@ -337,7 +337,10 @@ class RMSpropX(tf.Module):
     def _update(self, grads, variables):
         grads = self._clip(grads)
         if not self.jit_compile or _inside_xla():
-            return self._update_variables(grads, variables)
+            return self._update_variables(grads, variables, self.learning_rate)
+        # The learning rate is read outside XLA: under ParameterServerStrategy it lives on
+        # another device than the variables of a compiled group.
+        lr = tf.convert_to_tensor(self.learning_rate, tf.float32)
         for device, pairs in _distribute.jit_groups(zip(grads, variables)):
             group = [v for _, v in pairs]
             key = (device, tuple(_distribute.var_key(v) for v in group))
@@ -345,16 +348,15 @@ class RMSpropX(tf.Module):
                 self._compiled_updates[key] = self._compile_update(group)
             with tf.device(device) if device else contextlib.nullcontext():
                 self._compiled_updates[key]([_gradients.as_function_argument(g)
-                                             for g, _ in pairs])
+                                             for g, _ in pairs], lr)
 
     def _compile_update(self, variables):
         # The variables are captured, not passed: tf.function would hand out stand-ins.
-        def update(grads):
-            return self._update_variables(grads, variables)
+        def update(grads, lr):
+            return self._update_variables(grads, variables, lr)
         return tf.function(update, jit_compile=True, autograph=False)
 
-    def _update_variables(self, grads, variables):
-        lr = self.learning_rate
+    def _update_variables(self, grads, variables, lr):
         for grad, var in zip(grads, variables):
             self._update_one(grad, var, lr)
 
