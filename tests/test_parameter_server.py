@@ -20,9 +20,6 @@ TIMEOUT_S = 180
 STEPS = 3
 KWARGS = dict(learning_rate=0.02, momentum=0.9, centered=True, epsilon=1e-6)
 UPDATE_OPS = sorted(["ApplyRMSpropX", "SparseApplyRMSpropX"])
-# Without the fix proposed for RMSpropX._update (read the learning rate outside the XLA
-# function), an XLA update on one PS reads the learning-rate variable of another PS.
-CROSS_PS_XLA_ERROR = "Trying to access resource"
 
 
 def _run_worker(num_ps, cases):
@@ -171,11 +168,9 @@ def test_jit_compile_updates_on_a_single_ps(one_ps):
 
 def test_jit_compile_updates_on_two_ps(two_ps):
     r = two_ps["xla"]
-    # The variables are on both PS, so one of them is not on the learning rate's PS.
+    # The variables are on both PS, so one XLA group is not on the learning rate's PS: an
+    # XLA function that read the learning-rate variable itself would fail there ("Trying
+    # to access resource ... located in device ..."); RMSpropX reads it outside.
     assert len({r["w_device"]} | set(r["part_devices"])) == 2
     assert r["lr_device"] in {r["w_device"]} | set(r["part_devices"])
-    if CROSS_PS_XLA_ERROR in r.get("error", ""):
-        pytest.xfail("RMSpropX._update reads the learning-rate variable inside the XLA "
-                     "function compiled for each PS; it lives on another PS (library fix "
-                     "proposed: read it outside and pass it in)")
     _check_xla_on_ps(r)

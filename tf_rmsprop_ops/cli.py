@@ -1,10 +1,13 @@
 """Command line: `tf-rmsprop-ops demo` and `tf-rmsprop-ops bench` (also `python -m tf_rmsprop_ops`)."""
 import argparse
+import contextlib
 import os
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="tf-rmsprop-ops", description=__doc__)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ log lines (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a small model with RMSpropX, print the loss")
@@ -43,9 +46,37 @@ def _parser():
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_stderr(enabled):
+    """Hides what C++ writes to stderr while TensorFlow starts (absl's pre-init notices and
+    oneDNN's banner ignore TF_CPP_MIN_LOG_LEVEL). Python exceptions still propagate."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _start_tensorflow(verbose):
+    with _quiet_stderr(not verbose):
+        import tensorflow  # noqa: F401
+        import tf_rmsprop_ops._library  # noqa: F401  (loads the op library)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Before TensorFlow is imported (it reads this once); inherited by bench's case processes.
+    if args.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _start_tensorflow(args.verbose)
     if args.command == "demo":
         from tf_rmsprop_ops import demo
         demo.main(steps=args.steps, jit_compile=args.jit, seed=args.seed,

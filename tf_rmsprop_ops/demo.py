@@ -138,18 +138,20 @@ def _free_ports(n):
 
 
 def _multiworker(steps, jit_compile, seed, timeout=300):
+    import tempfile
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
+    procs, logs = [], []
     try:
         for index in range(2):
             env = dict(os.environ, TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             cmd = [sys.executable, "-m", "tf_rmsprop_ops.demo", "--multiworker-worker",
                    str(steps), str(int(jit_compile)), str(seed)]
-            procs.append(subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT if index == 0 else
-                                          subprocess.DEVNULL))
+            logs.append(tempfile.TemporaryFile(mode="w+"))  # each worker's stderr
+            procs.append(subprocess.Popen(
+                cmd, env=env, text=True, stderr=logs[-1],
+                stdout=subprocess.PIPE if index == 0 else subprocess.DEVNULL))
         print(f"multiworker: 2 worker processes on {', '.join(cluster['worker'])} "
               "(worker 0's output below)", flush=True)
         deadline = time.monotonic() + timeout
@@ -157,6 +159,10 @@ def _multiworker(steps, jit_compile, seed, timeout=300):
             print("  [worker 0] " + line.rstrip(), flush=True)
         for p in procs:
             p.wait(timeout=max(1, deadline - time.monotonic()))
+        for index, (p, log) in enumerate(zip(procs, logs)):
+            if p.returncode:
+                log.seek(0)
+                sys.stderr.write(f"worker {index} failed:\n{log.read()[-3000:]}\n")
         if any(p.returncode for p in procs):
             raise SystemExit(f"demo: a worker failed (exit codes {[p.returncode for p in procs]})")
     finally:
@@ -164,6 +170,8 @@ def _multiworker(steps, jit_compile, seed, timeout=300):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for log in logs:
+            log.close()
 
 
 def _multiworker_worker(steps, jit_compile, seed):

@@ -340,7 +340,7 @@ class RMSpropX(tf.Module):
             return self._update_variables(grads, variables, self.learning_rate)
         # The learning rate is read outside XLA: under ParameterServerStrategy it lives on
         # another device than the variables of a compiled group.
-        lr = tf.convert_to_tensor(self.learning_rate, tf.float32)
+        lr = tf.convert_to_tensor(self.learning_rate)
         for device, pairs in _distribute.jit_groups(zip(grads, variables)):
             group = [v for _, v in pairs]
             key = (device, tuple(_distribute.var_key(v) for v in group))
