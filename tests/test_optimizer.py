@@ -261,3 +261,40 @@ def test_checkpoint_restore_continues_bit_identically(deferred, tmp_path, rng):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(opt.variables, restored_opt.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("kwargs", [dict(clipnorm=1.0, clipvalue=0.5),
+                                    dict(clipvalue=0.5, global_clipnorm=1.0),
+                                    dict(clipnorm=1.0, global_clipnorm=1.0)])
+def test_only_one_clipping_argument(kwargs):
+    for cls in (RMSpropX, keras.optimizers.RMSprop):  # the peer says the same
+        with pytest.raises(ValueError, match="Only one of `clipnorm`, `clipvalue` and `global_clipnorm`"):
+            cls(**kwargs)
+
+
+def test_variable_constraint_is_applied_after_the_update(rng):
+    init = rng.normal(size=(5,)).astype(np.float32) * 3
+    grads = _grads(rng, 3, [(5,)])
+    results = []
+    for cls in (RMSpropX, keras.optimizers.RMSprop):
+        var = tf.Variable(init, constraint=lambda v: tf.clip_by_value(v, -1.0, 1.0))
+        opt = cls(learning_rate=0.1)
+        for (g,) in grads:
+            opt.apply_gradients([(tf.constant(g), var)])
+        results.append(var.numpy())
+    assert np.abs(results[0]).max() <= 1.0
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+def test_set_weights_and_tf1_slot_name(rng):
+    var = tf.Variable(rng.normal(size=(3,)).astype(np.float32))
+    opt = RMSpropX(momentum=0.9)
+    opt.build([var])
+    weights = [np.array(4, np.int64), np.array(0.5, np.float32),
+               rng.uniform(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)]
+    opt.set_weights(weights)
+    for got, want in zip(opt.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    assert opt.get_slot(var, "rms") is opt.get_slot(var, "ms")  # TF1 / tf_keras name
+    with pytest.raises(ValueError, match="3 arrays for 4"):
+        opt.set_weights(weights[:3])

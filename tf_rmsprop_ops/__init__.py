@@ -21,6 +21,8 @@ _LAZY = {
     "apply_rmsprop_x_indexed_slices": "tf_rmsprop_ops.ops",
     "LIBRARY_PATH": "tf_rmsprop_ops._library",
     "reference": "tf_rmsprop_ops.reference",
+    "presets": "tf_rmsprop_ops.presets",
+    "keras": "tf_rmsprop_ops.keras",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -29,7 +31,7 @@ __all__ = sorted(_LAZY) + ["__version__"]
 def __getattr__(name):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if name == "reference" else getattr(module, name)
+        value = module if name in ("reference", "presets", "keras") else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'tf_rmsprop_ops' has no attribute {name!r}")

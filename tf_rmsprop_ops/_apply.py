@@ -49,10 +49,40 @@ def call_op(var, slots, values, indices, structure, **scalars):
     return apply_rmsprop_x(var, ms, values, mom=mom, mg=mg, **scalars, **structure.op_attrs())
 
 
-def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, weight_decay):
-    """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices)."""
+def check_bias_correction(structure):
+    """ValueError unless Optax-style bias correction can be folded into the scalars."""
+    if structure.centered:
+        raise ValueError("bias_correction=True is not supported with centered=True (the "
+                         "corrected variance ms/c - (mg/c)**2 is not a rescaling of the op's).")
+    if structure.use_momentum and structure.lr_placement == "outside_momentum":
+        raise ValueError("bias_correction=True needs lr_placement='inside_momentum' (as Optax).")
+
+
+def fold_bias_correction(scalars, structure, step, rho):
+    """Optax's bias correction (denominator from ms / c, c = 1 - rho**step) as scalar inputs
+    of the same op: sqrt(ms/c + eps) = sqrt(ms + eps*c) / sqrt(c) and sqrt(ms/c) + eps =
+    (sqrt(ms) + eps*sqrt(c)) / sqrt(c), so lr -> lr*sqrt(c), eps -> eps*c (inside) or
+    eps*sqrt(c) (outside), and decoupled weight decay wd -> wd/sqrt(c) keeps lr*wd."""
+    c = 1.0 - tf.pow(tf.cast(rho, tf.float32), tf.cast(step, tf.float32))
+    root = tf.sqrt(c)
+    out = dict(scalars)
+    lr = tf.convert_to_tensor(scalars["lr"])
+    out["lr"] = lr * tf.cast(root, lr.dtype)
+    out["epsilon"] = scalars["epsilon"] * (c if structure.epsilon_placement == "inside_sqrt"
+                                           else root)
+    if structure.weight_decay_mode == "decoupled":
+        out["weight_decay"] = scalars["weight_decay"] / root
+    return out
+
+
+def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, weight_decay,
+                 bias_correction_step=None):
+    """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices).
+    `bias_correction_step`: the update's 1-based step for Optax-style bias correction."""
     scalars = dict(lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
                    weight_decay=weight_decay)
+    if bias_correction_step is not None:
+        scalars = fold_bias_correction(scalars, structure, bias_correction_step, rho)
     sparse = isinstance(grad, tf.IndexedSlices)
     values = grad.values if sparse else grad
     indices = grad.indices if sparse else None

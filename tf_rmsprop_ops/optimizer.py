@@ -18,7 +18,8 @@ decoupled, `var -= lr * wd * var` before the step, as Keras). Deliberate differe
   negative, which gives NaN in Keras and TF.
 * Extensions: `nesterov`, `epsilon_placement="outside_sqrt"` (PyTorch), `lr_placement=
   "outside_momentum"` (PyTorch), `weight_decay_mode="coupled"` (PyTorch's L2),
-  `initial_scale` (1.0 reproduces TF1's accumulator initialisation).
+  `initial_scale` (1.0 reproduces TF1's accumulator initialisation), `bias_correction`
+  (Optax), and presets for each framework (`from_preset`, `tf_rmsprop_ops.presets`).
 """
 import contextlib
 import re
@@ -27,11 +28,12 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
-from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients
+from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # Slot names, and the names Keras uses for the same state.
-SLOT_ALIASES = {"velocity": "ms", "momentum": "mom", "average_gradient": "mg"}
+SLOT_ALIASES = {"velocity": "ms", "rms": "ms", "momentum": "mom", "average_gradient": "mg",
+                "mg": "mg"}
 
 
 def _is_schedule(lr):
@@ -64,7 +66,10 @@ class RMSpropX(tf.Module):
       name: the module's name.
     Extensions: nesterov, epsilon_placement ("inside_sqrt" | "outside_sqrt"), lr_placement
       ("inside_momentum" | "outside_momentum"), weight_decay_mode ("decoupled" | "coupled"),
-      initial_scale (starting value of `ms`: 0 for Keras/PyTorch, 1 for TF1).
+      initial_scale (starting value of `ms`: 0 for Keras/PyTorch, 1 for TF1),
+      bias_correction (Optax's: the denominator from ms / (1 - rho**t); not with centered).
+    `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
+    sets these (and the defaults) to reproduce that framework's RMSprop.
     """
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
@@ -74,7 +79,7 @@ class RMSpropX(tf.Module):
                  gradient_accumulation_steps=None, jit_compile=False, mesh=None,
                  name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
                  lr_placement="inside_momentum", weight_decay_mode="decoupled",
-                 initial_scale=0.0, **kwargs):
+                 initial_scale=0.0, bias_correction=False, **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
         super().__init__(name=name)
@@ -98,6 +103,9 @@ class RMSpropX(tf.Module):
         self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
         self.weight_decay_mode, self.initial_scale = weight_decay_mode, float(initial_scale)
         self.use_momentum = self.momentum > 0 or self.nesterov
+        self.bias_correction = bool(bias_correction)
+        if self.bias_correction:
+            _apply.check_bias_correction(self._structure(None))
 
         with tf.init_scope():
             self._iterations = self._scalar_variable(0, tf.int64, "iteration")
@@ -222,6 +230,22 @@ class RMSpropX(tf.Module):
             out.extend(v for v in group if v is not None)
         return out
 
+    def set_weights(self, weights):
+        """Assigns `weights` (arrays, in the order of `variables`) to the optimizer state."""
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(f"set_weights: got {len(weights)} arrays for {len(variables)} "
+                             "optimizer variables (build the optimizer first).")
+        for var, value in zip(variables, weights):
+            if tuple(var.shape) != tuple(getattr(value, "shape", ())):
+                raise ValueError(f"set_weights: {var.name} has shape {var.shape}, got "
+                                 f"{getattr(value, 'shape', ())}")
+        for var, value in zip(variables, weights):
+            var.assign(value)
+
+    def get_weights(self):
+        return [v.numpy() for v in self.variables]
+
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Variables (or names matching any of `var_names`) that get no weight decay.
         Must be called before `build`, as Keras."""
@@ -232,6 +256,8 @@ class RMSpropX(tf.Module):
         self._exclude_pattern = re.compile("|".join(set(var_names))) if var_names else None
 
     def _weight_decay_mode_for(self, var):
+        if var is None:
+            return self.weight_decay_mode if self.weight_decay else "none"
         if not self.weight_decay or _distribute.var_key(var) in self._exclude_keys:
             return "none"
         if self._exclude_pattern is not None and self._exclude_pattern.search(var.name):
@@ -359,6 +385,10 @@ class RMSpropX(tf.Module):
     def _update_variables(self, grads, variables, lr):
         for grad, var in zip(grads, variables):
             self._update_one(grad, var, lr)
+        for var in variables:  # as Keras: a variable's constraint after its update
+            constraint = getattr(var, "constraint", None)
+            if constraint is not None:
+                var.assign(constraint(var))
 
     def _update_one(self, grad, var, lr):
         """The whole step of one variable: one fused op call (dense or sparse)."""
@@ -366,7 +396,8 @@ class RMSpropX(tf.Module):
         return _apply.apply_update(
             grad, _distribute.unwrap(var), _apply.Slots(self._ms[i], self._mom[i], self._mg[i]),
             self._structure(var), lr=lr, rho=self.rho, momentum=self.momentum,
-            epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0)
+            epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
+            bias_correction_step=self.iterations + 1 if self.bias_correction else None)
 
     def _structure(self, var):
         return _apply.Structure(
@@ -435,7 +466,14 @@ class RMSpropX(tf.Module):
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             jit_compile=self.jit_compile, nesterov=self.nesterov,
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale)
+            weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale,
+            bias_correction=self.bias_correction)
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """An optimizer reproducing another framework's RMSprop ("keras", "tf_keras", "tf1",
+        "pytorch", "optax"; see `tf_rmsprop_ops.presets`), with `overrides` applied."""
+        return cls(**presets.preset_kwargs(preset, overrides))
 
     @classmethod
     def from_config(cls, config):
@@ -475,9 +513,10 @@ def _validate(**args):
     for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
         if args.get(name) is not None and not args[name] > 0:
             bad(name, "must be > 0 or None")
-    if args.get("clipnorm") is not None and args.get("global_clipnorm") is not None:
-        raise ValueError("Only one of `clipnorm` and `global_clipnorm` can be set; received "
-                         f"clipnorm={args['clipnorm']}, global_clipnorm={args['global_clipnorm']}.")
+    clips = {k: args.get(k) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
+    if sum(v is not None for v in clips.values()) > 1:
+        raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
+                         f"received {', '.join(f'{k}={v}' for k, v in clips.items())}.")
     if "ema_momentum" in args and not 0.0 <= args["ema_momentum"] <= 1.0:
         bad("ema_momentum", "must be in [0, 1]")
     freq = args.get("ema_overwrite_frequency")

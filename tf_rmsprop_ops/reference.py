@@ -17,6 +17,9 @@ the kernels' formulation::
     no momentum:  upd = lr * step
     decoupled wd: var = var - lr * wd * var                (Keras 3 / AdamW style, before the step)
     var = var - upd
+
+Optax's `bias_correction=True` (step t = 1, 2, ...): the denominator uses ms / (1 - rho**t)
+(and mg / (1 - rho**t)) in place of ms (and mg); the stored slots are not corrected.
 """
 
 import numpy as np
@@ -33,7 +36,7 @@ def _f64(x):
 def rmsprop_x_step(var, grad, ms, mom=None, mg=None, *, lr, rho=0.9, momentum=0.0,
                    epsilon=1e-7, weight_decay=0.0, nesterov=False,
                    epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
-                   weight_decay_mode="none"):
+                   weight_decay_mode="none", bias_correction_step=None):
     """One dense step. Momentum is on iff `mom` is given, centered iff `mg` is given.
 
     Returns a dict with the new `var`, `ms`, `mom`, `mg` (float64; None for absent slots).
@@ -52,11 +55,12 @@ def rmsprop_x_step(var, grad, ms, mom=None, mg=None, *, lr, rho=0.9, momentum=0.
     if weight_decay_mode == "coupled":
         g = g + weight_decay * var
     ms = rho * ms + (1.0 - rho) * g * g
+    correction = 1.0 if bias_correction_step is None else 1.0 - rho ** bias_correction_step
     if mg is not None:
         mg = rho * mg + (1.0 - rho) * g
-        v = np.maximum(ms - mg * mg, 0.0)
+        v = np.maximum(ms / correction - (mg / correction) ** 2, 0.0)
     else:
-        v = ms
+        v = ms / correction
     if epsilon_placement == "inside_sqrt":
         denom = np.sqrt(v + epsilon)
     else:

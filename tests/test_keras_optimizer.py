@@ -1,0 +1,128 @@
+"""`tf_rmsprop_ops.keras.RMSpropX`: Keras 3 trajectories, sparse rows, model.fit (also under
+MirroredStrategy), .keras save/load, loss scaling, constraints, jit_compile."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_optimizer import KERAS_CASES, _assert_same_trajectory, _grads, _init, _schedule, _trajectory
+from tf_rmsprop_ops import reference
+from tf_rmsprop_ops.keras import RMSpropX
+
+VOCAB, DIM = 50, 4
+
+
+def _args(case):
+    args = dict(KERAS_CASES[case])
+    if args.get("learning_rate") == "schedule":
+        args["learning_rate"] = _schedule()
+    return args
+
+
+@pytest.mark.parametrize("case", sorted(KERAS_CASES))
+def test_trajectory_matches_keras3(case, rng):
+    init, grads = _init(rng), _grads(rng, 20)
+    ours, _ = _trajectory(RMSpropX(**_args(case)), init, grads)
+    theirs, _ = _trajectory(keras.optimizers.RMSprop(**_args(case)), init, grads)
+    _assert_same_trajectory(ours, theirs)
+
+
+def test_indexed_slices_go_to_the_sparse_op_lazily(rng):
+    """A row touched at step 1 and not at step 2 keeps its velocity (Keras decays it)."""
+    init = rng.normal(size=(VOCAB, DIM)).astype(np.float32)
+    table = keras.Variable(init)
+    opt = RMSpropX(learning_rate=0.05, momentum=0.5)
+    steps = [np.array([1, 7, 1]), np.array([3, 7])]
+    rows = [rng.normal(size=(len(i), DIM)).astype(np.float32) for i in steps]
+    want = dict(var=init, ms=np.zeros_like(init), mom=np.zeros_like(init))
+    for ids, values in zip(steps, rows):
+        opt.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(ids),
+                                               tf.constant([VOCAB, DIM])), table)])
+        want = reference.sparse_rmsprop_x_step(want["var"], values, ids, want["ms"],
+                                               want["mom"], lr=0.05, momentum=0.5)
+    np.testing.assert_allclose(np.asarray(table.numpy()), want["var"], rtol=1e-6, atol=1e-7)
+    velocity = np.asarray(opt.get_slot(table, "velocity").numpy())
+    np.testing.assert_allclose(velocity, want["ms"], rtol=1e-6, atol=1e-9)
+    assert velocity[1].min() > 0  # touched at step 1 only: not decayed at step 2
+
+
+def _model(seed=1):
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((3,), dtype="int32")
+    x = keras.Input((6,))
+    emb = keras.layers.Flatten()(keras.layers.Embedding(VOCAB, DIM)(ids))
+    # Glorot columns of a [6, 8] kernel have norms ~0.9: MaxNorm(0.3) must act.
+    h = keras.layers.Dense(8, activation="tanh", name="hidden",
+                           kernel_constraint=keras.constraints.MaxNorm(0.3))(x)
+    out = keras.layers.Dense(1)(keras.layers.Concatenate()([emb, h]))
+    return keras.Model([ids, x], out)
+
+
+def _data(rng, n=128):
+    return ([rng.integers(0, VOCAB, size=(n, 3)).astype(np.int32),
+             rng.normal(size=(n, 6)).astype(np.float32)], rng.normal(size=(n, 1)).astype(np.float32))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["native", "xla"])
+def test_model_fit_trains_and_applies_constraints(rng, jit):
+    x, y = _data(rng)
+    model = _model()
+    model.compile(optimizer=RMSpropX(learning_rate=0.01, momentum=0.9, centered=True),
+                  loss="mse", jit_compile=jit)
+    history = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    kernel = model.get_layer("hidden").kernel.numpy()
+    assert np.sqrt((kernel ** 2).sum(axis=0)).max() <= 0.3 + 1e-5
+
+
+def test_save_and_load_continue_exactly(rng, tmp_path):
+    x, y = _data(rng)
+    model = _model()
+    model.compile(optimizer=RMSpropX(learning_rate=0.01, momentum=0.9, centered=True,
+                                     weight_decay=0.01), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.optimizer, RMSpropX)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert int(loaded.optimizer.iterations.numpy()) == 4
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    for a, b in zip(model.weights + model.optimizer.variables,
+                    loaded.weights + loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+
+
+def test_loss_scale_optimizer_wraps_it(rng):
+    init, grads = _init(rng), _grads(rng, 5)
+    ours, _ = _trajectory(keras.optimizers.LossScaleOptimizer(RMSpropX(momentum=0.9)), init,
+                          [[g * 1024.0 for g in step] for step in grads])
+    theirs, _ = _trajectory(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.RMSprop(momentum=0.9)), init, [[g * 1024.0 for g in step] for step in grads])
+    _assert_same_trajectory(ours, theirs)
+
+
+def test_model_fit_under_mirrored_strategy_keeps_replicas_identical(rng):
+    from test_distribute import _strategy
+    strategy = _strategy()
+    x, y = _data(rng)
+    with strategy.scope():
+        model = _model()
+        model.compile(optimizer=RMSpropX(learning_rate=0.01, momentum=0.9, centered=True),
+                      loss="mse")
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    for var in model.weights + model.optimizer.variables:
+        copies = [np.asarray(c.numpy()) for c in
+                  strategy.experimental_local_results(getattr(var, "value", var))]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1])
+
+
+def test_serialization_round_trip():
+    opt = RMSpropX.from_preset("pytorch", momentum=0.5, centered=True)
+    config = keras.optimizers.serialize(opt)
+    clone = keras.optimizers.deserialize(config)
+    assert isinstance(clone, RMSpropX) and clone.get_config() == opt.get_config()
+    assert clone.epsilon_placement == "outside_sqrt" and clone.rho == 0.99

@@ -1,0 +1,131 @@
+"""`tf_rmsprop_ops.keras.RMSpropX`: a Keras 3 optimizer (TensorFlow backend) on the fused ops,
+for `model.compile(optimizer=...)` and `model.fit`.
+
+A thin adapter: Keras' base optimizer keeps doing what it does (clipping, EMA, gradient
+accumulation, loss scaling and `LossScaleOptimizer`, `overwrite_with_gradient`, variable
+constraints, `jit_compile`, tf.distribute through `strategy.extended.update`), and
+`update_step` hands each variable, its slots and its gradient to `_apply.apply_update`, the
+same place the `tf.Module` optimizer uses: dense gradients go to `ApplyRMSpropX`, the
+`IndexedSlices` of an `Embedding` layer to `SparseApplyRMSpropX` (never densified: only the
+looked-up rows and their slots change, where Keras' RMSprop decays every row).
+
+Decoupled weight decay is fused into the op (Keras would make a separate pass before
+`update_step`; the result is the same, except that sparse updates decay only their rows).
+"""
+import keras
+import tensorflow as tf
+
+from tf_rmsprop_ops import _apply, _distribute, presets
+from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
+
+
+@keras.saving.register_keras_serializable(package="tf_rmsprop_ops")
+class RMSpropX(keras.optimizers.Optimizer):
+    """RMSprop on the fused ops. Arguments as `keras.optimizers.RMSprop`, plus `nesterov`,
+    `epsilon_placement`, `lr_placement`, `weight_decay_mode` ("decoupled" | "coupled"),
+    `initial_scale` and `bias_correction` (see `tf_rmsprop_ops.RMSpropX`), and
+    `from_preset(name, **overrides)`."""
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, name="rmspropx", nesterov=False,
+                 epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
+                 weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
+                 **kwargs):
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"Argument `rho` must be in [0, 1); received {rho!r}.")
+        if not momentum >= 0.0:
+            raise ValueError(f"Argument `momentum` must be >= 0; received {momentum!r}.")
+        if not epsilon >= 0.0:
+            raise ValueError(f"Argument `epsilon` must be >= 0; received {epsilon!r}.")
+        if epsilon_placement not in EPSILON_PLACEMENTS:
+            raise ValueError(f"Argument `epsilon_placement` must be one of {EPSILON_PLACEMENTS}; "
+                             f"received {epsilon_placement!r}.")
+        if lr_placement not in LR_PLACEMENTS:
+            raise ValueError(f"Argument `lr_placement` must be one of {LR_PLACEMENTS}; "
+                             f"received {lr_placement!r}.")
+        if weight_decay_mode not in ("decoupled", "coupled"):
+            raise ValueError("Argument `weight_decay_mode` must be 'decoupled' or 'coupled'; "
+                             f"received {weight_decay_mode!r}.")
+        super().__init__(
+            learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
+            clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
+            ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps, name=name, **kwargs)
+        self.rho, self.momentum, self.epsilon = rho, momentum, epsilon
+        self.centered, self.nesterov = centered, nesterov
+        self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
+        self.weight_decay_mode, self.initial_scale = weight_decay_mode, initial_scale
+        self.bias_correction = bias_correction
+        self.use_momentum = momentum > 0 or nesterov
+        if bias_correction:
+            _apply.check_bias_correction(self._structure(None))
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """See `tf_rmsprop_ops.presets`."""
+        return cls(**presets.preset_kwargs(preset, overrides))
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._velocities = self.add_optimizer_variables(
+            var_list, "velocity",
+            initializer=keras.initializers.Constant(self.initial_scale))
+        self._momentums = (self.add_optimizer_variables(var_list, "momentum")
+                           if self.use_momentum else [])
+        self._average_gradients = (self.add_optimizer_variables(var_list, "average_gradient")
+                                   if self.centered else [])
+
+    def _structure(self, variable):
+        if not self.weight_decay or (variable is not None and
+                                     not self._use_weight_decay(variable)):
+            mode = "none"
+        else:
+            mode = self.weight_decay_mode
+        return _apply.Structure(
+            use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
+            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
+            weight_decay_mode=mode)
+
+    def _apply_weight_decay(self, variables):
+        """Fused into the op (`update_step`): nothing to do here."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        i = self._get_variable_index(variable)
+
+        def slot(slots):
+            return _distribute.unwrap(slots[i]) if slots else None
+
+        return _apply.apply_update(
+            gradient, _distribute.unwrap(variable),
+            _apply.Slots(slot(self._velocities), slot(self._momentums),
+                         slot(self._average_gradients)),
+            self._structure(variable), lr=learning_rate, rho=self.rho,
+            momentum=self.momentum, epsilon=self.epsilon,
+            weight_decay=self.weight_decay or 0.0,
+            bias_correction_step=(self.iterations + 1) if self.bias_correction else None)
+
+    def get_slot(self, variable, name):
+        """The slot `name` ("velocity"/"ms"/"rms", "momentum"/"mom",
+        "average_gradient"/"mg") of `variable`."""
+        name = {"ms": "velocity", "rms": "velocity", "mom": "momentum",
+                "mg": "average_gradient"}.get(name, name)
+        slots = {"velocity": self._velocities, "momentum": self._momentums,
+                 "average_gradient": self._average_gradients}.get(name)
+        if not slots:
+            raise KeyError(f"No slot '{name}' in {self.name}")
+        return slots[self._get_variable_index(variable)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
+                      centered=self.centered, nesterov=self.nesterov,
+                      epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
+                      weight_decay_mode=self.weight_decay_mode,
+                      initial_scale=self.initial_scale, bias_correction=self.bias_correction)
+        return config
