@@ -5,7 +5,7 @@
 // pin them together. This header includes no TensorFlow header so that a TensorFlow-free
 // harness (and nvcc) can compile it.
 //
-// DESIGN.md section 2, per element with gradient g:
+// docs/design.md section 1.1, per element with gradient g:
 //   coupled wd:   g   = g + wd * var
 //   ms  = rho * ms + (1 - rho) * g * g
 //   centered:     mg  = rho * mg + (1 - rho) * g;  v = max(ms - mg * mg, 0)   else v = ms

@@ -38,6 +38,9 @@ def _parser():
     bench.add_argument("--xla-multi-output-fusion", action="store_true",
                        help="run every case with XLA:CPU's multi-output fusion on (XLA_FLAGS), "
                             "which makes the XLA update one loop (README: XLA)")
+    bench.add_argument("--keras-fit", action="store_true",
+                       help="only whole model.fit steps: our Keras optimizer vs Keras 3 "
+                            "RMSprop (jit off/on) on an embedding model and an MLP")
     bench.add_argument("--dtensor", action="store_true",
                        help="only the DTensor case: a row-sharded variable on a 2-device CPU "
                             "mesh, eager per-shard op vs the in-graph path (sizes: --sizes)")

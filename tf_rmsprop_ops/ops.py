@@ -1,7 +1,7 @@
 """Python wrappers of the ApplyRMSpropX and SparseApplyRMSpropX ops.
 
 A feature is on when its slot is passed: `mom` enables momentum, `mg` enables the centered
-variant. The math is in `tf_rmsprop_ops.reference` (float64 NumPy) and DESIGN.md section 2.
+variant. The math is in `tf_rmsprop_ops.reference` (float64 NumPy) and docs/design.md section 1.1 (the op contract: section 2).
 """
 import numpy as np
 import tensorflow as tf

@@ -1,6 +1,6 @@
 """RMSpropX: a `tf.Module` optimizer with the Keras 3 RMSprop interface, on the fused ops.
 
-Update, per variable (DESIGN.md section 2; `tf_rmsprop_ops.reference`)::
+Update, per variable (docs/design.md section 1.1; `tf_rmsprop_ops.reference`)::
 
     ms  = rho * ms + (1 - rho) * g**2
     mg  = rho * mg + (1 - rho) * g                         (centered)

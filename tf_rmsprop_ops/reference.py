@@ -1,6 +1,6 @@
 """The RMSpropX update in float64 NumPy: the definition every backend is tested against.
 
-This is DESIGN.md section 2 written as plainly as possible (branches, no folded
+This is docs/design.md section 1.1 written as plainly as possible (branches, no folded
 coefficients), so that it is an independent statement of the math rather than a copy of
 the kernels' formulation::
 

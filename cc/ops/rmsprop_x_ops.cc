@@ -62,7 +62,7 @@ constexpr char kDoc[] = R"doc(
 var and slots are resource variables of dtype T. slots holds, in order, ms (always),
 mom (when use_momentum) and mg (when centered); no slot is passed for a disabled feature.
 lr, rho, momentum, epsilon and weight_decay are scalars so that schedules need no retracing.
-The update is DESIGN.md section 2 / tf_rmsprop_ops.reference; half types compute in float32.
+The update is docs/design.md section 1.1 / tf_rmsprop_ops.reference; half types compute in float32.
 )doc";
 
 }  // namespace

@@ -21,6 +21,9 @@ def main(spec):
         from tf_rmsprop_ops.benchmark import dense
         result = dense.run(spec["n"], spec["variant"], spec["dtype"], threads, spec["repeats"],
                            rng)
+    elif spec["kind"] == "keras_fit":
+        from tf_rmsprop_ops.benchmark import keras_fit
+        result = keras_fit.run(spec["model"], spec["quick"], spec["repeats"], rng)
     elif spec["kind"] == "dtensor":
         from tf_rmsprop_ops.benchmark import dtensor
         result = dtensor.run(spec["n"], threads, spec["repeats"], rng)

@@ -57,6 +57,9 @@ def run_case(spec):
 
 def case_specs(args):
     specs = []
+    if getattr(args, "keras_fit", False):
+        return [dict(kind="keras_fit", model=m, quick=bool(args.quick), threads=args.threads,
+                     repeats=min(args.repeats, 5)) for m in ("embedding", "mlp")]
     if getattr(args, "dtensor", False):
         return [dict(kind="dtensor", n=parse_size(size), threads=args.threads,
                      repeats=args.repeats) for size in args.sizes.split(",")]
@@ -78,6 +81,9 @@ def case_specs(args):
 def describe(result):
     if result["kind"] == "dense":
         return f"dense {result['n']:,} {result['dtype']} {result['variant']}"
+    if result["kind"] == "keras_fit":
+        return (f"model.fit {result['model']} ({result['params']:,} params, "
+                f"batch {result['batch']:,})")
     if result["kind"] == "dtensor":
         return f"dtensor row-sharded [{result['rows']:,}, {result['dim']}] momentum"
     return (f"sparse [{result['rows']:,}, {result['dim']}] {result['indices']:,} idx "
@@ -92,16 +98,20 @@ def table(results):
     lines = [head, "-" * len(head)]
     for r in results:
         ours = r["ms"][REFERENCE_IMPL]
+        roof = r.get("roofline_ms")
         cells = []
         for name in impls:
             ms = r["ms"].get(name)
             if ms is None:
                 cells.append(f"{'n/a':>15}")
+            elif name == REFERENCE_IMPL and roof:
+                cells.append(f"{ms:>8.3f} ms {100 * roof / ms:>3.0f}%"[:15].rjust(15))
             elif name == REFERENCE_IMPL:
-                cells.append(f"{ms:>8.3f} ms {100 * r['roofline_ms'] / ms:>3.0f}%"[:15].rjust(15))
+                cells.append(f"{ms:>12.3f} ms")
             else:
                 cells.append(f"{ms:>8.3f} {ms / ours:>5.2f}x")
-        lines.append(f"{describe(r):<46}" + "".join(cells) + f"{r['roofline_ms']:>8.3f} ms")
+        lines.append(f"{describe(r):<46}" + "".join(cells) +
+                     (f"{roof:>8.3f} ms" if roof else f"{'n/a':>11}"))
     lines.append("")
     lines.append(f"ms: median per update; Nx: that implementation's time / {REFERENCE_IMPL}'s "
                  "(higher = we are faster); %: roofline / our time.")
