@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import tf_rmsprop_ops
+from tf_rmsprop_ops import reference
 from helpers import (DTYPES, VARIANTS, Variant, apply_dense, apply_sparse, assert_matches,
                      make_variables, random_hyper, random_state, reference_sparse, round_to,
                      values)
@@ -164,3 +165,27 @@ def test_use_locking_concurrent_sparse_updates_lose_nothing(rng):
         apply_sparse(sequential, grad, tf.constant(indices), variant, hyper, dtype)
     for name, value in sequential.items():
         np.testing.assert_array_equal(concurrent[name], value.numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("mode", ["default", "copy_on_read"])
+def test_a_live_read_keeps_its_value_and_the_table_keeps_its_access_mode(mode, rng):
+    """Copy-on-write: a value read before the update (here held eagerly; in a graph, e.g.
+    Keras' Embedding reading the table) still shows the old rows afterwards, in TF's default
+    access mode (the op copies, then writes) and after a TF sparse op switched the table to
+    copy-on-read (reads copy; the op writes in place)."""
+    init = rng.normal(size=(40, 3)).astype(np.float32)
+    table, ms = tf.Variable(init), tf.Variable(np.zeros_like(init))
+    if mode == "copy_on_read":
+        table.scatter_add(tf.IndexedSlices(tf.zeros([1, 3]), tf.constant([0])))
+    grad = rng.normal(size=(4, 3)).astype(np.float32)
+    ids = np.array([2, 17, 2, 39])
+    for step in range(3):
+        before = table.read_value()           # a live read of the whole table
+        expected_before = before.numpy().copy()
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(table, ms, grad, ids, lr=0.05)
+        np.testing.assert_array_equal(before.numpy(), expected_before)
+        assert not np.array_equal(table.numpy(), expected_before)
+    want = dict(var=init, ms=np.zeros_like(init))
+    for _ in range(3):
+        want = reference.sparse_rmsprop_x_step(want["var"], grad, ids, want["ms"], lr=0.05)
+    np.testing.assert_allclose(table.numpy(), want["var"], rtol=1e-6, atol=1e-7)

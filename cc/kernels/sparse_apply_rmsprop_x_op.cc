@@ -26,6 +26,16 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using CPUDevice = Eigen::ThreadPoolDevice;
 
+// Whether the variable at `input` is in TF's copy-on-read mode (false when it cannot be
+// looked up: GetInputTensorFromVariable then reports the error).
+bool InCopyOnReadMode(OpKernelContext* ctx, int input) {
+  tensorflow::core::RefCountPtr<tensorflow::Var> var;
+  if (!tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, input), &var).ok()) {
+    return false;
+  }
+  return var->copy_on_read_mode.load();
+}
+
 template <typename T, typename Index>
 class SparseApplyRMSpropXOp : public OpKernel {
  public:
@@ -53,14 +63,24 @@ class SparseApplyRMSpropXOp : public OpKernel {
     OP_REQUIRES(ctx, indices.dim_size(0) <= std::numeric_limits<int32_t>::max(),
                 absl::InvalidArgumentError("more than 2^31 - 1 indices"));
     OP_REQUIRES_OK(ctx, CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
-    // sparse=true: without use_locking the update holds a shared lock (Hogwild!, as TF's
-    // sparse kernels); the variables are switched to copy-on-read so readers copy.
+    // How the rows are written depends on the table's access mode (TF's two protocols):
+    // * Already copy-on-read (a TF sparse op or gather switched it; the mode is sticky):
+    //   TF's sparse protocol, in place; without use_locking a shared lock (Hogwild!, as
+    //   TF's sparse kernels), readers copy.
+    // * Otherwise the table stays in TF's default mode, where a dense read
+    //   (ReadVariableOp, e.g. Keras' Embedding: `take` on the variable's value) aliases the
+    //   buffer instead of copying all of it on every read: the update takes the exclusive
+    //   lock and writes in place, copying the table first only while a reader still holds
+    //   the buffer (copy-on-write, as the dense ops). TF's sparse kernels would switch the
+    //   table to copy-on-read, and every later dense read would copy it (27 ms per step
+    //   for a [1M, 64] table on the machine of BENCHMARKS.md).
+    const bool sparse_access = InCopyOnReadMode(ctx, vars_.ids[0]);
     auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<CPUDevice, T>(
-        ctx, use_locking_, /*sparse=*/true, vars_.ids);
+        ctx, use_locking_, sparse_access, vars_.ids);
     std::vector<Tensor> t(vars_.ids.size());
     for (size_t i = 0; i < t.size(); ++i) {
       OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, T>(
-                              ctx, vars_.ids[i], use_locking_, /*sparse=*/true, &t[i]));
+                              ctx, vars_.ids[i], use_locking_, sparse_access, &t[i]));
     }
     OP_REQUIRES_OK(ctx, CheckSlotShapes(vars_, t));
     const tensorflow::TensorShape& var_shape = t[0].shape();
