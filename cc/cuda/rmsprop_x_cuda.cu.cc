@@ -1,0 +1,341 @@
+// CUDA kernels of the RMSpropX update: the formula of cc/rmsprop_x_update.h on the GPU.
+// Includes no TensorFlow header (tests/gpu/ drives it without TensorFlow).
+#include "cc/cuda/rmsprop_x_cuda.h"
+
+#include <cstdint>
+#include <limits>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_run_length_encode.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace tf_rmsprop_ops {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 8192;  // grid-stride beyond this
+
+// Storage <-> compute conversions (the same rounding as the CPU loops: nearest even; a
+// bfloat16 NaN stays a quiet NaN).
+__device__ __forceinline__ float ToCompute(Half h) { return __half2float(__ushort_as_half(h.bits)); }
+__device__ __forceinline__ float ToCompute(BFloat16 b) {
+  return __uint_as_float(static_cast<uint32_t>(b.bits) << 16);
+}
+__device__ __forceinline__ float ToCompute(float x) { return x; }
+__device__ __forceinline__ double ToCompute(double x) { return x; }
+
+template <typename T> __device__ __forceinline__ T FromCompute(ComputeType<T> x);
+template <> __device__ __forceinline__ float FromCompute<float>(float x) { return x; }
+template <> __device__ __forceinline__ double FromCompute<double>(double x) { return x; }
+template <> __device__ __forceinline__ Half FromCompute<Half>(float x) {
+  return Half{__half_as_ushort(__float2half_rn(x))};
+}
+template <> __device__ __forceinline__ BFloat16 FromCompute<BFloat16>(float x) {
+  const uint32_t u = __float_as_uint(x);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return BFloat16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded)};
+}
+
+template <bool kCentered, bool kMomentum, typename T>
+__device__ __forceinline__ void UpdateOne(const Coefficients<ComputeType<T>>& k,
+                                          ComputeType<T> g, T& var, T& ms, T* mom, T* mg) {
+  using C = ComputeType<T>;
+  C v = ToCompute(var), s = ToCompute(ms);
+  C m = kMomentum ? ToCompute(*mom) : C(0);
+  C a = kCentered ? ToCompute(*mg) : C(0);
+  UpdateElement<kCentered, kMomentum, C>(k, g, v, s, m, a);
+  var = FromCompute<T>(v);
+  ms = FromCompute<T>(s);
+  if (kMomentum) *mom = FromCompute<T>(m);
+  if (kCentered) *mg = FromCompute<T>(a);
+}
+
+// 16 bytes of T: one 128-bit load or store when the pointer is 16-byte aligned.
+template <typename T>
+struct alignas(16) Vec {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+template <bool kCentered, bool kMomentum, typename T>
+__global__ void DenseVecKernel(Coefficients<ComputeType<T>> k, const Vec<T>* __restrict__ grad,
+                               Vec<T>* __restrict__ var, Vec<T>* __restrict__ ms,
+                               Vec<T>* __restrict__ mom, Vec<T>* __restrict__ mg, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Vec<T> g = grad[i];
+    Vec<T> x = var[i], s = ms[i], m, a;
+    if (kMomentum) m = mom[i];
+    if (kCentered) a = mg[i];
+#pragma unroll
+    for (int j = 0; j < Vec<T>::kSize; ++j) {
+      UpdateOne<kCentered, kMomentum, T>(k, ToCompute(g.v[j]), x.v[j], s.v[j], &m.v[j], &a.v[j]);
+    }
+    var[i] = x;
+    ms[i] = s;
+    if (kMomentum) mom[i] = m;
+    if (kCentered) mg[i] = a;
+  }
+}
+
+template <bool kCentered, bool kMomentum, typename T>
+__global__ void DenseScalarKernel(Coefficients<ComputeType<T>> k, const T* __restrict__ grad,
+                                  T* __restrict__ var, T* __restrict__ ms,
+                                  T* __restrict__ mom, T* __restrict__ mg, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    UpdateOne<kCentered, kMomentum, T>(k, ToCompute(grad[i]), var[i], ms[i],
+                                       kMomentum ? mom + i : nullptr, kCentered ? mg + i : nullptr);
+  }
+}
+
+int Blocks(int64_t work) {
+  const int64_t b = (work + kThreads - 1) / kThreads;
+  return static_cast<int>(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
+}
+
+bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <bool kCentered, bool kMomentum, typename T>
+cudaError_t Dense(const Coefficients<ComputeType<T>>& k, const T* grad, T* var, T* ms, T* mom,
+                  T* mg, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  int64_t done = 0;
+  if (Aligned16(grad) && Aligned16(var) && Aligned16(ms) && Aligned16(mom) && Aligned16(mg)) {
+    const int64_t vecs = n / Vec<T>::kSize;
+    if (vecs > 0) {
+      using V = Vec<T>;
+      DenseVecKernel<kCentered, kMomentum, T><<<Blocks(vecs), kThreads, 0, stream>>>(
+          k, reinterpret_cast<const V*>(grad), reinterpret_cast<V*>(var),
+          reinterpret_cast<V*>(ms), reinterpret_cast<V*>(mom), reinterpret_cast<V*>(mg), vecs);
+      done = vecs * Vec<T>::kSize;
+    }
+  }
+  if (done < n) {  // the tail (or everything, unaligned)
+    DenseScalarKernel<kCentered, kMomentum, T><<<Blocks(n - done), kThreads, 0, stream>>>(
+        k, grad + done, var + done, ms + done, mom ? mom + done : nullptr,
+        mg ? mg + done : nullptr, n - done);
+  }
+  return cudaGetLastError();
+}
+
+// ---- sparse -------------------------------------------------------------------------------
+
+constexpr size_t kAlign = 256;
+size_t Up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// Workspace layout: [bad offset][sorted keys][positions][sorted positions][unique keys]
+// [run lengths][run offsets][number of runs][CUB temporaries].
+template <typename Index>
+struct Workspace {
+  unsigned long long* bad;
+  Index* keys;
+  int32_t* positions;
+  int32_t* sorted_positions;
+  Index* unique;
+  int32_t* lengths;
+  int32_t* offsets;
+  int32_t* num_runs;
+  void* temp;
+  size_t temp_bytes;
+
+  static size_t CubBytes(int64_t n) {
+    size_t sort = 0, rle = 0, scan = 0;
+    cub::DeviceRadixSort::SortPairs(nullptr, sort, static_cast<const Index*>(nullptr),
+                                    static_cast<Index*>(nullptr),
+                                    static_cast<const int32_t*>(nullptr),
+                                    static_cast<int32_t*>(nullptr), static_cast<int>(n));
+    cub::DeviceRunLengthEncode::Encode(nullptr, rle, static_cast<const Index*>(nullptr),
+                                       static_cast<Index*>(nullptr),
+                                       static_cast<int32_t*>(nullptr),
+                                       static_cast<int32_t*>(nullptr), static_cast<int>(n));
+    cub::DeviceScan::ExclusiveSum(nullptr, scan, static_cast<const int32_t*>(nullptr),
+                                  static_cast<int32_t*>(nullptr), static_cast<int>(n));
+    size_t m = sort > rle ? sort : rle;
+    return m > scan ? m : scan;
+  }
+  static size_t Bytes(int64_t n) {
+    const size_t idx = Up(sizeof(Index) * (n > 0 ? n : 1));
+    const size_t i32 = Up(sizeof(int32_t) * (n > 0 ? n : 1));
+    return Up(sizeof(unsigned long long)) + 2 * idx + 4 * i32 + Up(sizeof(int32_t)) +
+           Up(CubBytes(n));
+  }
+  Workspace(void* base, int64_t n) {
+    char* p = static_cast<char*>(base);
+    const size_t idx = Up(sizeof(Index) * (n > 0 ? n : 1));
+    const size_t i32 = Up(sizeof(int32_t) * (n > 0 ? n : 1));
+    bad = reinterpret_cast<unsigned long long*>(p); p += Up(sizeof(unsigned long long));
+    keys = reinterpret_cast<Index*>(p); p += idx;
+    unique = reinterpret_cast<Index*>(p); p += idx;
+    positions = reinterpret_cast<int32_t*>(p); p += i32;
+    sorted_positions = reinterpret_cast<int32_t*>(p); p += i32;
+    lengths = reinterpret_cast<int32_t*>(p); p += i32;
+    offsets = reinterpret_cast<int32_t*>(p); p += i32;
+    num_runs = reinterpret_cast<int32_t*>(p); p += Up(sizeof(int32_t));
+    temp = p;
+    temp_bytes = Up(CubBytes(n));
+  }
+};
+
+template <typename Index>
+__global__ void CheckKernel(const Index* __restrict__ indices, int64_t n, int64_t rows,
+                            unsigned long long* bad) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t v = static_cast<int64_t>(indices[i]);
+    if (v < 0 || v >= rows) atomicMin(bad, static_cast<unsigned long long>(i));
+  }
+}
+
+__global__ void IotaKernel(int32_t* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = static_cast<int32_t>(i);
+  }
+}
+
+// One block per unique row (grid-stride over rows): each thread sums its elements'
+// gradient over the row's occurrences in input order, then updates them.
+template <bool kCentered, bool kMomentum, typename T, typename Index>
+__global__ void RowsKernel(Coefficients<ComputeType<T>> k, const T* __restrict__ grad,
+                           const Index* __restrict__ unique, const int32_t* __restrict__ lengths,
+                           const int32_t* __restrict__ offsets,
+                           const int32_t* __restrict__ sorted_positions,
+                           const int32_t* __restrict__ num_runs, int64_t row_size,
+                           T* __restrict__ var, T* __restrict__ ms, T* __restrict__ mom,
+                           T* __restrict__ mg) {
+  using C = ComputeType<T>;
+  const int32_t runs = *num_runs;
+  for (int64_t r = blockIdx.x; r < runs; r += gridDim.x) {
+    const int64_t base = static_cast<int64_t>(unique[r]) * row_size;
+    const int32_t first = offsets[r], count = lengths[r];
+    for (int64_t j = threadIdx.x; j < row_size; j += blockDim.x) {
+      C g = C(0);
+      for (int32_t p = 0; p < count; ++p) {
+        g += ToCompute(grad[static_cast<int64_t>(sorted_positions[first + p]) * row_size + j]);
+      }
+      const int64_t e = base + j;
+      UpdateOne<kCentered, kMomentum, T>(k, g, var[e], ms[e], kMomentum ? mom + e : nullptr,
+                                         kCentered ? mg + e : nullptr);
+    }
+  }
+}
+
+template <bool kCentered, bool kMomentum, typename T, typename Index>
+cudaError_t Rows(const Coefficients<ComputeType<T>>& k, const T* grad, const Workspace<Index>& w,
+                 int64_t n, int64_t row_size, T* var, T* ms, T* mom, T* mg, cudaStream_t stream) {
+  int threads = static_cast<int>(row_size < kThreads ? ((row_size + 31) / 32) * 32 : kThreads);
+  const int blocks = static_cast<int>(n < kMaxBlocks ? n : kMaxBlocks);
+  RowsKernel<kCentered, kMomentum, T, Index><<<blocks, threads, 0, stream>>>(
+      k, grad, w.unique, w.lengths, w.offsets, w.sorted_positions, w.num_runs, row_size, var,
+      ms, mom, mg);
+  return cudaGetLastError();
+}
+
+#define RMSPROPX_DISPATCH(FN, ...)                                              \
+  (variant.centered ? (variant.momentum ? FN<true, true>(__VA_ARGS__)           \
+                                        : FN<true, false>(__VA_ARGS__))         \
+                    : (variant.momentum ? FN<false, true>(__VA_ARGS__)          \
+                                        : FN<false, false>(__VA_ARGS__)))
+
+}  // namespace
+
+template <typename T>
+cudaError_t LaunchDense(const Variant& variant, const Coefficients<ComputeType<T>>& k,
+                        const T* grad, T* var, T* ms, T* mom, T* mg, int64_t n,
+                        cudaStream_t stream) {
+  return RMSPROPX_DISPATCH(Dense, k, grad, var, ms, mom, mg, n, stream);
+}
+
+template <typename Index>
+size_t SparseWorkspaceBytes(int64_t num_indices) {
+  return Workspace<Index>::Bytes(num_indices);
+}
+
+template <typename Index>
+cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
+                        void* workspace, int64_t* bad_offset_host, Index* bad_value_host,
+                        cudaStream_t stream) {
+  *bad_offset_host = -1;
+  if (num_indices <= 0) return cudaSuccess;
+  Workspace<Index> w(workspace, num_indices);
+  cudaError_t e = cudaMemsetAsync(w.bad, 0xff, sizeof(unsigned long long), stream);
+  if (e != cudaSuccess) return e;
+  CheckKernel<Index><<<Blocks(num_indices), kThreads, 0, stream>>>(indices, num_indices, rows,
+                                                                     w.bad);
+  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  unsigned long long bad = 0;
+  if ((e = cudaMemcpyAsync(&bad, w.bad, sizeof(bad), cudaMemcpyDeviceToHost, stream)) !=
+      cudaSuccess) {
+    return e;
+  }
+  if ((e = cudaStreamSynchronize(stream)) != cudaSuccess) return e;
+  if (bad == std::numeric_limits<unsigned long long>::max()) return cudaSuccess;
+  *bad_offset_host = static_cast<int64_t>(bad);
+  if ((e = cudaMemcpyAsync(bad_value_host, indices + bad, sizeof(Index), cudaMemcpyDeviceToHost,
+                           stream)) != cudaSuccess) {
+    return e;
+  }
+  return cudaStreamSynchronize(stream);
+}
+
+template <typename T, typename Index>
+cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<T>>& k,
+                         const T* grad, const Index* indices, int64_t num_indices,
+                         int64_t row_size, T* var, T* ms, T* mom, T* mg, void* workspace,
+                         cudaStream_t stream) {
+  if (num_indices <= 0 || row_size <= 0) return cudaSuccess;
+  Workspace<Index> w(workspace, num_indices);
+  const int n = static_cast<int>(num_indices);
+  IotaKernel<<<Blocks(n), kThreads, 0, stream>>>(w.positions, n);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  size_t bytes = w.temp_bytes;
+  // Stable: equal indices keep their input order, so sums are deterministic (as on CPU).
+  if ((e = cub::DeviceRadixSort::SortPairs(w.temp, bytes, indices, w.keys, w.positions,
+                                           w.sorted_positions, n, 0, sizeof(Index) * 8,
+                                           stream)) != cudaSuccess) {
+    return e;
+  }
+  bytes = w.temp_bytes;
+  if ((e = cub::DeviceRunLengthEncode::Encode(w.temp, bytes, w.keys, w.unique, w.lengths,
+                                              w.num_runs, n, stream)) != cudaSuccess) {
+    return e;
+  }
+  bytes = w.temp_bytes;
+  // Runs past num_runs hold garbage lengths; their offsets are never read.
+  if ((e = cub::DeviceScan::ExclusiveSum(w.temp, bytes, w.lengths, w.offsets, n, stream)) !=
+      cudaSuccess) {
+    return e;
+  }
+  return RMSPROPX_DISPATCH(Rows, k, grad, w, num_indices, row_size, var, ms, mom, mg, stream);
+}
+
+#define RMSPROPX_INSTANTIATE(T)                                                              \
+  template cudaError_t LaunchDense<T>(const Variant&, const Coefficients<ComputeType<T>>&,   \
+                                      const T*, T*, T*, T*, T*, int64_t, cudaStream_t);      \
+  template cudaError_t SparseUpdate<T, int32_t>(                                             \
+      const Variant&, const Coefficients<ComputeType<T>>&, const T*, const int32_t*, int64_t, \
+      int64_t, T*, T*, T*, T*, void*, cudaStream_t);                                          \
+  template cudaError_t SparseUpdate<T, int64_t>(                                             \
+      const Variant&, const Coefficients<ComputeType<T>>&, const T*, const int64_t*, int64_t, \
+      int64_t, T*, T*, T*, T*, void*, cudaStream_t);
+RMSPROPX_INSTANTIATE(float)
+RMSPROPX_INSTANTIATE(double)
+RMSPROPX_INSTANTIATE(Half)
+RMSPROPX_INSTANTIATE(BFloat16)
+#undef RMSPROPX_INSTANTIATE
+
+template size_t SparseWorkspaceBytes<int32_t>(int64_t);
+template size_t SparseWorkspaceBytes<int64_t>(int64_t);
+template cudaError_t SparseCheck<int32_t>(const int32_t*, int64_t, int64_t, void*, int64_t*,
+                                          int32_t*, cudaStream_t);
+template cudaError_t SparseCheck<int64_t>(const int64_t*, int64_t, int64_t, void*, int64_t*,
+                                          int64_t*, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace tf_rmsprop_ops

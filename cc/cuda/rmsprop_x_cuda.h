@@ -1,0 +1,61 @@
+// CUDA launchers of the RMSpropX update: TensorFlow-free, raw device pointers, a stream.
+//
+// The kernels (rmsprop_x_cuda.cu.cc) apply the per-element formula of
+// cc/rmsprop_x_update.h, as the CPU loops do; half and bfloat16 compute in float32. The
+// TensorFlow GPU OpKernels (cc/kernels/, built with GOOGLE_CUDA) and the TensorFlow-free
+// harness (tests/gpu/) call these. Every launcher returns the first CUDA error.
+#ifndef TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_H_
+#define TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "cc/cpu/rmsprop_x_cpu.h"  // storage types Half / BFloat16, ComputeType
+#include "cc/rmsprop_x_update.h"
+
+namespace tf_rmsprop_ops {
+namespace cuda {
+
+using cpu::BFloat16;
+using cpu::ComputeType;
+using cpu::Half;
+
+// Dense: var, ms (and mom / mg when their feature is on; null otherwise) and grad hold n
+// elements each. One fused pass: 128-bit loads and stores where every pointer is 16-byte
+// aligned, a scalar tail. `k` comes from MakeCoefficients on the host.
+template <typename T>
+cudaError_t LaunchDense(const Variant& variant, const Coefficients<ComputeType<T>>& k,
+                        const T* grad, T* var, T* ms, T* mom, T* mg, int64_t n,
+                        cudaStream_t stream);
+
+// Sparse: `indices` [num_indices] name rows of var ([rows, row_size]); `grad` is
+// [num_indices, row_size]. Duplicated indices are summed (in input order, deterministic)
+// and applied once; rows not named are untouched. Deduplication runs on the device: a
+// stable radix sort of (index, position), run boundaries, then one pass over the unique
+// rows (work proportional to num_indices * row_size).
+//
+// Two phases so that a bad index writes nothing:
+//   1. SparseCheck: finds the first index outside [0, rows), writes its offset (or -1) to
+//      *bad_offset_host after synchronising `stream` (the only host sync).
+//   2. SparseUpdate: sorts and updates; call it only when the check found nothing.
+// `workspace` holds SparseWorkspaceBytes(num_indices) bytes of device memory.
+template <typename Index>
+size_t SparseWorkspaceBytes(int64_t num_indices);
+
+template <typename Index>
+cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
+                        void* workspace, int64_t* bad_offset_host, Index* bad_value_host,
+                        cudaStream_t stream);
+
+template <typename T, typename Index>
+cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<T>>& k,
+                         const T* grad, const Index* indices, int64_t num_indices,
+                         int64_t row_size, T* var, T* ms, T* mom, T* mg, void* workspace,
+                         cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace tf_rmsprop_ops
+
+#endif  // TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_H_
