@@ -24,11 +24,51 @@ ISA_SOURCES = cc/cpu/rmsprop_x_cpu.cc
 TF_OBJECTS = $(TF_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 ISA_OBJECTS = $(ISA_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 
+# GPU kernels (CUDA): built when TensorFlow is a CUDA build (it ships the CUDA headers the
+# glue needs) and nvcc is found; GPU=0 never, GPU=1 fails when either is missing.
+# The .cu.cc files include no TensorFlow header; `make cuda-check` compiles them alone.
+GPU ?= auto
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+CUDA_ARCHS ?= 75 80 86 89 90
+NVCC_FLAGS = -std=c++17 -O3 -Xcompiler -fPIC -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+CUDA_SOURCES = cc/cuda/rmsprop_x_cuda.cu.cc
+GPU_GLUE_SOURCES = cc/kernels/gpu/rmsprop_x_gpu_kernels.cc
+TF_CUDA_INCLUDE ?= $(shell $(call TF_QUERY,3))
+HAVE_NVCC := $(shell test -x $(NVCC) && echo 1)
+ifeq ($(GPU),auto)
+  BUILD_GPU := $(if $(and $(HAVE_NVCC),$(TF_CUDA_INCLUDE)),1,)
+else ifeq ($(GPU),1)
+  BUILD_GPU := 1
+  $(if $(HAVE_NVCC),,$(error GPU=1 but nvcc was not found at $(NVCC) (set CUDA_HOME or NVCC)))
+  $(if $(TF_CUDA_INCLUDE),,$(error GPU=1 but the installed TensorFlow is not a CUDA build with CUDA headers (install the full `tensorflow` wheel)))
+else
+  BUILD_GPU :=
+endif
+CUDA_OBJECTS = $(CUDA_SOURCES:%.cu.cc=$(BUILD_DIR)/obj/%.cu.o)
+GPU_OBJECTS = $(if $(BUILD_GPU),$(CUDA_OBJECTS) $(GPU_GLUE_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o),)
+GPU_LFLAGS = $(if $(BUILD_GPU),-L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl -lpthread,)
+
 # The benchmark's bandwidth probe: TensorFlow-free, loaded with ctypes.
 PROBE = $(dir $(OUT))_stream_probe.so
 
-.PHONY: all clean check-flags
-all: $(OUT) $(PROBE)
+.PHONY: all clean check-flags gpu-status cuda-check
+all: gpu-status $(OUT) $(PROBE)
+
+gpu-status:
+	@echo "tf_rmsprop_ops: GPU kernels $(if $(BUILD_GPU),ON (nvcc $(NVCC), CUDA headers from TensorFlow, sm_$(CUDA_ARCHS)),OFF ($(if $(filter 0,$(GPU)),GPU=0,$(if $(HAVE_NVCC),,no nvcc at $(NVCC); )$(if $(TF_CUDA_INCLUDE),,the installed TensorFlow is not a CUDA build - the full tensorflow wheel is))))"
+
+# Compiles every .cu.cc for every target architecture (no TensorFlow needed): CI keeps the
+# CUDA kernels compiling on machines without a GPU.
+cuda-check: $(CUDA_OBJECTS)
+
+$(BUILD_DIR)/obj/%.cu.o: %.cu.cc cc/cuda/rmsprop_x_cuda.h cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
+
+$(BUILD_DIR)/obj/cc/kernels/gpu/%.o: cc/kernels/gpu/%.cc | check-flags
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) -DGOOGLE_CUDA=1 -isystem $(TF_CUDA_INCLUDE) -c $< -o $@
 
 $(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h
 	$(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread -I. $< -o $@
@@ -36,8 +76,9 @@ $(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h
 check-flags:
 	@test -n "$(TF_CFLAGS)" || { echo "error: cannot import TensorFlow with $(PYTHON) to get its build flags" >&2; exit 1; }
 
-$(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) | check-flags
-	$(CXX) -shared -o $@ $^ $(TF_LFLAGS)
+$(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) $(GPU_OBJECTS) | check-flags
+	@mkdir -p $(dir $@)
+	$(CXX) -shared -o $@ $^ $(TF_LFLAGS) $(GPU_LFLAGS)
 
 $(BUILD_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc
 	@mkdir -p $(dir $@)
@@ -50,7 +91,7 @@ $(BUILD_DIR)/obj/%.o: %.cc | check-flags
 clean:
 	rm -rf $(BUILD_DIR)/obj $(OUT) $(PROBE)
 
--include $(TF_OBJECTS:.o=.d) $(ISA_OBJECTS:.o=.d)
+-include $(TF_OBJECTS:.o=.d) $(ISA_OBJECTS:.o=.d) $(GPU_OBJECTS:.o=.d)
 
 # What the library was built against; _library.py compares it with the runtime TensorFlow.
 TF_VERSION ?= $(shell $(call TF_QUERY,2))

@@ -36,15 +36,19 @@ class MakeBuildExt(build_ext):
     """Runs `make` (incremental: objects stay in build/obj) and places the library."""
 
     def build_extension(self, ext):
-        cflags, lflags, version = _tensorflow_flags()
+        cflags, lflags, version, cuda_include = _tensorflow_flags()
         target = os.path.abspath(self.get_ext_fullpath(ext.name))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         jobs = str(os.cpu_count() or 2)
         subprocess.check_call(
             ["make", "-j", jobs, "-C", _HERE, f"OUT={target}", f"TF_CFLAGS={cflags}",
-             f"TF_LFLAGS={lflags}", f"TF_VERSION={version}", f"PYTHON={sys.executable}"]
+             f"TF_LFLAGS={lflags}", f"TF_VERSION={version}", f"TF_CUDA_INCLUDE={cuda_include}",
+             f"PYTHON={sys.executable}"]
             + ([f"ARCH_FLAGS={os.environ['TF_RMSPROP_OPS_ARCH_FLAGS']}"]
-               if "TF_RMSPROP_OPS_ARCH_FLAGS" in os.environ else []))
+               if "TF_RMSPROP_OPS_ARCH_FLAGS" in os.environ else [])
+            # GPU kernels: auto (default), 1 (required), 0 (never); make prints which.
+            + ([f"GPU={os.environ['TF_RMSPROP_OPS_GPU']}"]
+               if "TF_RMSPROP_OPS_GPU" in os.environ else []))
         if self.inplace or getattr(self, "editable_mode", False):
             # Editable installs import from the source tree: the files `make` wrote beside
             # the library (build info, bandwidth probe) must be there too.

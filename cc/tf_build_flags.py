@@ -1,7 +1,10 @@
 """Compiler and linker flags for building the op library against the installed TensorFlow.
 
 Run by setup.py and the Makefile (`python3 cc/tf_build_flags.py`): prints a JSON list
-[compile flags, link flags, TensorFlow version]. It imports TensorFlow, nothing of ours.
+[compile flags, link flags, TensorFlow version, CUDA include dir or ""]. The last is
+TensorFlow's bundled CUDA headers when TensorFlow is a CUDA build (the full `tensorflow`
+wheel), which the GPU kernels' glue needs; `tensorflow-cpu` has none. It imports TensorFlow,
+nothing of ours.
 """
 import json
 import os
@@ -37,5 +40,13 @@ def tf_version():
     return _tf().__version__
 
 
+def cuda_include():
+    tf = _tf()
+    if not tf.sysconfig.get_build_info().get("is_cuda_build"):
+        return ""
+    path = os.path.join(tf.sysconfig.get_include(), "third_party", "gpus", "cuda", "include")
+    return path if os.path.exists(os.path.join(path, "cuda_runtime.h")) else ""
+
+
 if __name__ == "__main__":
-    print(json.dumps([compile_flags(), link_flags(), tf_version()]))
+    print(json.dumps([compile_flags(), link_flags(), tf_version(), cuda_include()]))

@@ -9,6 +9,7 @@ loads after it). Only the command line (`tf-rmsprop-ops`, `python -m tf_rmsprop_
 that to first use, so that it parses its arguments without starting TensorFlow.
 """
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -51,6 +52,12 @@ def _started_as_cli():
     return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["tf_rmsprop_ops"]
 
 
-if not _started_as_cli():
+def _tensorflow_installed():
+    # Without TensorFlow only the NumPy parts (reference, presets) import: the GPU harness
+    # (tests/gpu/) runs on machines that have none.
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+if not _started_as_cli() and _tensorflow_installed():
     for _name in _LAZY:
         __getattr__(_name)

@@ -1,0 +1,93 @@
+// GPU OpKernels of ApplyRMSpropX and SparseApplyRMSpropX: the shared shells
+// (cc/kernels/rmsprop_x_shells.h: validation, locking, copy-on-write) with launches of the
+// TensorFlow-free CUDA kernels (cc/cuda/) on the op context's stream. The scalars live in
+// host memory (the coefficients are folded on the host and passed by value).
+//
+// Built only with GOOGLE_CUDA, against a CUDA build of TensorFlow (the full `tensorflow`
+// wheel): Makefile target `gpu`.
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+
+#include "cc/cuda/rmsprop_x_cuda.h"
+#include "cc/kernels/rmsprop_x_shells.h"
+#include "tensorflow/core/framework/register_types.h"
+
+namespace tf_rmsprop_ops {
+
+using GPUDevice = Eigen::GpuDevice;
+
+namespace {
+absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, " failed: ", cudaGetErrorString(e)));
+}
+cudaStream_t StreamOf(tensorflow::OpKernelContext* ctx) {
+  return reinterpret_cast<cudaStream_t>(ctx->eigen_device<GPUDevice>().stream());
+}
+}  // namespace
+
+template <typename T>
+struct DenseLaunch<GPUDevice, T> {
+  static absl::Status Run(tensorflow::OpKernelContext* ctx, const DenseArgs<T>& a) {
+    const StatePointers<T>& s = a.state;
+    return CudaStatus(cuda::LaunchDense(a.variant, a.k, a.grad, s.var, s.ms, s.mom, s.mg, a.n,
+                                        StreamOf(ctx)),
+                      "ApplyRMSpropX CUDA kernel");
+  }
+};
+
+template <typename T, typename Index>
+struct SparseLaunch<GPUDevice, T, Index> {
+  static absl::Status Run(tensorflow::OpKernelContext* ctx, const SparseArgs<T, Index>& a) {
+    if (a.num_indices == 0) return absl::OkStatus();
+    tensorflow::Tensor workspace;
+    const int64_t bytes = static_cast<int64_t>(cuda::SparseWorkspaceBytes<Index>(a.num_indices));
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
+                                          &workspace));
+    void* ws = workspace.flat<int8_t>().data();
+    int64_t bad_offset = -1;
+    Index bad_value = 0;
+    TF_RETURN_IF_ERROR(CudaStatus(cuda::SparseCheck(a.indices, a.num_indices, a.rows, ws,
+                                                    &bad_offset, &bad_value, StreamOf(ctx)),
+                                  "SparseApplyRMSpropX index check"));
+    if (bad_offset >= 0) {  // the same error as on the CPU; nothing was written
+      return absl::InvalidArgumentError(absl::StrCat(
+          "indices[", bad_offset, "] = ", bad_value, " is not in [0, ", a.rows,
+          "): every index must name a row of var. Nothing was updated."));
+    }
+    const StatePointers<T>& s = a.state;
+    return CudaStatus(cuda::SparseUpdate(a.variant, a.k, a.grad, a.indices, a.num_indices,
+                                         a.row_size, s.var, s.ms, s.mom, s.mg, ws,
+                                         StreamOf(ctx)),
+                      "SparseApplyRMSpropX CUDA kernels");
+  }
+};
+
+#define HOST_SCALARS                                                                     \
+  .HostMemory("lr").HostMemory("rho").HostMemory("momentum").HostMemory("epsilon")       \
+      .HostMemory("weight_decay")
+#define REGISTER_GPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("ApplyRMSpropX")                                          \
+                              .Device(tensorflow::DEVICE_GPU)                            \
+                              .TypeConstraint<T>("T") HOST_SCALARS,                      \
+                          ApplyRMSpropXOp<GPUDevice, T>);                                \
+  REGISTER_KERNEL_BUILDER(Name("SparseApplyRMSpropX")                                    \
+                              .Device(tensorflow::DEVICE_GPU)                            \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int32_t>("Tindices") HOST_SCALARS,         \
+                          SparseApplyRMSpropXOp<GPUDevice, T, int32_t>);                 \
+  REGISTER_KERNEL_BUILDER(Name("SparseApplyRMSpropX")                                    \
+                              .Device(tensorflow::DEVICE_GPU)                            \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int64_t>("Tindices") HOST_SCALARS,         \
+                          SparseApplyRMSpropXOp<GPUDevice, T, int64_t>);
+TF_CALL_half(REGISTER_GPU);
+TF_CALL_bfloat16(REGISTER_GPU);
+TF_CALL_float(REGISTER_GPU);
+TF_CALL_double(REGISTER_GPU);
+#undef REGISTER_GPU
+#undef HOST_SCALARS
+
+}  // namespace tf_rmsprop_ops
+
+#endif  // GOOGLE_CUDA

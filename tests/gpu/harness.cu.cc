@@ -1,0 +1,108 @@
+// A C API over the CUDA launchers (cc/cuda/) for the TensorFlow-free GPU tests and benchmark
+// (tests/gpu/*.py drive it with ctypes; arrays are CuPy device pointers). Built by
+// tests/gpu/build.py with nvcc together with cc/cuda/rmsprop_x_cuda.cu.cc.
+#include <cstdint>
+
+#include "cc/cuda/rmsprop_x_cuda.h"
+
+using namespace tf_rmsprop_ops;  // NOLINT
+
+namespace {
+
+// dtype codes: 0 float32, 1 float64, 2 float16, 3 bfloat16. index codes: 0 int32, 1 int64.
+Variant MakeVariant(int centered, int momentum, int nesterov, int eps_outside, int lr_outside,
+                    int wd_mode) {
+  Variant v;
+  v.centered = centered;
+  v.momentum = momentum;
+  v.nesterov = nesterov;
+  v.epsilon_placement = eps_outside ? EpsilonPlacement::kOutsideSqrt : EpsilonPlacement::kInsideSqrt;
+  v.lr_placement = lr_outside ? LrPlacement::kOutsideMomentum : LrPlacement::kInsideMomentum;
+  v.weight_decay_mode = static_cast<WeightDecayMode>(wd_mode);
+  return v;
+}
+
+template <typename T>
+Coefficients<cuda::ComputeType<T>> Coeffs(const Variant& v, const double* h) {
+  using C = cuda::ComputeType<T>;
+  return MakeCoefficients(v, HyperParams<C>{C(h[0]), C(h[1]), C(h[2]), C(h[3]), C(h[4])});
+}
+
+template <typename T>
+int Dense(const Variant& v, const double* h, void* grad, void* var, void* ms, void* mom,
+          void* mg, int64_t n, void* stream) {
+  return cuda::LaunchDense<T>(v, Coeffs<T>(v, h), static_cast<const T*>(grad),
+                              static_cast<T*>(var), static_cast<T*>(ms), static_cast<T*>(mom),
+                              static_cast<T*>(mg), n, static_cast<cudaStream_t>(stream));
+}
+
+template <typename T, typename Index>
+int Sparse(const Variant& v, const double* h, void* grad, void* indices, int64_t num_indices,
+           int64_t rows, int64_t row_size, void* var, void* ms, void* mom, void* mg,
+           void* workspace, int64_t* bad_offset, int64_t* bad_value, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  Index value = 0;
+  int e = cuda::SparseCheck<Index>(static_cast<const Index*>(indices), num_indices, rows,
+                                   workspace, bad_offset, &value, s);
+  *bad_value = static_cast<int64_t>(value);
+  if (e != 0 || *bad_offset >= 0) return e;
+  return cuda::SparseUpdate<T, Index>(v, Coeffs<T>(v, h), static_cast<const T*>(grad),
+                                      static_cast<const Index*>(indices), num_indices, row_size,
+                                      static_cast<T*>(var), static_cast<T*>(ms),
+                                      static_cast<T*>(mom), static_cast<T*>(mg), workspace, s);
+}
+
+}  // namespace
+
+extern "C" {
+
+// hyper: lr, rho, momentum, epsilon, weight_decay. Returns a cudaError_t.
+int rx_dense(int dtype, int centered, int momentum, int nesterov, int eps_outside,
+             int lr_outside, int wd_mode, const double* hyper, void* grad, void* var, void* ms,
+             void* mom, void* mg, int64_t n, void* stream) {
+  const Variant v = MakeVariant(centered, momentum, nesterov, eps_outside, lr_outside, wd_mode);
+  switch (dtype) {
+    case 0: return Dense<float>(v, hyper, grad, var, ms, mom, mg, n, stream);
+    case 1: return Dense<double>(v, hyper, grad, var, ms, mom, mg, n, stream);
+    case 2: return Dense<cuda::Half>(v, hyper, grad, var, ms, mom, mg, n, stream);
+    case 3: return Dense<cuda::BFloat16>(v, hyper, grad, var, ms, mom, mg, n, stream);
+  }
+  return -1;
+}
+
+int64_t rx_sparse_workspace_bytes(int index_dtype, int64_t num_indices) {
+  return static_cast<int64_t>(index_dtype == 0 ? cuda::SparseWorkspaceBytes<int32_t>(num_indices)
+                                               : cuda::SparseWorkspaceBytes<int64_t>(num_indices));
+}
+
+// Checks the indices, then (when all are in range) updates. *bad_offset is the first bad
+// index's offset, or -1.
+int rx_sparse(int dtype, int index_dtype, int centered, int momentum, int nesterov,
+              int eps_outside, int lr_outside, int wd_mode, const double* hyper, void* grad,
+              void* indices, int64_t num_indices, int64_t rows, int64_t row_size, void* var,
+              void* ms, void* mom, void* mg, void* workspace, int64_t* bad_offset,
+              int64_t* bad_value, void* stream) {
+  const Variant v = MakeVariant(centered, momentum, nesterov, eps_outside, lr_outside, wd_mode);
+#define RX_SPARSE(T, I)                                                                    \
+  return Sparse<T, I>(v, hyper, grad, indices, num_indices, rows, row_size, var, ms, mom, mg, \
+                      workspace, bad_offset, bad_value, stream)
+  if (index_dtype == 0) {
+    switch (dtype) {
+      case 0: RX_SPARSE(float, int32_t);
+      case 1: RX_SPARSE(double, int32_t);
+      case 2: RX_SPARSE(cuda::Half, int32_t);
+      case 3: RX_SPARSE(cuda::BFloat16, int32_t);
+    }
+  } else {
+    switch (dtype) {
+      case 0: RX_SPARSE(float, int64_t);
+      case 1: RX_SPARSE(double, int64_t);
+      case 2: RX_SPARSE(cuda::Half, int64_t);
+      case 3: RX_SPARSE(cuda::BFloat16, int64_t);
+    }
+  }
+#undef RX_SPARSE
+  return -1;
+}
+
+}  // extern "C"

@@ -1,0 +1,160 @@
+"""The CUDA kernels without TensorFlow (tests/gpu/harness.cu.cc via ctypes, CuPy arrays)
+against the float64 reference: every variant and dtype, dense and sparse (heavy
+duplicates, empty batches, out-of-range indices: reported, nothing written), and canaries
+after every array (nothing written outside it). Skipped, with the reason, without a GPU."""
+import dataclasses
+import itertools
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_lib  # noqa: E402
+
+from tf_rmsprop_ops import reference  # noqa: E402  (NumPy only: no TensorFlow needed)
+
+REASON = gpu_lib.unavailable()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness: {REASON}")
+
+RTOL = {"float32": 1e-6, "float64": 1e-12, "float16": 1e-3, "bfloat16": 8e-3}
+CANARY = 7  # elements after each array that must keep their bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    centered: bool
+    momentum: bool
+    nesterov: bool
+    epsilon_placement: str
+    lr_placement: str
+    weight_decay_mode: str
+
+    def __str__(self):
+        return "-".join([("centered" if self.centered else "plain"),
+                         ("nesterov" if self.nesterov else "momentum" if self.momentum else "nomom"),
+                         self.epsilon_placement, self.lr_placement, self.weight_decay_mode])
+
+
+VARIANTS = [Variant(c, m != "off", m == "nesterov", e, l, w)
+            for c, m, e, l, w in itertools.product(
+                (False, True), ("off", "on", "nesterov"), reference.EPSILON_PLACEMENTS,
+                reference.LR_PLACEMENTS, reference.WEIGHT_DECAY_MODES)
+            if m != "off" or l == "inside_momentum"]
+HYPER = dict(lr=0.01, rho=0.9, momentum=0.8, epsilon=1e-4, weight_decay=0.03)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    import build
+    return gpu_lib.Harness(build.build())
+
+
+def _storage(dtype):
+    import cupy
+    return {"float32": cupy.float32, "float64": cupy.float64, "float16": cupy.float16,
+            "bfloat16": None}[dtype]
+
+
+def _to_device(x, dtype):
+    """A device array holding x in `dtype` followed by CANARY poison elements."""
+    import cupy
+    if dtype == "bfloat16":  # bfloat16 bits: the top half of float32, round to nearest even
+        u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+        bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+        host = np.concatenate([bits.ravel(), np.full(CANARY, 0x7FC1, np.uint16)])
+        return cupy.asarray(host)
+    host = np.concatenate([np.asarray(x, dtype).ravel(), np.full(CANARY, np.nan, dtype)])
+    return cupy.asarray(host)
+
+
+def _to_host(a, dtype, n):
+    host = a.get()
+    if dtype == "bfloat16":
+        values = (host[:n].astype(np.uint32) << 16).view(np.float32)
+        canary_ok = np.all(host[n:] == 0x7FC1)
+    else:
+        values = host[:n].astype(np.float64)
+        canary_ok = np.all(np.isnan(host[n:]))
+    return values.astype(np.float64), canary_ok
+
+
+def _rounded(x, dtype):
+    if dtype == "bfloat16":
+        return _to_host(_to_device(x, dtype), dtype, np.size(x))[0].reshape(np.shape(x))
+    return np.asarray(x, dtype).astype(np.float64)
+
+
+def _state(rng, shape, dtype):
+    state = dict(var=rng.normal(size=shape), ms=rng.uniform(0.5, 2.0, size=shape),
+                 mom=rng.normal(size=shape), mg=rng.normal(size=shape) * 0.3)
+    state["ms"] = state["ms"] + state["mg"] ** 2  # a well-conditioned centered variance
+    return {k: _rounded(v, dtype) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("dtype", list(RTOL))
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_dense_matches_reference(harness, rng, variant, dtype):
+    n = 1000 + int(rng.integers(0, 37))  # vector body and a scalar tail
+    state = _state(rng, (n,), dtype)
+    grad = _rounded(rng.normal(size=n) * 10.0 ** rng.uniform(-4, 0, size=n), dtype)
+    dev = {k: _to_device(v, dtype) for k, v in state.items()}
+    harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
+                  dev["mom"] if variant.momentum else None,
+                  dev["mg"] if variant.centered else None, n=n)
+    want = reference.rmsprop_x_step(
+        state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
+        state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
+        epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
+        weight_decay_mode=variant.weight_decay_mode)
+    for name in ("var", "ms", "mom", "mg"):
+        got, canary_ok = _to_host(dev[name], dtype, n)
+        assert canary_ok, f"{name}: written past its end"
+        if want[name] is None:
+            np.testing.assert_array_equal(got, state[name])  # a disabled slot is not touched
+        else:
+            np.testing.assert_allclose(got, want[name], rtol=RTOL[dtype],
+                                       atol=RTOL[dtype] * 1e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", list(RTOL))
+@pytest.mark.parametrize("pattern", ["unique", "heavy_duplicates", "empty"])
+def test_sparse_matches_reference(harness, rng, pattern, dtype, index_dtype):
+    import cupy
+    rows, dim = 300, 33
+    variant = Variant(True, True, False, "inside_sqrt", "inside_momentum", "decoupled")
+    count = {"unique": 120, "heavy_duplicates": 500, "empty": 0}[pattern]
+    indices = (rng.permutation(rows)[:count] if pattern == "unique"
+               else rng.integers(0, 5, size=count)).astype(index_dtype)
+    state = _state(rng, (rows, dim), dtype)
+    grad = _rounded(rng.normal(size=(count, dim)), dtype)
+    dev = {k: _to_device(v, dtype) for k, v in state.items()}
+    bad = harness.sparse(dtype, variant, HYPER, _to_device(grad, dtype), cupy.asarray(indices),
+                         rows, dim, dev["var"], dev["ms"], dev["mom"], dev["mg"])
+    assert bad is None
+    want = reference.sparse_rmsprop_x_step(state["var"], grad, indices, state["ms"],
+                                           state["mom"], state["mg"], **HYPER,
+                                           weight_decay_mode="decoupled")
+    for name in ("var", "ms", "mom", "mg"):
+        got, canary_ok = _to_host(dev[name], dtype, rows * dim)
+        assert canary_ok
+        np.testing.assert_allclose(got.reshape(rows, dim), want[name], rtol=RTOL[dtype] * 4,
+                                   atol=RTOL[dtype] * 1e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("bad_index", [-1, 300, 2**31 - 1])
+def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad_index):
+    import cupy
+    rows, dim = 300, 4
+    indices = np.array([3, 7, bad_index, 9, -5], np.int64)
+    variant = Variant(False, False, False, "inside_sqrt", "inside_momentum", "none")
+    state = _state(rng, (rows, dim), "float32")
+    dev = {k: _to_device(v, "float32") for k, v in state.items()}
+    bad = harness.sparse("float32", variant, HYPER, _to_device(rng.normal(size=(5, dim)), "float32"),
+                         cupy.asarray(indices), rows, dim, dev["var"], dev["ms"])
+    assert bad == (2, bad_index)  # the first bad offset and its value
+    for name in ("var", "ms"):
+        np.testing.assert_array_equal(_to_host(dev[name], "float32", rows * dim)[0],
+                                      state[name].ravel())
