@@ -14,13 +14,11 @@ TF_CFLAGS ?= $(shell $(call TF_QUERY,0))
 TF_LFLAGS ?= $(shell $(call TF_QUERY,1))
 
 CXX ?= g++
-CXXFLAGS_BASE = -std=c++17 -O3 -fPIC -fno-math-errno -Wall -Wno-sign-compare -Wno-unused-function -Wno-deprecated-declarations -Wno-interference-size -I. -MMD -MP
-TF_SOURCES = cc/ops/rmsprop_x_attrs.cc cc/ops/rmsprop_x_ops.cc \
-             cc/kernels/rmsprop_x_kernel_util.cc cc/kernels/apply_rmsprop_x_op.cc \
-             cc/kernels/sparse_apply_rmsprop_x_op.cc cc/kernels/unique_rows.cc \
-             cc/xla/rmsprop_x_xla_math.cc cc/xla/apply_rmsprop_x_xla.cc \
-             cc/xla/sparse_apply_rmsprop_x_xla.cc
-ISA_SOURCES = cc/cpu/rmsprop_x_cpu.cc
+# Sources and flags: cc/sources.bzl, the one list Bazel reads too.
+SOURCES = $(shell $(PYTHON) cc/sources.py $(1))
+CXXFLAGS_BASE := $(call SOURCES,COPTS) -I. -MMD -MP
+TF_SOURCES := $(call SOURCES,TF_SOURCES)
+ISA_SOURCES := $(call SOURCES,ISA_SOURCES)
 TF_OBJECTS = $(TF_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 ISA_OBJECTS = $(ISA_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 
@@ -30,10 +28,10 @@ ISA_OBJECTS = $(ISA_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o)
 GPU ?= auto
 CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(CUDA_HOME)/bin/nvcc
-CUDA_ARCHS ?= 75 80 86 89 90
+CUDA_ARCHS ?= $(call SOURCES,CUDA_ARCHS)
 NVCC_FLAGS = -std=c++17 -O3 -Xcompiler -fPIC -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
-CUDA_SOURCES = cc/cuda/rmsprop_x_cuda.cu.cc
-GPU_GLUE_SOURCES = cc/kernels/gpu/rmsprop_x_gpu_kernels.cc
+CUDA_SOURCES := $(call SOURCES,CUDA_SOURCES)
+GPU_GLUE_SOURCES := $(call SOURCES,GPU_GLUE_SOURCES)
 TF_CUDA_INCLUDE ?= $(shell $(call TF_QUERY,3))
 HAVE_NVCC := $(shell test -x $(NVCC) && echo 1)
 ifeq ($(GPU),auto)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# CI: Bazel builds the op library (Debian's bazel-bootstrap, offline) and pip_pkg.sh makes a
+# wheel that installs into a fresh venv with the same TensorFlow and passes the smoke test.
+# Fails loudly when Bazel cannot be installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v bazelisk >/dev/null && ! command -v bazel-4 >/dev/null; then
+  echo "== installing Bazel (Debian's bazel-bootstrap and its rule repositories)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q bazel-bootstrap bazel-rules-java bazel-rules-proto bazel-platforms >/dev/null \
+    || { echo "bazel_check: cannot install Bazel with apt-get" >&2; exit 1; }
+fi
+WHEELS="$(mktemp -d)"
+echo "== pip_pkg.sh $WHEELS"
+bash pip_pkg.sh "$WHEELS"
+echo "== Bazel py_test of the op tests"
+"$(command -v bazelisk || command -v bazel-4)" test //tests:test_dense_op //tests:test_sparse_op
+
+TF_VERSION="$(python3 -c 'import tensorflow as tf; print(tf.__version__)')"
+SMOKE_VENV="$(mktemp -d)/venv"
+python3 -m venv "$SMOKE_VENV"
+"$SMOKE_VENV/bin/python" -m pip install -q --disable-pip-version-check "tensorflow-cpu==$TF_VERSION"
+"$SMOKE_VENV/bin/python" -m pip install -q --disable-pip-version-check "$WHEELS"/tf_rmsprop_ops-*.whl
+echo "== wheel smoke test in a fresh venv"
+(cd "$SMOKE_VENV" && TF_CPP_MIN_LOG_LEVEL=3 "$SMOKE_VENV/bin/python" "$OLDPWD/tests/wheel_smoke.py")
+rm -rf "$(dirname "$SMOKE_VENV")" "$WHEELS"
