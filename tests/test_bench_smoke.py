@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end (tiny sizes; no timing assertions: speed is
 proven by `tf-rmsprop-ops bench`, recorded in BENCHMARKS.md)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +21,10 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
     for r in report["results"]:
         assert r["ms"]["rmspropx"] > 0 and r["roofline_ms"] > 0
         assert r["ms"]["rmspropx_xla"] > 0
-    assert "roofline" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "roofline" in out
+    assert "NOT measurements" in out  # --quick says its figures are not measurements
+    assert re.search(r"\d+\.\d{3} ms \d+%", out)  # our cells carry units: ms and %
 
 
 def test_bench_passes_multi_output_fusion_to_its_cases(tmp_path, monkeypatch):

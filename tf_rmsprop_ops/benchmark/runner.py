@@ -90,11 +90,16 @@ def describe(result):
             f"({result['unique']:,} unique)")
 
 
-def table(results):
+def _cell(text, width=20):
+    return f"{text:>{width}}"
+
+
+def table(results, quick=False):
+    """The results as text: every cell with its unit (ms, x, %)."""
     impls = []
     for r in results:
         impls += [k for k in r["ms"] if k not in impls]
-    head = f"{'case':<46}" + "".join(f"{name:>15}" for name in impls) + f"{'roofline':>11}"
+    head = f"{'case':<46}" + "".join(_cell(name) for name in impls) + _cell("roofline", 12)
     lines = [head, "-" * len(head)]
     for r in results:
         ours = r["ms"][REFERENCE_IMPL]
@@ -102,50 +107,82 @@ def table(results):
         cells = []
         for name in impls:
             ms = r["ms"].get(name)
-            if ms is None:
-                cells.append(f"{'n/a':>15}")
+            if name not in r["ms"]:
+                cells.append(_cell("-"))  # not a competitor in this case
+            elif ms is None:
+                cells.append(_cell("n/a*"))
             elif name == REFERENCE_IMPL and roof:
-                cells.append(f"{ms:>8.3f} ms {100 * roof / ms:>3.0f}%"[:15].rjust(15))
+                cells.append(_cell(f"{ms:.3f} ms {100 * roof / ms:.0f}%"))
             elif name == REFERENCE_IMPL:
-                cells.append(f"{ms:>12.3f} ms")
+                cells.append(_cell(f"{ms:.3f} ms"))
             else:
-                cells.append(f"{ms:>8.3f} {ms / ours:>5.2f}x")
+                cells.append(_cell(f"{ms:.3f} ms {ms / ours:.2f}x"))
         lines.append(f"{describe(r):<46}" + "".join(cells) +
-                     (f"{roof:>8.3f} ms" if roof else f"{'n/a':>11}"))
+                     _cell(f"{roof:.3f} ms" if roof else "n/a", 12))
     lines.append("")
     lines.append(f"ms: median per update; Nx: that implementation's time / {REFERENCE_IMPL}'s "
-                 "(higher = we are faster); %: roofline / our time.")
+                 "(higher = we are faster); %: roofline / our time (100% = the memory-bandwidth "
+                 "bound).")
+    lines.append("-: not a competitor in that case.")
+    if any(v is None for r in results for v in r["ms"].values()):
+        lines.append("n/a*: that implementation cannot run this case here (the reason is "
+                     "printed above, 'cannot run here').")
     for r in results:
         if r.get("random_rows_ms"):
             lines.append(f"{describe(r)}: the same rows moved without arithmetic (random-row "
                          f"probe) take {r['random_rows_ms']:.3f} ms; {REFERENCE_IMPL} takes "
                          f"{r['ms'][REFERENCE_IMPL] / r['random_rows_ms']:.2f}x that.")
+    if quick:
+        lines.append("")
+        lines.append("--quick: tiny sizes and 3 repeats check that the harness runs; these "
+                     "figures are NOT measurements (fixed per-call costs dominate; roofline "
+                     "fractions above 100% are noise).")
     return "\n".join(lines)
 
 
-def plot(results, path):
+def plot(results, path, caption="", quick=False):
+    """A bar chart of the % of the roofline each implementation reaches, per case."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise SystemExit("--plot needs matplotlib: pip install 'tf-rmsprop-ops[bench]'") from e
+    results = [r for r in results if r.get("roofline_ms")]  # cases with a roofline
+    if not results:
+        print("chart: no case with a roofline (e.g. --keras-fit): nothing to plot")
+        return
     impls = []
     for r in results:
         impls += [k for k in r["ms"] if k not in impls]
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(results)), 5))
+    fig, ax = plt.subplots(figsize=(max(9, 1.4 * len(results) + 3), 5.5))
     width = 0.8 / len(impls)
     x = np.arange(len(results))
+    missing = False
     for i, name in enumerate(impls):
-        frac = [100 * r["roofline_ms"] / r["ms"][name] if r["ms"].get(name) else 0 for r in results]
-        ax.bar(x + i * width, frac, width, label=name)
+        frac = [100 * r["roofline_ms"] / r["ms"][name] if r["ms"].get(name) else 0
+                for r in results]
+        bars = ax.bar(x + i * width, frac, width, label=name)
+        for bar, r in zip(bars, results):
+            if name in r["ms"] and not r["ms"][name]:
+                missing = True
+                ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 1.2), ha="center",
+                            va="bottom", fontsize=6, rotation=90)
     ax.axhline(100, color="k", lw=0.8, ls="--")
     ax.set_xticks(x + width * (len(impls) - 1) / 2)
     ax.set_xticklabels([textwrap.fill(describe(r), 16) for r in results], fontsize=7)
-    ax.set_ylabel("% of memory-bandwidth roofline (higher is better)")
+    ax.set_ylabel("% of the memory-bandwidth roofline\n(higher is better; dashed: 100%)",
+                  fontsize=9)
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_title("RMSpropX updates vs TensorFlow, Keras and the roofline"
+                 + ("\n(--quick: not a measurement)" if quick else ""), fontsize=11)
+    # The legend goes right of the axes, off the data and the 100% line.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    notes = caption
+    if missing:
+        notes += "\nn/a: that implementation could not run the case (e.g. XLA cannot compile it)."
+    fig.text(0.01, 0.01, notes, fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
 
 
@@ -165,7 +202,7 @@ def main(args):
         results.append(result)
         print(f"  done: {describe(result)}", flush=True)
     print()
-    print(table(results))
+    print(table(results, quick=args.quick))
     report = dict(machine=machine_description(), threads=args.threads, xla_flags=xla_flags,
                   software=software_versions(), results=results)
     if args.json:
@@ -173,6 +210,13 @@ def main(args):
             json.dump(report, f, indent=1)
         print(f"\nJSON: {args.json}")
     if args.plot:
-        plot(results, args.plot)
+        import datetime
+        versions = software_versions()
+        tf_version = versions.get("tensorflow", versions.get("tensorflow-cpu", "?"))
+        dtypes = sorted({r.get("dtype", "float32") for r in results})
+        caption = (f"{machine_description()}; dtype {', '.join(dtypes)}; {args.threads} "
+                   f"threads; {datetime.date.today().isoformat()}; TensorFlow {tf_version}; "
+                   f"XLA_FLAGS={xla_flags or '(none)'}")
+        plot(results, args.plot, caption=caption, quick=args.quick)
         print(f"chart: {args.plot}")
     return report
