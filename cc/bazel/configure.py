@@ -3,9 +3,9 @@
 * The Python whose TensorFlow the op library is built against (this interpreter, or
   PYTHON_BIN_PATH): passed to the repository rule (cc/bazel/tf_configure.bzl) and to tests.
 * Debian's `bazel-bootstrap` (Bazel 4.2.3, offline): its own C++ tools load rules_cc,
-  rules_java, rules_proto and platforms, which it would download; they are overridden with
-  local copies (Debian's bazel-rules-java, bazel-rules-proto, bazel-platforms and the stub
-  in cc/bazel/offline/rules_cc). Bazel 4 does not expand %workspace% in flag values, hence
+  rules_java, rules_proto and platforms (and `bazel test` remote_coverage_tools), which it
+  would download; they are overridden with local copies (Debian's bazel-rules-java,
+  bazel-rules-proto, bazel-platforms and the stubs in cc/bazel/offline/). Bazel 4 does not expand %workspace% in flag values, hence
   this script writes absolute paths. Debian's /etc/bazel/bazelrc sets --sandbox_debug
   (keeps every sandbox): turned off.
 * Bazel >= 6 (bazelisk): Bzlmod off (this is a WORKSPACE build); >= 7: WORKSPACE on.
@@ -42,8 +42,9 @@ def main():
              f"test --test_env=PATH={os.path.dirname(python)}:{os.environ.get('PATH', '')}",
              f"build --python_path={python}"]
     if version is not None and version < (5, 0) and all(map(os.path.isdir, DEBIAN_REPOS.values())):
-        lines.append("build --override_repository=rules_cc="
-                     + os.path.join(ROOT, "cc", "bazel", "offline", "rules_cc"))
+        for name in ("rules_cc", "remote_coverage_tools"):  # local stubs
+            lines.append(f"build --override_repository={name}="
+                         + os.path.join(ROOT, "cc", "bazel", "offline", name))
         lines += [f"build --override_repository={name}={path}"
                   for name, path in DEBIAN_REPOS.items()]
         lines.append("build --nosandbox_debug")
