@@ -8,10 +8,12 @@ TF_SOURCES = [
     "cc/ops/rmsprop_x_ops.cc",
     "cc/kernels/rmsprop_x_kernel_util.cc",
     "cc/kernels/apply_rmsprop_x_op.cc",
+    "cc/kernels/apply_rmsprop_x_multi_op.cc",
     "cc/kernels/sparse_apply_rmsprop_x_op.cc",
     "cc/kernels/unique_rows.cc",
     "cc/xla/rmsprop_x_xla_math.cc",
     "cc/xla/apply_rmsprop_x_xla.cc",
+    "cc/xla/apply_rmsprop_x_multi_xla.cc",
     "cc/xla/sparse_apply_rmsprop_x_xla.cc",
 ]
 

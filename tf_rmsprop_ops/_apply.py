@@ -11,7 +11,7 @@ import dataclasses
 import tensorflow as tf
 
 from tf_rmsprop_ops import _dtensor
-from tf_rmsprop_ops.ops import apply_rmsprop_x, sparse_apply_rmsprop_x
+from tf_rmsprop_ops.ops import apply_rmsprop_x, apply_rmsprop_x_multi, sparse_apply_rmsprop_x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +89,44 @@ def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, wei
     if _dtensor.is_dvariable(var):
         return _dtensor.apply(call_op, var, slots, values, indices, structure, scalars)
     return call_op(var, slots, values, indices, structure, **scalars)
+
+
+def _multi_tensor_key(grad, var, structure):
+    """The group of a (grad, var) pair for ApplyRMSpropXMulti, or None for the one-variable
+    ops: IndexedSlices (the sparse op), DTensor variables (their own paths) and variables on
+    a GPU (the multi-tensor op has CPU kernels and an XLA lowering) stay per variable."""
+    if isinstance(grad, tf.IndexedSlices) or _dtensor.is_dvariable(var):
+        return None
+    device = getattr(var, "device", "") or ""
+    if "GPU" in device.upper():
+        return None
+    return (var.dtype.base_dtype, structure, device)
+
+
+def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_correction_step=None,
+                  multi_tensor=True):
+    """Updates many variables: `items` is a list of (grad, var, slots, structure). With
+    `multi_tensor`, the dense gradients go to one ApplyRMSpropXMulti call per group of equal
+    (dtype, structure, device); everything else, and every group of one, to `apply_update`.
+    The results are the same bits either way (one formula, one kernel loop)."""
+    groups, single = {}, []
+    for item in items:
+        key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None
+        (groups.setdefault(key, []) if key is not None else single).append(item)
+    for key, group in groups.items():
+        if len(group) == 1:
+            single.extend(group)
+            continue
+        structure = key[1]
+        scalars = dict(lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
+                       weight_decay=weight_decay)
+        if bias_correction_step is not None:
+            scalars = fold_bias_correction(scalars, structure, bias_correction_step, rho)
+        apply_rmsprop_x_multi(
+            [var for _, var, _, _ in group], [slots.present() for _, _, slots, _ in group],
+            [grad for grad, _, _, _ in group], use_momentum=structure.use_momentum,
+            centered=structure.centered, **scalars, **structure.op_attrs())
+    for grad, var, slots, structure in single:
+        apply_update(grad, var, slots, structure, lr=lr, rho=rho, momentum=momentum,
+                     epsilon=epsilon, weight_decay=weight_decay,
+                     bias_correction_step=bias_correction_step)

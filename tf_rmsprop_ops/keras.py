@@ -33,7 +33,7 @@ class RMSpropX(keras.optimizers.Optimizer):
                  gradient_accumulation_steps=None, name="rmspropx", nesterov=False,
                  epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
-                 **kwargs):
+                 multi_tensor=True, **kwargs):
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"Argument `rho` must be in [0, 1); received {rho!r}.")
         if not momentum >= 0.0:
@@ -60,6 +60,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
         self.weight_decay_mode, self.initial_scale = weight_decay_mode, initial_scale
         self.bias_correction = bias_correction
+        self.multi_tensor = multi_tensor
         self.use_momentum = momentum > 0 or nesterov
         if bias_correction:
             _apply.check_bias_correction(self._structure(None))
@@ -95,20 +96,48 @@ class RMSpropX(keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables):
         """Fused into the op (`update_step`): nothing to do here."""
 
+    def _items(self, grads, variables):
+        """(grad, var, slots, structure) per variable, for `_apply`."""
+        items = []
+        for gradient, variable in zip(grads, variables):
+            i = self._get_variable_index(variable)
+
+            def slot(slots, i=i):
+                return _distribute.unwrap(slots[i]) if slots else None
+
+            items.append((gradient, _distribute.unwrap(variable),
+                          _apply.Slots(slot(self._velocities), slot(self._momentums),
+                                       slot(self._average_gradients)),
+                          self._structure(variable)))
+        return items
+
+    def _apply_items(self, items, learning_rate):
+        _apply.apply_updates(
+            items, lr=learning_rate, rho=self.rho, momentum=self.momentum,
+            epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
+            bias_correction_step=(self.iterations + 1) if self.bias_correction else None,
+            multi_tensor=self.multi_tensor)
+
     def update_step(self, gradient, variable, learning_rate):
-        i = self._get_variable_index(variable)
+        self._apply_items(self._items([gradient], [variable]), learning_rate)
 
-        def slot(slots):
-            return _distribute.unwrap(slots[i]) if slots else None
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        """With `multi_tensor`, all variables of a step in one `strategy.extended.update` (per
+        device under MirroredStrategy, on that device's components), so that their dense
+        updates make one ApplyRMSpropXMulti call; Keras would update variable by variable."""
+        grads_and_vars = list(grads_and_vars)
+        if not self.multi_tensor or len(grads_and_vars) < 2:
+            return super()._distributed_tf_update_step(distribution, grads_and_vars,
+                                                       learning_rate)
+        grads = [g for g, _ in grads_and_vars]
+        variables = [v for _, v in grads_and_vars]
 
-        return _apply.apply_update(
-            gradient, _distribute.unwrap(variable),
-            _apply.Slots(slot(self._velocities), slot(self._momentums),
-                         slot(self._average_gradients)),
-            self._structure(variable), lr=learning_rate, rho=self.rho,
-            momentum=self.momentum, epsilon=self.epsilon,
-            weight_decay=self.weight_decay or 0.0,
-            bias_correction_step=(self.iterations + 1) if self.bias_correction else None)
+        def update_all(_, local_grads, lr):
+            self._apply_items(self._items(local_grads, variables), lr)
+            return tf.constant(True)
+
+        distribution.extended.update(variables[0], update_all, args=(grads, learning_rate),
+                                     group=False)
 
     def get_slot(self, variable, name):
         """The slot `name` ("velocity"/"ms"/"rms", "momentum"/"mom",
@@ -127,5 +156,6 @@ class RMSpropX(keras.optimizers.Optimizer):
                       centered=self.centered, nesterov=self.nesterov,
                       epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
                       weight_decay_mode=self.weight_decay_mode,
-                      initial_scale=self.initial_scale, bias_correction=self.bias_correction)
+                      initial_scale=self.initial_scale, bias_correction=self.bias_correction,
+                      multi_tensor=self.multi_tensor)
         return config

@@ -128,3 +128,47 @@ def apply_rmsprop_x_indexed_slices(var, ms, grad, **kwargs):
     if not isinstance(grad, tf.IndexedSlices):
         raise TypeError(f"grad must be a tf.IndexedSlices, got {type(grad).__name__}")
     return sparse_apply_rmsprop_x(var, ms, grad.values, grad.indices, **kwargs)
+
+
+def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0, epsilon=1e-7,
+                          weight_decay=0.0, use_momentum=False, centered=False, nesterov=False,
+                          epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
+                          weight_decay_mode="none", use_locking=False, name=None):
+    """Applies one RMSpropX step to every variable of `variables` in one op call.
+
+    Args:
+      variables: N resource variables (or handles) of one dtype.
+      slots: N sequences, each the variable's slots in order: ms, then mom when
+        `use_momentum`, then mg when `centered`.
+      grads: N dense gradients, each of its variable's shape.
+      Other arguments as in `apply_rmsprop_x` (one value for all N variables).
+
+    One parallel pass over all variables (small ones packed together); every input is
+    validated before anything is written.
+    """
+    variables, grads = list(variables), list(grads)
+    if not variables or len(variables) != len(grads) or len(slots) != len(variables):
+        raise ValueError(f"apply_rmsprop_x_multi needs one slot list and one gradient per "
+                         f"variable: got {len(variables)} variables, {len(slots)} slot lists "
+                         f"and {len(grads)} gradients")
+    num_slots = 1 + bool(use_momentum) + bool(centered)
+    flat_slots = []
+    for i, group in enumerate(slots):
+        group = list(group)
+        if len(group) != num_slots:
+            raise ValueError(f"slots[{i}] holds {len(group)} slots, expected {num_slots} "
+                             "(ms[, mom][, mg])")
+        flat_slots += [_handle(s, f"slots[{i}]") for s in group]
+    dtype = _dtype_of(variables[0], grads[0])
+
+    def scalar(x):
+        return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
+
+    return _ops.apply_rm_sprop_x_multi(
+        vars=[_handle(v, "variables") for v in variables], slots=flat_slots, lr=scalar(lr),
+        rho=scalar(rho), momentum=scalar(momentum), epsilon=scalar(epsilon),
+        weight_decay=scalar(weight_decay),
+        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads], num_slots=num_slots,
+        centered=centered, use_momentum=use_momentum, nesterov=nesterov,
+        epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+        weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)

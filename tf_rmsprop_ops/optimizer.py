@@ -67,7 +67,10 @@ class RMSpropX(tf.Module):
     Extensions: nesterov, epsilon_placement ("inside_sqrt" | "outside_sqrt"), lr_placement
       ("inside_momentum" | "outside_momentum"), weight_decay_mode ("decoupled" | "coupled"),
       initial_scale (starting value of `ms`: 0 for Keras/PyTorch, 1 for TF1),
-      bias_correction (Optax's: the denominator from ms / (1 - rho**t); not with centered).
+      bias_correction (Optax's: the denominator from ms / (1 - rho**t); not with centered),
+      multi_tensor (default True: the dense updates of a step are one ApplyRMSpropXMulti
+      call per group of variables with equal dtype and formula; the same bits as one op
+      per variable, which `multi_tensor=False` selects).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
     """
@@ -79,7 +82,7 @@ class RMSpropX(tf.Module):
                  gradient_accumulation_steps=None, jit_compile=False, mesh=None,
                  name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
                  lr_placement="inside_momentum", weight_decay_mode="decoupled",
-                 initial_scale=0.0, bias_correction=False, **kwargs):
+                 initial_scale=0.0, bias_correction=False, multi_tensor=True, **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
         super().__init__(name=name)
@@ -104,6 +107,7 @@ class RMSpropX(tf.Module):
         self.weight_decay_mode, self.initial_scale = weight_decay_mode, float(initial_scale)
         self.use_momentum = self.momentum > 0 or self.nesterov
         self.bias_correction = bool(bias_correction)
+        self.multi_tensor = bool(multi_tensor)
         if self.bias_correction:
             _apply.check_bias_correction(self._structure(None))
 
@@ -383,21 +387,21 @@ class RMSpropX(tf.Module):
         return tf.function(update, jit_compile=True, autograph=False)
 
     def _update_variables(self, grads, variables, lr):
+        items = []
         for grad, var in zip(grads, variables):
-            self._update_one(grad, var, lr)
+            i = self._position(var)
+            items.append((grad, _distribute.unwrap(var),
+                          _apply.Slots(self._ms[i], self._mom[i], self._mg[i]),
+                          self._structure(var)))
+        _apply.apply_updates(
+            items, lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
+            weight_decay=self.weight_decay or 0.0,
+            bias_correction_step=self.iterations + 1 if self.bias_correction else None,
+            multi_tensor=self.multi_tensor)
         for var in variables:  # as Keras: a variable's constraint after its update
             constraint = getattr(var, "constraint", None)
             if constraint is not None:
                 var.assign(constraint(var))
-
-    def _update_one(self, grad, var, lr):
-        """The whole step of one variable: one fused op call (dense or sparse)."""
-        i = self._position(var)
-        return _apply.apply_update(
-            grad, _distribute.unwrap(var), _apply.Slots(self._ms[i], self._mom[i], self._mg[i]),
-            self._structure(var), lr=lr, rho=self.rho, momentum=self.momentum,
-            epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
-            bias_correction_step=self.iterations + 1 if self.bias_correction else None)
 
     def _structure(self, var):
         return _apply.Structure(
@@ -467,7 +471,7 @@ class RMSpropX(tf.Module):
             jit_compile=self.jit_compile, nesterov=self.nesterov,
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
             weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale,
-            bias_correction=self.bias_correction)
+            bias_correction=self.bias_correction, multi_tensor=self.multi_tensor)
 
     @classmethod
     def from_preset(cls, preset, **overrides):

@@ -1,4 +1,5 @@
 // Op definitions and shape functions of ApplyRMSpropX and SparseApplyRMSpropX.
+#include "absl/strings/str_cat.h"
 #include "cc/ops/rmsprop_x_attrs.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -58,6 +59,35 @@ absl::Status SparseShapeFn(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+// ApplyRMSpropXMulti: N variables, their slots (num_slots each, per variable in the order
+// ms[, mom][, mg]) and N gradients; every variable's slots and gradient have its shape.
+absl::Status MultiShapeFn(InferenceContext* c) {
+  Variant variant;
+  TF_RETURN_IF_ERROR(ParseVariant(c, &variant));
+  int n, num_slots, num_slot_inputs;
+  TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+  TF_RETURN_IF_ERROR(c->GetAttr("num_slots", &num_slots));
+  TF_RETURN_IF_ERROR(c->GetAttr("num_slot_inputs", &num_slot_inputs));
+  if (num_slot_inputs != n * num_slots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slots must hold num_slots = ", num_slots, " slots for each of the N = ", n,
+        " variables (", n * num_slots, "), got ", num_slot_inputs));
+  }
+  const InputIndex in(n + num_slot_inputs - 1);  // scalars follow vars and slots
+  ShapeHandle unused;
+  for (int s : {in.lr(), in.rho(), in.momentum(), in.epsilon(), in.weight_decay()}) {
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(s), 0, &unused));
+  }
+  for (int i = 0; i < n; ++i) {
+    ShapeHandle var = HandleShape(c, i);
+    for (int j = 0; j < num_slots; ++j) {
+      TF_RETURN_IF_ERROR(c->Merge(var, HandleShape(c, n + i * num_slots + j), &var));
+    }
+    TF_RETURN_IF_ERROR(c->Merge(var, c->input(in.grad() + i), &var));
+  }
+  return absl::OkStatus();
+}
+
 constexpr char kDoc[] = R"doc(
 var and slots are resource variables of dtype T. slots holds, in order, ms (always),
 mom (when use_momentum) and mg (when centered); no slot is passed for a disabled feature.
@@ -101,6 +131,26 @@ REGISTER_OP("SparseApplyRMSpropX")
     .Attr("Tindices: {int32, int64}")
     .SetShapeFn(SparseShapeFn)
     .Doc(kDoc);
+
+REGISTER_OP("ApplyRMSpropXMulti")
+    .Input("vars: N * resource")
+    .Input("slots: num_slot_inputs * resource")
+    .Input("lr: T")
+    .Input("rho: T")
+    .Input("momentum: T")
+    .Input("epsilon: T")
+    .Input("weight_decay: T")
+    .Input("grads: N * T")
+    .RMSPROPX_ATTRS
+    .Attr("N: int >= 1")
+    .Attr("num_slot_inputs: int >= 1")
+    .SetShapeFn(MultiShapeFn)
+    .Doc(R"doc(
+ApplyRMSpropX on N variables in one call: one parallel pass over all of them (small
+variables packed together), the same per-element formula, attrs and scalars for all.
+slots holds num_slots slots per variable, variable by variable (ms[, mom][, mg]).
+Every input is validated before anything is written: a rejected call changes nothing.
+)doc");
 
 #undef RMSPROPX_COMMON_INPUTS_AND_ATTRS
 #undef RMSPROPX_ATTRS

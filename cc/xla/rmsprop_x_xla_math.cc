@@ -146,16 +146,30 @@ std::vector<xla::XlaOp*> SlotOps(const Variant& v, XlaState* s) {
 }
 }  // namespace
 
+namespace {
+ResourceInputs ResourcesOf(const InputIndex& in) {
+  ResourceInputs r{in.var(), {}};
+  for (int i = 0; i < in.num_slots; ++i) r.slots.push_back(in.slot(i));
+  return r;
+}
+}  // namespace
+
 absl::Status ReadXlaState(XlaOpKernelContext* ctx, const InputIndex& in, const Variant& v,
                           tensorflow::DataType dtype, xla::PrimitiveType compute,
                           TensorShape* shape, XlaState* state) {
-  TF_RETURN_IF_ERROR(ctx->ReadVariableInput(in.var(), dtype, shape, &state->var));
+  return ReadXlaState(ctx, ResourcesOf(in), v, dtype, compute, shape, state);
+}
+
+absl::Status ReadXlaState(XlaOpKernelContext* ctx, const ResourceInputs& r, const Variant& v,
+                          tensorflow::DataType dtype, xla::PrimitiveType compute,
+                          TensorShape* shape, XlaState* state) {
+  TF_RETURN_IF_ERROR(ctx->ReadVariableInput(r.var, dtype, shape, &state->var));
   state->var = xla::ConvertElementType(state->var, compute);
   const std::vector<std::string> names = SlotNames(v);
   std::vector<xla::XlaOp*> slots = SlotOps(v, state);
-  for (int i = 0; i < in.num_slots; ++i) {
+  for (size_t i = 0; i < r.slots.size(); ++i) {
     TensorShape slot_shape;
-    TF_RETURN_IF_ERROR(ctx->ReadVariableInput(in.slot(i), dtype, &slot_shape, slots[i]));
+    TF_RETURN_IF_ERROR(ctx->ReadVariableInput(r.slots[i], dtype, &slot_shape, slots[i]));
     if (!slot_shape.IsSameSize(*shape)) {
       return absl::InvalidArgumentError(absl::StrCat("slot '", names[i], "' must have var's shape ",
                                                      shape->DebugString(), ", got ",
@@ -168,15 +182,19 @@ absl::Status ReadXlaState(XlaOpKernelContext* ctx, const InputIndex& in, const V
 
 absl::Status AssignXlaState(XlaOpKernelContext* ctx, const InputIndex& in, const Variant& v,
                             tensorflow::DataType dtype, const XlaState& state) {
+  return AssignXlaState(ctx, ResourcesOf(in), v, dtype, state);
+}
+
+absl::Status AssignXlaState(XlaOpKernelContext* ctx, const ResourceInputs& r, const Variant& v,
+                            tensorflow::DataType dtype, const XlaState& state) {
   xla::PrimitiveType storage;
   TF_RETURN_IF_ERROR(tensorflow::DataTypeToPrimitiveType(dtype, &storage));
   XlaState out = state;
-  TF_RETURN_IF_ERROR(
-      ctx->AssignVariable(in.var(), dtype, xla::ConvertElementType(out.var, storage)));
+  TF_RETURN_IF_ERROR(ctx->AssignVariable(r.var, dtype, xla::ConvertElementType(out.var, storage)));
   std::vector<xla::XlaOp*> slots = SlotOps(v, &out);
-  for (int i = 0; i < in.num_slots; ++i) {
+  for (size_t i = 0; i < r.slots.size(); ++i) {
     TF_RETURN_IF_ERROR(
-        ctx->AssignVariable(in.slot(i), dtype, xla::ConvertElementType(*slots[i], storage)));
+        ctx->AssignVariable(r.slots[i], dtype, xla::ConvertElementType(*slots[i], storage)));
   }
   return absl::OkStatus();
 }

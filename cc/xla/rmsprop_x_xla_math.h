@@ -67,6 +67,20 @@ absl::Status AssignXlaState(tensorflow::XlaOpKernelContext* ctx, const InputInde
                             const Variant& variant, tensorflow::DataType dtype,
                             const XlaState& state);
 
+// The same two with explicit resource input positions (var, then its slots in order), for
+// ApplyRMSpropXMulti, whose variables are not at InputIndex's positions.
+struct ResourceInputs {
+  int var;
+  std::vector<int> slots;
+};
+absl::Status ReadXlaState(tensorflow::XlaOpKernelContext* ctx, const ResourceInputs& r,
+                          const Variant& variant, tensorflow::DataType dtype,
+                          xla::PrimitiveType compute, tensorflow::TensorShape* shape,
+                          XlaState* state);
+absl::Status AssignXlaState(tensorflow::XlaOpKernelContext* ctx, const ResourceInputs& r,
+                            const Variant& variant, tensorflow::DataType dtype,
+                            const XlaState& state);
+
 // var and the enabled slots of `s`, in input order (var, ms, [mom], [mg]).
 std::vector<xla::XlaOp*> StateOps(const Variant& variant, XlaState* s);
 
