@@ -38,6 +38,10 @@ def _parser():
     bench.add_argument("--xla-multi-output-fusion", action="store_true",
                        help="run every case with XLA:CPU's multi-output fusion on (XLA_FLAGS), "
                             "which makes the XLA update one loop (README: XLA)")
+    bench.add_argument("--models", nargs="?", const="all", default=None,
+                       help="only optimizer steps over real models' variable sets (mlp, "
+                            "resnet50, bert_base, single; default all): one multi-tensor "
+                            "call vs one op per variable, TF, Keras, the roofline")
     bench.add_argument("--keras-fit", action="store_true",
                        help="only whole model.fit steps: our Keras optimizer vs Keras 3 "
                             "RMSprop (jit off/on) on an embedding model and an MLP")

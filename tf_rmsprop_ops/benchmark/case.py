@@ -21,6 +21,9 @@ def main(spec):
         from tf_rmsprop_ops.benchmark import dense
         result = dense.run(spec["n"], spec["variant"], spec["dtype"], threads, spec["repeats"],
                            rng)
+    elif spec["kind"] == "models":
+        from tf_rmsprop_ops.benchmark import models
+        result = models.run(spec["model"], spec["repeats"], threads, rng)
     elif spec["kind"] == "keras_fit":
         from tf_rmsprop_ops.benchmark import keras_fit
         result = keras_fit.run(spec["model"], spec["quick"], spec["repeats"], rng)

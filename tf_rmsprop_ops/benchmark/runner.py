@@ -57,6 +57,12 @@ def run_case(spec):
 
 def case_specs(args):
     specs = []
+    if getattr(args, "models", None):
+        names = ("mlp", "single") if args.quick and args.models == "all" else (
+            ("mlp", "resnet50", "bert_base", "single") if args.models == "all"
+            else args.models.split(","))
+        return [dict(kind="models", model=m, threads=args.threads, repeats=args.repeats)
+                for m in names]
     if getattr(args, "keras_fit", False):
         return [dict(kind="keras_fit", model=m, quick=bool(args.quick), threads=args.threads,
                      repeats=min(args.repeats, 5)) for m in ("embedding", "mlp")]
@@ -81,6 +87,9 @@ def case_specs(args):
 def describe(result):
     if result["kind"] == "dense":
         return f"dense {result['n']:,} {result['dtype']} {result['variant']}"
+    if result["kind"] == "models":
+        return (f"{result['model']}: {result['tensors']} tensors, "
+                f"{result['params'] / 1e6:.1f}M params")
     if result["kind"] == "keras_fit":
         return (f"model.fit {result['model']} ({result['params']:,} params, "
                 f"batch {result['batch']:,})")

@@ -1,0 +1,92 @@
+"""`bench --models`: an optimizer step over the variable sets of real models (RMSprop,
+momentum 0.9, float32, the step in a tf.function), all competitors round-robin in one
+process with the roofline probe for the same total bytes:
+
+* mlp: 40 x ([256, 256] kernel + [256] bias): 80 small tensors, 2.6M parameters;
+* resnet50: the trainable variables of keras.applications.ResNet50(weights=None) (built
+  locally, nothing downloaded): 214 tensors, 25.6M parameters;
+* bert_base: BERT-base's shapes (computed): 199 tensors, 109.5M parameters;
+* single: one [4M] tensor (the multi-tensor op must not be slower on one tensor).
+
+Competitors: `rmspropx` (RMSpropX, one ApplyRMSpropXMulti per step), `rmspropx_per_var`
+(multi_tensor=False: one ApplyRMSpropX per variable), `tf_raw` (ResourceApplyRMSProp per
+variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit off / on).
+"""
+import numpy as np
+
+from tf_rmsprop_ops.benchmark import roofline
+from tf_rmsprop_ops.benchmark.dense import arrays_moved
+from tf_rmsprop_ops.benchmark.timing import median_ms
+
+MODELS = ("mlp", "resnet50", "bert_base", "single")
+
+
+def shapes_of(model):
+    if model == "mlp":
+        return [s for _ in range(40) for s in ((256, 256), (256,))]
+    if model == "single":
+        return [(4 * 2**20,)]
+    if model == "bert_base":
+        h, ff, vocab = 768, 3072, 30522
+        shapes = [(vocab, h), (512, h), (2, h), (h,), (h,)]
+        for _ in range(12):
+            shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (h, ff), (ff,), (ff, h), (h,), (h,), (h,)]
+        return shapes + [(h, h), (h,)]
+    if model == "resnet50":
+        import keras
+        net = keras.applications.ResNet50(weights=None)
+        return [tuple(v.shape) for v in net.trainable_weights]
+    raise ValueError(model)
+
+
+def run(model, repeats, threads, rng):
+    import keras
+    import tensorflow as tf
+
+    from tf_rmsprop_ops import RMSpropX
+    shapes = shapes_of(model)
+    params = int(sum(np.prod(s) for s in shapes))
+    grads = [tf.constant(rng.standard_normal(s, dtype=np.float32)) for s in shapes]
+
+    def fresh():
+        return [tf.Variable(tf.random.uniform(s, 0.1, 1.0)) for s in shapes]
+
+    functions = {}
+    for name, multi in (("rmspropx", True), ("rmspropx_per_var", False)):
+        variables = fresh()
+        opt = RMSpropX(learning_rate=1e-3, momentum=0.9, multi_tensor=multi)
+        opt.build(variables)
+
+        def step(opt=opt, variables=variables):
+            opt.apply_gradients(zip(grads, variables))
+        functions[name] = tf.function(step)
+
+    raw = [(v, tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for v in fresh()]
+    scalar = lambda x: tf.constant(x, tf.float32)  # noqa: E731
+
+    @tf.function
+    def tf_raw():
+        for (var, ms, mom), g in zip(raw, grads):
+            tf.raw_ops.ResourceApplyRMSProp(var=var.handle, ms=ms.handle, mom=mom.handle,
+                                            lr=scalar(1e-3), rho=scalar(0.9),
+                                            momentum=scalar(0.9), epsilon=scalar(1e-7), grad=g)
+    functions["tf_raw"] = tf_raw
+
+    for name, jit in (("keras", False), ("keras_jit", True)):
+        variables = fresh()
+        opt = keras.optimizers.RMSprop(learning_rate=1e-3, momentum=0.9)
+        opt.build(variables)
+
+        def make(opt=opt, variables=variables, jit=jit):
+            @tf.function(jit_compile=jit)
+            def step():
+                opt.apply_gradients(zip(grads, variables))
+            return step
+        functions[name] = make()
+
+    reads, writes = arrays_moved("momentum")
+    probe = roofline.make_probe(params * 4, reads, writes, threads)
+    times = median_ms({**functions, "roofline": probe}, repeats)
+    roof = times.pop("roofline")
+    return dict(kind="models", model=model, tensors=len(shapes), params=params,
+                threads=threads, ms=times, roofline_ms=roof)
