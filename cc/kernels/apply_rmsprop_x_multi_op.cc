@@ -1,12 +1,15 @@
 // ApplyRMSpropXMulti on the CPU: N variables in one call. Every input of every variable is
-// validated before anything is written; all variables are locked together (in address
-// order) and copied on write as the single-variable op does; then ONE parallel pass runs
+// validated before anything is written; all variables are locked together (exclusively, in
+// address order; also without use_locking, as TF's dense kernels on resource variables) and
+// copied on write as the single-variable op does; then ONE parallel pass runs
 // over a flat list of equal-sized element ranges that cut across the variables, so small
 // variables share a thread's range and a large one is split between threads. The per-element
 // work is the span loop of cc/cpu/ (cc/rmsprop_x_update.h), as ApplyRMSpropX.
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -58,15 +61,52 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
   void Compute(tensorflow::OpKernelContext* ctx) override {
     const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);  // scalars after the resources
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
-    OP_REQUIRES_OK(ctx, CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
-    OP_REQUIRES_OK(ctx, CheckDistinct(ctx));
-    auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<CPUDevice, T>(
-        ctx, use_locking_, /*sparse=*/false, vars_.ids);
+    // One lookup per resource (TF's helpers would look each up four times: with hundreds of
+    // variables that is most of a small model's step). Checks as CheckVariablesBeforeUpdate.
+    const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::v();
+    std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> refs(vars_.ids.size());
+    for (size_t i = 0; i < refs.size(); ++i) {
+      const absl::Status found = tensorflow::LookupResource(
+          ctx, tensorflow::HandleFromInput(ctx, vars_.ids[i]), &refs[i]);
+      OP_REQUIRES(ctx, found.ok(),
+                  absl::FailedPreconditionError(absl::StrCat(
+                      vars_.names[i], " is not an existing, initialised resource variable (",
+                      found.message(), "). Create and initialise it before the update.")));
+      tensorflow::tf_shared_lock lock(*refs[i]->mu());
+      OP_REQUIRES(ctx, refs[i]->is_initialized && refs[i]->tensor()->IsInitialized(),
+                  absl::FailedPreconditionError(absl::StrCat(
+                      vars_.names[i], " is uninitialised: assign a value before the update.")));
+      OP_REQUIRES(ctx, refs[i]->tensor()->dtype() == dtype,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      vars_.names[i], " has dtype ",
+                      tensorflow::DataTypeString(refs[i]->tensor()->dtype()), " but the op's T is ",
+                      tensorflow::DataTypeString(dtype),
+                      ": var, slots, grad and hyperparameters must share one dtype.")));
+    }
+    // Distinct variables, locked exclusively in address order (deadlock-free with TF's
+    // helpers, which use the same order), then copy-on-write as TF's dense kernels.
+    std::vector<std::pair<tensorflow::Var*, size_t>> order;
+    for (size_t i = 0; i < refs.size(); ++i) order.emplace_back(refs[i].get(), i);
+    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+      return a.first->mu() < b.first->mu();
+    });
+    for (size_t i = 1; i < order.size(); ++i) {
+      OP_REQUIRES(ctx, order[i].first != order[i - 1].first,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      vars_.names[std::min(order[i].second, order[i - 1].second)], " and ",
+                      vars_.names[std::max(order[i].second, order[i - 1].second)],
+                      " are the same variable: every variable and slot must be distinct.")));
+    }
+    std::vector<std::unique_ptr<tensorflow::mutex_lock>> locks;
+    locks.reserve(order.size());
+    for (const auto& entry : order) {
+      locks.push_back(std::make_unique<tensorflow::mutex_lock>(*entry.first->mu()));
+    }
     std::vector<tensorflow::Tensor> all(vars_.ids.size());
     for (size_t i = 0; i < all.size(); ++i) {
-      // Copy-on-write: a buffer still shared with a reader is copied first.
-      OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, T>(
-                              ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &all[i]));
+      OP_REQUIRES_OK(ctx, tensorflow::PrepareToUpdateVariable<CPUDevice, T>(
+                              ctx, refs[i]->tensor(), refs[i]->copy_on_read_mode.load()));
+      all[i] = *refs[i]->tensor();
     }
     // Per variable: its state tensors (var, slots) and pointers; every shape checked first.
     std::vector<StatePointers<T>> state(n_);
@@ -125,27 +165,6 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
   }
 
  private:
-  // One variable passed twice (or as a slot) would be updated twice, concurrently.
-  absl::Status CheckDistinct(tensorflow::OpKernelContext* ctx) const {
-    std::vector<std::pair<const void*, size_t>> seen;
-    for (size_t i = 0; i < vars_.ids.size(); ++i) {
-      tensorflow::core::RefCountPtr<tensorflow::Var> var;
-      TF_RETURN_IF_ERROR(
-          tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, vars_.ids[i]), &var));
-      seen.emplace_back(var.get(), i);
-    }
-    std::sort(seen.begin(), seen.end());
-    for (size_t i = 1; i < seen.size(); ++i) {
-      if (seen[i].first == seen[i - 1].first) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            vars_.names[std::min(seen[i].second, seen[i - 1].second)], " and ",
-            vars_.names[std::max(seen[i].second, seen[i - 1].second)],
-            " are the same variable: every variable and slot must be distinct."));
-      }
-    }
-    return absl::OkStatus();
-  }
-
   Variant variant_;
   bool use_locking_ = false;
   int n_ = 0, num_slots_ = 0;
