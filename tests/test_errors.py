@@ -181,3 +181,32 @@ def test_sparse_dtype_mismatch_is_an_error_not_a_crash(rng):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"var has dtype double"):
         _raw_sparse(var, [ms], tf.ones((2, 3)), tf.constant([0, 1]))
     _assert_unchanged([var, ms], before)
+
+
+@pytest.mark.parametrize("alias", ["ms_is_var", "mom_is_ms", "mg_is_var"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_a_slot_aliasing_another_state_variable_is_rejected(alias, sparse, rng):
+    """An alias would be read and written as two arrays at once: InvalidArgument naming
+    both, and nothing written."""
+    init = rng.normal(size=(6, 3)).astype(np.float32)
+    var = tf.Variable(init)
+    ms, mom, mg = (tf.Variable(np.abs(init) + 1), tf.Variable(np.zeros_like(init)),
+                   tf.Variable(np.zeros_like(init)))
+    slots = dict(ms=ms, mom=mom, mg=mg)
+    if alias == "ms_is_var":
+        slots["ms"], names = var, ("var", "slot 'ms'")
+    elif alias == "mom_is_ms":
+        slots["mom"], names = ms, ("slot 'ms'", "slot 'mom'")
+    else:
+        slots["mg"], names = var, ("var", "slot 'mg'")
+    before = [v.numpy().copy() for v in (var, ms, mom, mg)]
+    ms_arg = slots.pop("ms")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=f"{names[0]} and {names[1]} are the same variable"):
+        if sparse:
+            tf_rmsprop_ops.sparse_apply_rmsprop_x(var, ms_arg, init[:2], [1, 4], lr=0.1,
+                                                  momentum=0.9, **slots)
+        else:
+            tf_rmsprop_ops.apply_rmsprop_x(var, ms_arg, init, lr=0.1, momentum=0.9, **slots)
+    for v, b in zip((var, ms, mom, mg), before):
+        np.testing.assert_array_equal(v.numpy(), b)

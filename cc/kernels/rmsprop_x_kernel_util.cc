@@ -1,5 +1,7 @@
 #include "cc/kernels/rmsprop_x_kernel_util.h"
 
+#include <vector>
+
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/types.h"
@@ -25,10 +27,23 @@ VariableInputs ListVariableInputs(const Variant& variant) {
 
 absl::Status CheckVariablesBeforeUpdate(OpKernelContext* ctx, const VariableInputs& vars,
                                         tensorflow::DataType dtype) {
+  std::vector<const tensorflow::Var*> seen;
   for (size_t i = 0; i < vars.ids.size(); ++i) {
     tensorflow::core::RefCountPtr<tensorflow::Var> var;
     const absl::Status found =
         tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, vars.ids[i]), &var);
+    if (found.ok()) {
+      // var and its slots must be distinct: an alias would be read and written as two
+      // arrays at once (a silently wrong result).
+      for (size_t j = 0; j < seen.size(); ++j) {
+        if (seen[j] == var.get()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              vars.names[j], " and ", vars.names[i],
+              " are the same variable: var and every slot must be distinct variables."));
+        }
+      }
+      seen.push_back(var.get());
+    }
     if (!found.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           vars.names[i], " is not an existing, initialised resource variable (",
