@@ -15,7 +15,6 @@ import ctypes
 import json
 import os
 import re
-import socket
 import sys
 import tempfile
 import traceback
@@ -27,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from multiworker_worker import update_ops_by_compilation  # noqa: E402
 from tf_rmsprop_ops import RMSpropX  # noqa: E402  (loads the op library the servers share)
+from tf_rmsprop_ops.demo import free_ports  # noqa: E402
 
 ROWS, DIM, OUT, STEPS = 10, 4, 3, 3
 KWARGS = dict(learning_rate=0.02, momentum=0.9, centered=True, epsilon=1e-6)
@@ -45,18 +45,6 @@ _FIXED_SHARDS = tf.distribute.experimental.partitioners.FixedShardsPartitioner(2
 def partitioner(shape, dtype):
     return _FIXED_SHARDS(shape, dtype) if SHARDING[0] else [1] * shape.rank
 
-
-def free_ports(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def create_in_process_cluster(num_workers, num_ps):

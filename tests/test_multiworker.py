@@ -3,7 +3,6 @@ collectives), each on its own data. Both workers end with bit-identical variable
 slots, equal to one device applying the sum of both workers' gradients each step."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import tensorflow as tf
 
 from conftest import BASE_SEED
 from tf_rmsprop_ops import RMSpropX
+from tf_rmsprop_ops.demo import free_ports
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiworker_worker.py")
 STEPS = 3
@@ -22,21 +22,9 @@ TIMEOUT_S = 180
 KWARGS = dict(learning_rate=0.02, momentum=0.9, centered=True, epsilon=1e-6)
 
 
-def _free_ports(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]  # all held at once: n distinct ports
-    finally:
-        for s in socks:
-            s.close()
-
 
 def _run_cluster(seed, mode):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs, logs = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,6 +63,16 @@ def _problem(rng):
     return init, grads
 
 
+def _train(opt, init, grads, after_step=None):
+    """Applies the gradient steps to fresh tf.Variables with `opt`; returns their values."""
+    variables = [tf.Variable(x) for x in init]
+    for step in grads:
+        opt.apply_gradients(zip([tf.constant(g) for g in step], variables))
+        if after_step is not None:
+            after_step()
+    return [v.numpy() for v in variables]
+
+
 def _ours(cls, preset, form, init, grads):
     form = dict(form)
     schedule = form.pop("schedule", False)
@@ -74,10 +84,7 @@ def _ours(cls, preset, form, init, grads):
     if preset == "optax" and "weight_decay" in form:
         form["weight_decay_mode"] = "coupled"  # optax.add_decayed_weights before rmsprop
     opt = cls.from_preset(preset, **form)
-    variables = [tf.Variable(x) for x in init]
-    for step in grads:
-        opt.apply_gradients(zip([tf.constant(g) for g in step], variables))
-    return [v.numpy() for v in variables]
+    return _train(opt, init, grads)
 
 
 def _keras(form, init, grads):
@@ -85,10 +92,7 @@ def _keras(form, init, grads):
     lr = (keras.optimizers.schedules.ExponentialDecay(BASE_LR, 7, 0.8)
           if form.pop("schedule", False) else BASE_LR)
     opt = keras.optimizers.RMSprop(learning_rate=lr, **form)
-    variables = [tf.Variable(x) for x in init]
-    for step in grads:
-        opt.apply_gradients(zip([tf.constant(g) for g in step], variables))
-    return [v.numpy() for v in variables]
+    return _train(opt, init, grads)
 
 
 def _tf_keras(form, init, grads):
@@ -97,10 +101,7 @@ def _tf_keras(form, init, grads):
     lr = (tf_keras.optimizers.schedules.ExponentialDecay(BASE_LR, 7, 0.8)
           if form.pop("schedule", False) else BASE_LR)
     opt = tf_keras.optimizers.legacy.RMSprop(learning_rate=lr, **form)
-    variables = [tf.Variable(x) for x in init]
-    for step in grads:
-        opt.apply_gradients(zip([tf.constant(g) for g in step], variables))
-    return [v.numpy() for v in variables]
+    return _train(opt, init, grads)
 
 
 def _tf1(form, init, grads):
@@ -109,11 +110,10 @@ def _tf1(form, init, grads):
     count = [0]
     lr = (lambda: lr_at(count[0])) if schedule else BASE_LR
     opt = tf.compat.v1.train.RMSPropOptimizer(lr, decay=0.9, epsilon=1e-10, **form)
-    variables = [tf.Variable(x) for x in init]
-    for step in grads:
-        opt.apply_gradients(zip([tf.constant(g) for g in step], variables))
+
+    def count_step():
         count[0] += 1
-    return [v.numpy() for v in variables]
+    return _train(opt, init, grads, after_step=count_step)
 
 
 def _pytorch(form, init, grads):

@@ -1,8 +1,10 @@
-"""The one place that turns (variable, slots, gradient) into an op call.
+"""The one place that turns (variable, slots, gradient) into op calls.
 
-Both optimizers (the `tf.Module` `RMSpropX` and the Keras 3 adapter) call `apply_update`
-per variable with the variable's slots and its (already reduced, clipped) gradient; it picks
-the dense or the sparse op, and routes DTensor variables to `_dtensor`. A new formula
+Both optimizers (the `tf.Module` `RMSpropX` and the Keras 3 adapter) call `apply_updates`
+with every variable of a step, its slots and its (already reduced, clipped) gradient: dense
+gradients of equal dtype and formula go to one multi-tensor call, the rest to
+`apply_update`, which picks the dense or the sparse op and routes DTensor variables to
+`_dtensor`. A new formula
 variant is an attr of the ops (cc/ops) and a field of `Structure`; nothing else here
 changes.
 """
@@ -75,14 +77,20 @@ def fold_bias_correction(scalars, structure, step, rho):
     return out
 
 
+def _op_scalars(structure, bias_correction_step, **scalars):
+    """The ops' five scalar inputs (lr, rho, momentum, epsilon, weight_decay), with Optax's
+    bias correction folded in when `bias_correction_step` (1-based) is given."""
+    if bias_correction_step is None:
+        return scalars
+    return fold_bias_correction(scalars, structure, bias_correction_step, scalars["rho"])
+
+
 def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, weight_decay,
                  bias_correction_step=None):
     """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices).
     `bias_correction_step`: the update's 1-based step for Optax-style bias correction."""
-    scalars = dict(lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
-                   weight_decay=weight_decay)
-    if bias_correction_step is not None:
-        scalars = fold_bias_correction(scalars, structure, bias_correction_step, rho)
+    scalars = _op_scalars(structure, bias_correction_step, lr=lr, rho=rho, momentum=momentum,
+                          epsilon=epsilon, weight_decay=weight_decay)
     sparse = isinstance(grad, tf.IndexedSlices)
     values = grad.values if sparse else grad
     indices = grad.indices if sparse else None
@@ -118,10 +126,8 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
             single.extend(group)
             continue
         structure = key[1]
-        scalars = dict(lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
-                       weight_decay=weight_decay)
-        if bias_correction_step is not None:
-            scalars = fold_bias_correction(scalars, structure, bias_correction_step, rho)
+        scalars = _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
+                              momentum=momentum, epsilon=epsilon, weight_decay=weight_decay)
         apply_rmsprop_x_multi(
             [var for _, var, _, _ in group], [slots.present() for _, _, slots, _ in group],
             [grad for grad, _, _, _ in group], use_momentum=structure.use_momentum,

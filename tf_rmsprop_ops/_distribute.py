@@ -32,9 +32,7 @@ def var_key(var):
     """A stable key for a variable: the container of a per-replica component, the
     tf.Variable of a keras.Variable, then its unique id (ids of Python objects change
     when tf.function or a strategy hands out wrappers)."""
-    inner = getattr(var, "_value", None)  # keras.Variable (TensorFlow backend)
-    if isinstance(inner, tf.Variable) and not isinstance(var, tf.Variable):
-        var = inner
+    var = unwrap(var)
     if isinstance(var, tf.distribute.DistributedValues):
         pass  # a container already
     elif hasattr(var, "_distributed_container"):
@@ -46,7 +44,8 @@ def var_key(var):
 
 
 def unwrap(var):
-    """The tf.Variable behind a keras.Variable; other variables as they are."""
+    """The tf.Variable behind a keras.Variable (TensorFlow backend); other variables as they
+    are."""
     inner = getattr(var, "_value", None)
     if isinstance(inner, tf.Variable) and not isinstance(var, tf.Variable):
         return inner

@@ -127,19 +127,23 @@ def _mirrored(steps, jit_compile, seed, strategy=None, label=None):
                   label or f"; MirroredStrategy, {replicas} replicas")
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def free_ports(n):
+    """n distinct free TCP ports on 127.0.0.1 (all bound at once, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _multiworker(steps, jit_compile, seed, timeout=300):
     import tempfile
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs, logs = [], []
     try:
@@ -187,7 +191,7 @@ def _ps(steps, jit_compile, seed):
     import tensorflow as tf
 
     from tf_rmsprop_ops.optimizer import RMSpropX
-    ports = _free_ports(5)
+    ports = free_ports(5)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"],
                "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
                "ps": [f"127.0.0.1:{p}" for p in ports[3:5]]}

@@ -32,8 +32,7 @@ from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # Slot names, and the names Keras uses for the same state.
-SLOT_ALIASES = {"velocity": "ms", "rms": "ms", "momentum": "mom", "average_gradient": "mg",
-                "mg": "mg"}
+SLOT_ALIASES = {"velocity": "ms", "rms": "ms", "momentum": "mom", "average_gradient": "mg"}
 
 
 def _is_schedule(lr):
