@@ -103,7 +103,10 @@ RMSPROPX_HOST_DEVICE void UpdateElement(const Coefficients<C>& k, C g, C& var, C
   if (kCentered) {
     mg = k.rho * mg + k.one_minus_rho * g;
     v = ms - mg * mg;
-    v = v > C(0) ? v : C(0);  // rounding can make the variance negative: clamp, never NaN
+    // Rounding can make the variance negative: clamp to 0 (never sqrt of a negative).
+    // Written so that a NaN variance stays NaN (as np.maximum and HLO's max): a NaN or inf
+    // gradient propagates into its own element and is not hidden by the clamp.
+    v = v < C(0) ? C(0) : v;
   }
   const C step = g / (sqrt(v + k.eps_in_sqrt) + k.eps_out_sqrt);
   C upd;

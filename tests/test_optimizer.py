@@ -174,7 +174,11 @@ def test_gradient_shape_mismatch_names_the_variable():
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(learning_rate=-0.1), "learning_rate"),
-    (dict(rho=1.0), "rho"),
+    (dict(rho=1.5), "rho"),
+    (dict(rho=float("nan")), "rho"),
+    (dict(learning_rate=float("inf")), "learning_rate"),
+    (dict(epsilon=-1e-9), "epsilon"),
+    (dict(weight_decay=-0.01), "weight_decay"),
     (dict(rho=-0.1), "rho"),
     (dict(momentum=-0.5), "momentum"),
     (dict(clipnorm=1.0, global_clipnorm=1.0), "global_clipnorm"),

@@ -15,7 +15,7 @@ Decoupled weight decay is fused into the op (Keras would make a separate pass be
 import keras
 import tensorflow as tf
 
-from tf_rmsprop_ops import _apply, _distribute, presets
+from tf_rmsprop_ops import _apply, _distribute, _hyper, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 
@@ -26,6 +26,22 @@ class RMSpropX(keras.optimizers.Optimizer):
     `initial_scale` and `bias_correction` (see `tf_rmsprop_ops.RMSpropX`), and
     `from_preset(name, **overrides)`."""
 
+    # Checked on every assignment (ValueError naming the argument); see _hyper.
+    rho = _hyper.Checked()
+    momentum = _hyper.Checked()
+    epsilon = _hyper.Checked()
+    weight_decay = _hyper.Checked(optional=True)
+
+    @property
+    def learning_rate(self):
+        return super().learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        _hyper.check("learning_rate", value)
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
+
+
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
@@ -34,12 +50,7 @@ class RMSpropX(keras.optimizers.Optimizer):
                  epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
                  multi_tensor=True, **kwargs):
-        if not 0.0 <= rho < 1.0:
-            raise ValueError(f"Argument `rho` must be in [0, 1); received {rho!r}.")
-        if not momentum >= 0.0:
-            raise ValueError(f"Argument `momentum` must be >= 0; received {momentum!r}.")
-        if not epsilon >= 0.0:
-            raise ValueError(f"Argument `epsilon` must be >= 0; received {epsilon!r}.")
+        _hyper.check("learning_rate", learning_rate)
         if epsilon_placement not in EPSILON_PLACEMENTS:
             raise ValueError(f"Argument `epsilon_placement` must be one of {EPSILON_PLACEMENTS}; "
                              f"received {epsilon_placement!r}.")

@@ -28,7 +28,7 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
-from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, presets
+from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, _hyper, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # Slot names, and the names Keras uses for the same state.
@@ -49,7 +49,7 @@ class RMSpropX(tf.Module):
     Args (Keras 3 RMSprop's, same defaults and meaning):
       learning_rate: float, a `LearningRateSchedule` (called with `iterations`), or a
         zero-argument callable. Defaults to 0.001.
-      rho: discount of the mean square, in [0, 1). momentum: >= 0; 0 disables it (no slot).
+      rho: discount of the mean square, in [0, 1]. momentum: >= 0; 0 disables it (no slot).
       epsilon: added inside the square root (see `epsilon_placement`).
       centered: normalise by the estimated variance (keeps an `mg` slot).
       weight_decay: decoupled weight decay (Keras 3 / AdamW style), or None.
@@ -72,7 +72,19 @@ class RMSpropX(tf.Module):
       per variable, which `multi_tensor=False` selects).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
+
+    Valid values: learning_rate, momentum, epsilon, weight_decay finite and >= 0; rho in
+    [0, 1]. A number outside raises ValueError naming it, in the constructor and when the
+    attribute is set later; a schedule's value is checked by the op at every step
+    (InvalidArgumentError, nothing written; under XLA var becomes NaN: docs/design.md).
     """
+
+    # Checked on every assignment (ValueError naming the argument); see _hyper.
+    rho = _hyper.Checked()
+    momentum = _hyper.Checked()
+    epsilon = _hyper.Checked()
+    weight_decay = _hyper.Checked(optional=True)
+
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
@@ -158,6 +170,7 @@ class RMSpropX(tf.Module):
 
     @learning_rate.setter
     def learning_rate(self, value):
+        _hyper.check("learning_rate", value)
         if isinstance(self._learning_rate, tf.Variable) and not (
                 _is_schedule(value) or callable(value)):
             _validate(learning_rate=value)
@@ -502,17 +515,9 @@ def _validate(**args):
     def bad(name, why):
         raise ValueError(f"Argument `{name}` {why}; received {args[name]!r}.")
 
-    lr = args.get("learning_rate")
-    if isinstance(lr, (int, float)) and (lr < 0 or lr != lr):
-        bad("learning_rate", "must be a non-negative float, a LearningRateSchedule or a callable")
-    if "rho" in args and not 0.0 <= args["rho"] < 1.0:
-        bad("rho", "must be in [0, 1)")
-    if "momentum" in args and not args["momentum"] >= 0.0:
-        bad("momentum", "must be >= 0")
-    if "epsilon" in args and not args["epsilon"] >= 0.0:
-        bad("epsilon", "must be >= 0")
-    if args.get("weight_decay") is not None and not args["weight_decay"] >= 0.0:
-        bad("weight_decay", "must be >= 0 or None")
+    for name in ("learning_rate", "rho", "momentum", "epsilon", "weight_decay"):
+        if name in args:
+            _hyper.check(name, args[name])
     for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
         if args.get(name) is not None and not args[name] > 0:
             bad(name, "must be > 0 or None")

@@ -61,6 +61,7 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
   void Compute(tensorflow::OpKernelContext* ctx) override {
     const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);  // scalars after the resources
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
+    OP_REQUIRES_OK(ctx, CheckHyperParamValues<T>(ctx, in));
     // One lookup per resource (TF's helpers would look each up four times: with hundreds of
     // variables that is most of a small model's step). Checks as CheckVariablesBeforeUpdate.
     const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::v();

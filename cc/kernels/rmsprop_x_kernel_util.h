@@ -66,6 +66,18 @@ absl::Status CheckVariablesBeforeUpdate(tensorflow::OpKernelContext* ctx,
 // Checks the five hyperparameter inputs are scalars.
 absl::Status CheckScalarInputs(tensorflow::OpKernelContext* ctx, const InputIndex& in);
 
+// Checks the hyperparameters' values (CheckHyperParams) as T holds them; inputs on the host
+// (HostMemory on a GPU). Call after CheckScalarInputs, before anything is written.
+template <typename T>
+absl::Status CheckHyperParamValues(tensorflow::OpKernelContext* ctx, const InputIndex& in) {
+  using C = cpu::ComputeType<CpuStorage<T>>;  // exact: half types widen to float32
+  auto read = [&](int i) {
+    return static_cast<double>(static_cast<C>(ctx->input(i).scalar<T>()()));
+  };
+  return CheckHyperParams(HyperParams<double>{read(in.lr()), read(in.rho()), read(in.momentum()),
+                                              read(in.epsilon()), read(in.weight_decay())});
+}
+
 // Reads the hyperparameters and folds them with the variant, in compute precision.
 template <typename T>
 Coefficients<cpu::ComputeType<CpuStorage<T>>> ReadCoefficients(tensorflow::OpKernelContext* ctx,

@@ -74,6 +74,7 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
     const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
     // Everything is validated before the first write: a rejected call changes nothing.
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
+    OP_REQUIRES_OK(ctx, CheckHyperParamValues<T>(ctx, in));
     OP_REQUIRES_OK(ctx, CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
     auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
         ctx, use_locking_, /*sparse=*/false, vars_.ids);
@@ -115,6 +116,7 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
     const tensorflow::Tensor& indices = ctx->input(in.indices());
     // Everything is validated before the first write: a rejected call changes nothing.
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
+    OP_REQUIRES_OK(ctx, CheckHyperParamValues<T>(ctx, in));
     OP_REQUIRES(ctx, indices.dims() == 1,
                 absl::InvalidArgumentError(absl::StrCat(
                     "indices must be a vector, got shape ", indices.shape().DebugString())));

@@ -1,9 +1,34 @@
 #include "cc/ops/rmsprop_x_attrs.h"
 
+#include <cmath>
+#include <string_view>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace tf_rmsprop_ops {
+
+absl::Status CheckHyperParam(std::string_view name, double x) {
+  if (!std::isfinite(x)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must be finite, got ", x, ". Nothing was updated."));
+  }
+  const bool is_rho = name == "rho";
+  if (x < 0 || (is_rho && x > 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, is_rho ? " must be in [0, 1], got " : " must be >= 0, got ", x,
+        ". Nothing was updated."));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckHyperParams(const HyperParams<double>& h) {
+  TF_RETURN_IF_ERROR(CheckHyperParam("lr", h.lr));
+  TF_RETURN_IF_ERROR(CheckHyperParam("rho", h.rho));
+  TF_RETURN_IF_ERROR(CheckHyperParam("momentum", h.momentum));
+  TF_RETURN_IF_ERROR(CheckHyperParam("epsilon", h.epsilon));
+  return CheckHyperParam("weight_decay", h.weight_decay);
+}
 
 absl::Status VariantFromAttrs(const VariantAttrs& a, Variant* v) {
   v->centered = a.centered;

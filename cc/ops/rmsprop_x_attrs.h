@@ -5,6 +5,7 @@
 
 #include <array>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -38,6 +39,15 @@ absl::Status ParseVariant(AttrSource* src, Variant* variant) {
   TF_RETURN_IF_ERROR(src->GetAttr("num_slots", &a.num_slots));
   return VariantFromAttrs(a, variant);
 }
+
+// Checks the values of the five hyperparameters (as the op's dtype holds them): each must
+// be finite; lr, momentum, epsilon and weight_decay >= 0; rho in [0, 1]. InvalidArgument
+// naming the first bad one otherwise. The CPU and GPU kernels run it before anything is
+// written; the XLA lowerings run it on compile-time constants (docs/design.md, section
+// "Hyperparameter values").
+absl::Status CheckHyperParams(const HyperParams<double>& h);
+// The same for one of them, by name ("lr", "rho", "momentum", "epsilon", "weight_decay").
+absl::Status CheckHyperParam(std::string_view name, double x);
 
 // The slot names in input order for this variant: {"ms"[, "mom"][, "mg"]}.
 std::vector<std::string> SlotNames(const Variant& variant);

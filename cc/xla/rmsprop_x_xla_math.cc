@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
@@ -9,6 +10,7 @@
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "xla/debug_options_flags.h"
 #include "xla/hlo/builder/lib/constants.h"
+#include "xla/literal.h"
 
 namespace tf_rmsprop_ops {
 
@@ -19,19 +21,43 @@ xla::PrimitiveType ComputeTypeFor(tensorflow::DataType dtype) {
   return dtype == tensorflow::DT_DOUBLE ? xla::F64 : xla::F32;
 }
 
-absl::StatusOr<HyperParams<xla::XlaOp>> ReadXlaHyperParams(XlaOpKernelContext* ctx,
-                                                           const InputIndex& in,
-                                                           xla::PrimitiveType compute) {
+absl::StatusOr<XlaHyperParams> ReadXlaHyperParams(XlaOpKernelContext* ctx, const InputIndex& in,
+                                                  xla::PrimitiveType compute) {
   std::vector<xla::XlaOp> h;
+  std::optional<xla::XlaOp> valid;
   for (const auto& [index, name] : in.scalars()) {
     const TensorShape shape = ctx->InputShape(index);
     if (!tensorflow::TensorShapeUtils::IsScalar(shape)) {
       return absl::InvalidArgumentError(
           absl::StrCat(name, " must be a scalar, got shape ", shape.DebugString()));
     }
-    h.push_back(xla::ConvertElementType(ctx->Input(index), compute));
+    const xla::XlaOp x = xla::ConvertElementType(ctx->Input(index), compute);
+    h.push_back(x);
+    xla::Literal constant;
+    if (ctx->ConstantInput(index, &constant).ok()) {
+      TF_ASSIGN_OR_RETURN(xla::Literal f64, constant.Convert(xla::F64));
+      TF_RETURN_IF_ERROR(CheckHyperParam(name, f64.GetFirstElement<double>()));
+      continue;
+    }
+    // CheckHyperParam's rules in HLO (a NaN fails every comparison).
+    const bool is_rho = std::string_view(name) == "rho";
+    xla::XlaOp ok = xla::And(xla::IsFinite(x), xla::Ge(x, xla::ScalarLike(x, 0)));
+    if (is_rho) ok = xla::And(ok, xla::Le(x, xla::ScalarLike(x, 1)));
+    valid = valid ? xla::And(*valid, ok) : ok;
   }
-  return HyperParams<xla::XlaOp>{h[0], h[1], h[2], h[3], h[4]};
+  return XlaHyperParams{HyperParams<xla::XlaOp>{h[0], h[1], h[2], h[3], h[4]}, valid};
+}
+
+XlaState GuardHyperParams(const Variant& v, const XlaHyperParams& k, const XlaState& updated,
+                          const XlaState& before) {
+  if (!k.valid) return updated;
+  XlaState out;
+  out.var = xla::Select(*k.valid, updated.var,
+                        xla::FullLike(updated.var, std::numeric_limits<double>::quiet_NaN()));
+  out.ms = xla::Select(*k.valid, updated.ms, before.ms);
+  if (v.momentum) out.mom = xla::Select(*k.valid, updated.mom, before.mom);
+  if (v.centered) out.mg = xla::Select(*k.valid, updated.mg, before.mg);
+  return out;
 }
 
 // The variant is known when the graph is compiled, so unlike the CPU loops (which fold

@@ -4,6 +4,7 @@
 #ifndef TF_RMSPROP_OPS_CC_XLA_RMSPROP_X_XLA_MATH_H_
 #define TF_RMSPROP_OPS_CC_XLA_RMSPROP_X_XLA_MATH_H_
 
+#include <optional>
 #include <vector>
 
 #include "cc/ops/rmsprop_x_attrs.h"
@@ -18,10 +19,26 @@ struct XlaState {
   xla::XlaOp var, ms, mom, mg;
 };
 
-// Reads the five scalar hyperparameters (checking they are scalars) in compute precision.
-absl::StatusOr<HyperParams<xla::XlaOp>> ReadXlaHyperParams(tensorflow::XlaOpKernelContext* ctx,
-                                                           const InputIndex& in,
-                                                           xla::PrimitiveType compute);
+// The five scalar hyperparameters in compute precision, and whether their values are valid.
+struct XlaHyperParams {
+  HyperParams<xla::XlaOp> h;
+  // A scalar PRED: the hyperparameters that are run-time values pass CheckHyperParams'
+  // rules. Unset when all five are compile-time constants (checked while compiling).
+  std::optional<xla::XlaOp> valid;
+};
+
+// Reads the hyperparameters (checking they are scalars). A compile-time constant is
+// checked now (the kernels' InvalidArgument, at compile time); XLA cannot raise at run
+// time, so run-time values get `valid` and the lowering writes through GuardHyperParams.
+absl::StatusOr<XlaHyperParams> ReadXlaHyperParams(tensorflow::XlaOpKernelContext* ctx,
+                                                  const InputIndex& in,
+                                                  xla::PrimitiveType compute);
+
+// The defined result under XLA of run-time hyperparameters that the kernels would reject:
+// var becomes NaN (loud: the loss turns NaN) and every slot keeps its value; `updated`
+// otherwise. `before` and `updated` in compute precision, same shapes.
+XlaState GuardHyperParams(const Variant& variant, const XlaHyperParams& k,
+                          const XlaState& updated, const XlaState& before);
 
 // UpdateElement over whole arrays of equal shape, as one chain: each output feeds the
 // next (ms -> step -> mom -> var).

@@ -172,7 +172,8 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     const XlaState gathered = MapState(variant_, tables, [&](xla::XlaOp x) {
       return GatherRows(x, segment_row, n, d, /*sorted=*/true);
     });
-    XlaState updated = XlaUpdate(variant_, *k, summed, gathered);
+    XlaState updated =
+        GuardHyperParams(variant_, *k, XlaUpdate(variant_, k->h, summed, gathered), gathered);
     XlaState result = tables;
     std::vector<xla::XlaOp> table_list, update_list;
     for (const xla::XlaOp* x : StateOps(variant_, &result)) table_list.push_back(*x);
