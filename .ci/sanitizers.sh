@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# CI: the op library built with AddressSanitizer + UBSan (`make asan`), the op tests run
+# against it with the sanitizer runtimes preloaded into Python. Fails on any report: every
+# UBSan check aborts (-fno-sanitize-recover=all), ASan aborts on its first error, and the
+# reports are also written to log files that must stay empty.
+#
+#   bash .ci/sanitizers.sh            (in the source checkout, after `make` / pip install -e .)
+#   SANITIZER_TESTS="tests/test_sparse_op.py" bash .ci/sanitizers.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+CXX="${CXX:-g++}"
+
+echo "== sanitizers: building the op library with -fsanitize=address,undefined"
+make -s -j"${JOBS:-2}" PYTHON="$PYTHON" asan
+LIB="$(ls build-asan/_rmsprop_x_ops*.so)"
+
+# A copy of the package whose op library is the instrumented one (the checkout's own
+# package, and an editable install pointing at it, stay untouched).
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/pkg" "$WORK/reports"
+cp -r tf_rmsprop_ops "$WORK/pkg/"
+rm -f "$WORK"/pkg/tf_rmsprop_ops/_rmsprop_x_ops*.so
+cp "$LIB" "$WORK/pkg/tf_rmsprop_ops/"
+
+PRELOAD="$("$CXX" -print-file-name=libasan.so):$("$CXX" -print-file-name=libubsan.so)"
+# detect_leaks=0: TensorFlow and Python keep allocations until exit by design (not ours to
+# judge); everything else at ASan's defaults plus the checks below.
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:log_path=$WORK/reports/asan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/reports/ubsan"
+export TF_RMSPROP_OPS_PROPERTY_CALLS="${TF_RMSPROP_OPS_PROPERTY_CALLS:-2000}"
+TESTS="${SANITIZER_TESTS:-tests/test_dense_op.py tests/test_sparse_op.py tests/test_multi_tensor.py tests/test_errors.py tests/test_numerics.py tests/test_concurrency.py tests/test_properties.py}"
+TESTS="$(for t in $TESTS; do printf '%s ' "$PWD/$t"; done)"
+
+# The package copy must be the one imported: run outside the checkout (Python puts the
+# working directory first on sys.path).
+cd "$WORK"
+LD_PRELOAD="$PRELOAD" PYTHONPATH="$WORK/pkg" "$PYTHON" -c "
+import tf_rmsprop_ops._library as l, sys
+assert l.LIBRARY_PATH.startswith('$WORK/pkg/'), l.LIBRARY_PATH
+print('== sanitizers: loaded', l.LIBRARY_PATH)" 2>&1 | grep -v "^WARNING\|^I0000\|oneDNN\|cpu_feature\|To enable"
+
+echo "== sanitizers: $TESTS"
+status=0
+# shellcheck disable=SC2086
+LD_PRELOAD="$PRELOAD" PYTHONPATH="$WORK/pkg" "$PYTHON" -m pytest -q -p no:cacheprovider $TESTS \
+  || status=$?
+if compgen -G "$WORK/reports/*" >/dev/null; then
+  echo "== sanitizers: REPORTS" >&2
+  cat "$WORK"/reports/* >&2
+  exit 1
+fi
+if [ "$status" != 0 ]; then
+  echo "== sanitizers: the tests failed under the sanitizers (exit $status)" >&2
+  exit "$status"
+fi
+echo "== sanitizers: no reports"
