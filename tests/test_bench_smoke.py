@@ -61,6 +61,19 @@ def test_sparse_indices_have_the_requested_duplication():
     assert idx.size == 1000 and np.unique(idx).size == 900
 
 
+def test_denormal_case_times_both_inputs_and_reports_flushing(tmp_path, capsys):
+    from tf_rmsprop_ops import cli
+    cli.main(["bench", "--quick", "--denormals", "--sizes", "4K",
+              "--json", str(tmp_path / "d.json")])
+    (result,) = json.loads((tmp_path / "d.json").read_text())["results"]
+    assert set(result["ms"]) == {"rmspropx", "eager_normal", "eager_subnormal",
+                                 "function_subnormal"}
+    assert all(ms > 0 for ms in result["ms"].values())
+    # TensorFlow runs CPU kernels with flush-to-zero: no subnormal survives an update.
+    assert result["flushed"] == {"eager_subnormal": True, "function_subnormal": True}
+    assert "flushed to zero" in capsys.readouterr().out
+
+
 def test_sizes_parse():
     assert runner.parse_size("1M") == 2**20 and runner.parse_size("64K") == 65536
     assert runner.parse_size("1000") == 1000

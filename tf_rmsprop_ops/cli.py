@@ -48,6 +48,9 @@ def _parser():
     bench.add_argument("--dtensor", action="store_true",
                        help="only the DTensor case: a row-sharded variable on a 2-device CPU "
                             "mesh, eager per-shard op vs the in-graph path (sizes: --sizes)")
+    bench.add_argument("--denormals", action="store_true",
+                       help="only the denormal case: the dense op with normal vs subnormal "
+                            "inputs, eager and in a tf.function (sizes: --sizes)")
     bench.add_argument("--quick", action="store_true",
                        help="tiny sizes and few repeats: checks the harness, not the speed")
     return parser

@@ -66,6 +66,9 @@ def case_specs(args):
     if getattr(args, "keras_fit", False):
         return [dict(kind="keras_fit", model=m, quick=bool(args.quick), threads=args.threads,
                      repeats=min(args.repeats, 5)) for m in ("embedding", "mlp")]
+    if getattr(args, "denormals", False):
+        return [dict(kind="denormals", n=parse_size(size), threads=args.threads,
+                     repeats=args.repeats) for size in args.sizes.split(",")]
     if getattr(args, "dtensor", False):
         return [dict(kind="dtensor", n=parse_size(size), threads=args.threads,
                      repeats=args.repeats) for size in args.sizes.split(",")]
@@ -93,6 +96,8 @@ def describe(result):
     if result["kind"] == "keras_fit":
         return (f"model.fit {result['model']} ({result['params']:,} params, "
                 f"batch {result['batch']:,})")
+    if result["kind"] == "denormals":
+        return f"denormals {result['n']:,} float32 momentum"
     if result["kind"] == "dtensor":
         return f"dtensor row-sharded [{result['rows']:,}, {result['dim']}] momentum"
     return (f"sparse [{result['rows']:,}, {result['dim']}] {result['indices']:,} idx "
@@ -137,6 +142,9 @@ def table(results, quick=False):
         lines.append("n/a*: that implementation cannot run this case here (the reason is "
                      "printed above, 'cannot run here').")
     for r in results:
+        if r["kind"] == "denormals":
+            lines.append(f"{describe(r)}: rmspropx = normal inputs in a tf.function; the "
+                         f"subnormal inputs' outputs flushed to zero: {r['flushed']}.")
         if r.get("random_rows_ms"):
             lines.append(f"{describe(r)}: the same rows moved without arithmetic (random-row "
                          f"probe) take {r['random_rows_ms']:.3f} ms; {REFERENCE_IMPL} takes "
