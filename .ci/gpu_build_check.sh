@@ -2,7 +2,7 @@
 # CI on a machine without a GPU: the CUDA kernels and the TensorFlow GPU glue must keep
 # building. Builds the op library with GPU kernels against the full `tensorflow` wheel (a
 # CUDA build) in a separate, cached virtual environment, with nvcc for sm_75..sm_90; checks
-# that it loads here (no GPU), that both ops have DEVICE_GPU kernels, and that the CPU op
+# that it loads here (no GPU), that all three ops have DEVICE_GPU kernels, and that the CPU op
 # tests pass with that library. Also compiles the TensorFlow-free GPU harness (tests/gpu/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ import tf_rmsprop_ops
 print("loaded", tf_rmsprop_ops.LIBRARY_PATH)
 assert "build-gpu" in tf_rmsprop_ops.LIBRARY_PATH
 assert tf.sysconfig.get_build_info()["is_cuda_build"]
-for op in ("ApplyRMSpropX", "SparseApplyRMSpropX"):
+for op in ("ApplyRMSpropX", "SparseApplyRMSpropX", "ApplyRMSpropXMulti"):
     devices = {k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}
     print(f"{op}: kernels for {sorted(devices)}")
     assert {"CPU", "GPU"} <= devices, devices

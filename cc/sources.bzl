@@ -21,7 +21,7 @@ TF_SOURCES = [
 ISA_SOURCES = ["cc/cpu/rmsprop_x_cpu.cc"]
 
 # CUDA kernels (nvcc; no TensorFlow header) and their TensorFlow glue (GOOGLE_CUDA).
-CUDA_SOURCES = ["cc/cuda/rmsprop_x_cuda.cu.cc"]
+CUDA_SOURCES = ["cc/cuda/rmsprop_x_cuda.cu.cc", "cc/cuda/rmsprop_x_cuda_multi.cu.cc"]
 GPU_GLUE_SOURCES = ["cc/kernels/gpu/rmsprop_x_gpu_kernels.cc"]
 
 HEADERS = [
@@ -29,9 +29,11 @@ HEADERS = [
     "cc/cpu/rmsprop_x_cpu.h",
     "cc/cpu/row_prefetch.h",
     "cc/cuda/rmsprop_x_cuda.h",
+    "cc/cuda/rmsprop_x_cuda_device.cuh",
     "cc/ops/rmsprop_x_attrs.h",
     "cc/kernels/rmsprop_x_kernel_util.h",
     "cc/kernels/rmsprop_x_shells.h",
+    "cc/kernels/rmsprop_x_multi_shell.h",
     "cc/kernels/unique_rows.h",
     "cc/xla/rmsprop_x_xla_math.h",
 ]

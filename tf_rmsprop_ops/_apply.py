@@ -101,14 +101,11 @@ def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, wei
 
 def _multi_tensor_key(grad, var, structure):
     """The group of a (grad, var) pair for ApplyRMSpropXMulti, or None for the one-variable
-    ops: IndexedSlices (the sparse op), DTensor variables (their own paths) and variables on
-    a GPU (the multi-tensor op has CPU kernels and an XLA lowering) stay per variable."""
+    ops: IndexedSlices (the sparse op) and DTensor variables (their own paths) stay per
+    variable. Groups are per device (CPU kernel, GPU chunk-list kernel, XLA lowering)."""
     if isinstance(grad, tf.IndexedSlices) or _dtensor.is_dvariable(var):
         return None
-    device = getattr(var, "device", "") or ""
-    if "GPU" in device.upper():
-        return None
-    return (var.dtype.base_dtype, structure, device)
+    return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "")
 
 
 def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_correction_step=None,

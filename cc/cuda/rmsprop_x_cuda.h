@@ -30,6 +30,29 @@ cudaError_t LaunchDense(const Variant& variant, const Coefficients<ComputeType<T
                         const T* grad, T* var, T* ms, T* mom, T* mg, int64_t n,
                         cudaStream_t stream);
 
+// Multi-tensor (ApplyRMSpropXMulti): `count` tensors, each with its own pointers (mom / mg
+// null when their feature is off) and element count. Apex-style chunk lists: every tensor is
+// cut into chunks of kMultiChunk elements, and each launch carries up to kMultiTensors
+// tensors' pointers and kMultiBlocks (tensor, chunk) pairs in its kernel arguments (under
+// the 4 KB limit), one block per chunk: a model's hundreds of tensors take a few launches
+// instead of one each. `tensors` is host memory, read before this returns.
+template <typename T>
+struct MultiTensor {
+  const T* grad;
+  T* var;
+  T* ms;
+  T* mom;
+  T* mg;
+  int64_t n;
+};
+constexpr int kMultiTensors = 36;
+constexpr int kMultiBlocks = 320;
+constexpr int64_t kMultiChunk = 65536;
+
+template <typename T>
+cudaError_t LaunchMulti(const Variant& variant, const Coefficients<ComputeType<T>>& k,
+                        const MultiTensor<T>* tensors, int64_t count, cudaStream_t stream);
+
 // Sparse: `indices` [num_indices] name rows of var ([rows, row_size]); `grad` is
 // [num_indices, row_size]. Duplicated indices are summed (in input order, deterministic)
 // and applied once; rows not named are untouched. Deduplication runs on the device: a

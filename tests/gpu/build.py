@@ -33,9 +33,11 @@ def build(arch=None, out_dir=os.path.join(HERE, "build")):
     os.makedirs(out_dir, exist_ok=True)
     lib = os.path.join(out_dir, f"libharness_{arch}.so")
     sources = [os.path.join(HERE, "harness.cu.cc"),
-               os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda.cu.cc")]
+               os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda.cu.cc"),
+               os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda_multi.cu.cc")]
     headers = [os.path.join(ROOT, "cc", p) for p in
-               ("rmsprop_x_update.h", "cuda/rmsprop_x_cuda.h", "cpu/rmsprop_x_cpu.h")]
+               ("rmsprop_x_update.h", "cuda/rmsprop_x_cuda.h", "cuda/rmsprop_x_cuda_device.cuh",
+                "cpu/rmsprop_x_cpu.h")]
     newest = max(os.path.getmtime(p) for p in sources + headers)
     if not os.path.exists(lib) or os.path.getmtime(lib) < newest:
         subprocess.check_call([compiler, "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC",

@@ -33,6 +33,7 @@ class Harness:
         self.lib.rx_sparse_workspace_bytes.restype = i64
         self.lib.rx_sparse.argtypes = [i] * 8 + [p] * 3 + [i64, i64, i64] + [p] * 5 + [
             ctypes.POINTER(i64), ctypes.POINTER(i64), p]
+        self.lib.rx_multi.argtypes = [i] * 7 + [p, i64] + [p] * 7
 
     @staticmethod
     def _flags(variant):
@@ -79,3 +80,22 @@ class Harness:
         if err:
             raise RuntimeError(f"rx_sparse: CUDA error {err}")
         return None if bad_offset.value < 0 else (bad_offset.value, bad_value.value)
+
+    def multi(self, dtype, variant, hyper, grads, vars_, ms, mom=None, mg=None, stream=0):
+        """One multi-tensor launch sequence over lists of CuPy arrays (mom/mg: lists or None)."""
+        count = len(vars_)
+
+        def pointers(arrays):
+            if arrays is None:
+                return None, None
+            arr = (ctypes.c_void_p * count)(*[a.data.ptr for a in arrays])
+            return ctypes.cast(arr, ctypes.c_void_p), arr
+        hp, keep = self._hyper(hyper)
+        lists = [pointers(x) for x in (grads, vars_, ms, mom, mg)]
+        sizes = (ctypes.c_int64 * count)(*[int(v.size) for v in vars_])
+        err = self.lib.rx_multi(DTYPES[dtype], *self._flags(variant), hp, count,
+                                *[p for p, _ in lists], ctypes.cast(sizes, ctypes.c_void_p),
+                                ctypes.c_void_p(stream))
+        del keep, lists, sizes
+        if err:
+            raise RuntimeError(f"rx_multi: CUDA error {err}")

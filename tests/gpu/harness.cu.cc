@@ -1,7 +1,8 @@
 // A C API over the CUDA launchers (cc/cuda/) for the TensorFlow-free GPU tests and benchmark
 // (tests/gpu/*.py drive it with ctypes; arrays are CuPy device pointers). Built by
-// tests/gpu/build.py with nvcc together with cc/cuda/rmsprop_x_cuda.cu.cc.
+// tests/gpu/build.py with nvcc together with cc/cuda/*.cu.cc.
 #include <cstdint>
+#include <vector>
 
 #include "cc/cuda/rmsprop_x_cuda.h"
 
@@ -52,9 +53,38 @@ int Sparse(const Variant& v, const double* h, void* grad, void* indices, int64_t
                                       static_cast<T*>(mom), static_cast<T*>(mg), workspace, s);
 }
 
+template <typename T>
+int Multi(const Variant& v, const double* h, int64_t count, void* const* grads,
+          void* const* vars, void* const* ms, void* const* mom, void* const* mg,
+          const int64_t* sizes, void* stream) {
+  std::vector<cuda::MultiTensor<T>> tensors(count);
+  for (int64_t i = 0; i < count; ++i) {
+    tensors[i] = {static_cast<const T*>(grads[i]), static_cast<T*>(vars[i]),
+                  static_cast<T*>(ms[i]), mom ? static_cast<T*>(mom[i]) : nullptr,
+                  mg ? static_cast<T*>(mg[i]) : nullptr, sizes[i]};
+  }
+  return cuda::LaunchMulti<T>(v, Coeffs<T>(v, h), tensors.data(), count,
+                              static_cast<cudaStream_t>(stream));
+}
+
 }  // namespace
 
 extern "C" {
+
+// Multi-tensor: arrays of `count` device pointers (mom / mg null arrays when off) and sizes.
+int rx_multi(int dtype, int centered, int momentum, int nesterov, int eps_outside,
+             int lr_outside, int wd_mode, const double* hyper, int64_t count,
+             void* const* grads, void* const* vars, void* const* ms, void* const* mom,
+             void* const* mg, const int64_t* sizes, void* stream) {
+  const Variant v = MakeVariant(centered, momentum, nesterov, eps_outside, lr_outside, wd_mode);
+  switch (dtype) {
+    case 0: return Multi<float>(v, hyper, count, grads, vars, ms, mom, mg, sizes, stream);
+    case 1: return Multi<double>(v, hyper, count, grads, vars, ms, mom, mg, sizes, stream);
+    case 2: return Multi<cuda::Half>(v, hyper, count, grads, vars, ms, mom, mg, sizes, stream);
+    case 3: return Multi<cuda::BFloat16>(v, hyper, count, grads, vars, ms, mom, mg, sizes, stream);
+  }
+  return -1;
+}
 
 // hyper: lr, rho, momentum, epsilon, weight_decay. Returns a cudaError_t.
 int rx_dense(int dtype, int centered, int momentum, int nesterov, int eps_outside,

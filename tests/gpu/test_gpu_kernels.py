@@ -1,5 +1,5 @@
 """The CUDA kernels without TensorFlow (tests/gpu/harness.cu.cc via ctypes, CuPy arrays)
-against the float64 reference: every variant and dtype, dense and sparse (heavy
+against the float64 reference: every variant and dtype, dense, multi-tensor and sparse (heavy
 duplicates, empty batches, out-of-range indices: reported, nothing written), and canaries
 after every array (nothing written outside it). Skipped, with the reason, without a GPU."""
 import dataclasses
@@ -158,3 +158,65 @@ def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad
     for name in ("var", "ms"):
         np.testing.assert_array_equal(_to_host(dev[name], "float32", rows * dim)[0],
                                       state[name].ravel())
+
+
+# ---- multi-tensor (ApplyRMSpropXMulti's chunk-list kernel) ---------------------------------
+
+def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
+    """Updates tensors of `sizes` in one multi call; each compared with the reference and
+    its canaries. Tensors in `misaligned` start 1 element into their buffer (scalar path)."""
+    import cupy
+    states, grads, dev = [], [], []
+    for i, n in enumerate(sizes):
+        state = _state(rng, (n,), dtype)
+        grad = _rounded(rng.normal(size=n) * 10.0 ** rng.uniform(-4, 0, size=n), dtype)
+        shift = 1 if i in misaligned else 0
+        arrays = {}
+        for name, value in [("grad", grad)] + list(state.items()):
+            buf = _to_device(np.concatenate([np.zeros(shift), value]) if shift else value, dtype)
+            arrays[name] = (buf, buf[shift:] if shift else buf)
+        states.append(state)
+        grads.append(grad)
+        dev.append(arrays)
+    view = lambda name: [d[name][1] for d in dev]  # noqa: E731
+    harness.multi(dtype, variant, HYPER, view("grad"), view("var"), view("ms"),
+                  view("mom") if variant.momentum else None,
+                  view("mg") if variant.centered else None)
+    cupy.cuda.Device().synchronize()
+    for i, n in enumerate(sizes):
+        state = states[i]
+        want = reference.rmsprop_x_step(
+            state["var"], grads[i], state["ms"], state["mom"] if variant.momentum else None,
+            state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
+            epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
+            weight_decay_mode=variant.weight_decay_mode)
+        shift = 1 if i in misaligned else 0
+        for name in ("var", "ms", "mom", "mg"):
+            got, canary_ok = _to_host(dev[i][name][0], dtype, n + shift)
+            assert canary_ok, f"tensor {i} ({n} elements) {name}: written past its end"
+            got = got[shift:]
+            if want[name] is None:
+                np.testing.assert_array_equal(got, state[name])
+            else:
+                np.testing.assert_allclose(got, want[name], rtol=RTOL[dtype],
+                                           atol=RTOL[dtype] * 1e-3,
+                                           err_msg=f"tensor {i} ({n} elements) {name}")
+
+
+@pytest.mark.parametrize("dtype", list(RTOL))
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.weight_decay_mode != "none"
+                                     and v.lr_placement == "inside_momentum"], ids=str)
+def test_multi_matches_reference(harness, rng, variant, dtype):
+    # More tensors than one launch carries (36), empty and odd sizes, tensors of several
+    # chunks (65536 elements), two misaligned ones (the scalar path).
+    sizes = [int(s) for s in rng.integers(1, 3000, size=40)]
+    sizes[3], sizes[11] = 0, 1
+    sizes[5], sizes[38] = 65536 * 2 + 17, 65536
+    _multi_case(harness, rng, dtype, variant, sizes, misaligned={7, 20})
+
+
+def test_multi_carries_a_tensor_across_launches(harness, rng):
+    # 330 chunks of one tensor: more blocks than one launch carries (320), so the tensor
+    # continues in the next launch; then tensors after it.
+    variant = Variant(False, True, False, "inside_sqrt", "inside_momentum", "none")
+    _multi_case(harness, rng, "float32", variant, [100, 65536 * 330 - 5, 3, 70000])

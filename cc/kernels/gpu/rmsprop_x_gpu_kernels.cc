@@ -1,5 +1,6 @@
-// GPU OpKernels of ApplyRMSpropX and SparseApplyRMSpropX: the shared shells
-// (cc/kernels/rmsprop_x_shells.h: validation, locking, copy-on-write) with launches of the
+// GPU OpKernels of ApplyRMSpropX, SparseApplyRMSpropX and ApplyRMSpropXMulti: the shared
+// shells (cc/kernels/rmsprop_x_shells.h, rmsprop_x_multi_shell.h: validation, locking,
+// copy-on-write) with launches of the
 // TensorFlow-free CUDA kernels (cc/cuda/) on the op context's stream. The scalars live in
 // host memory (the coefficients are folded on the host and passed by value).
 //
@@ -9,6 +10,7 @@
 #define EIGEN_USE_GPU
 
 #include "cc/cuda/rmsprop_x_cuda.h"
+#include "cc/kernels/rmsprop_x_multi_shell.h"
 #include "cc/kernels/rmsprop_x_shells.h"
 #include "tensorflow/core/framework/register_types.h"
 
@@ -63,6 +65,20 @@ struct SparseLaunch<GPUDevice, T, Index> {
   }
 };
 
+template <typename T>
+struct MultiLaunch<GPUDevice, T> {
+  static absl::Status Run(tensorflow::OpKernelContext* ctx, const MultiArgs<T>& a) {
+    std::vector<cuda::MultiTensor<CpuStorage<T>>> tensors(a.state.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const StatePointers<T>& s = a.state[i];
+      tensors[i] = {a.grads[i], s.var, s.ms, s.mom, s.mg, a.start[i + 1] - a.start[i]};
+    }
+    return CudaStatus(cuda::LaunchMulti(a.variant, a.k, tensors.data(),
+                                        static_cast<int64_t>(tensors.size()), StreamOf(ctx)),
+                      "ApplyRMSpropXMulti CUDA kernel");
+  }
+};
+
 #define HOST_SCALARS                                                                     \
   .HostMemory("lr").HostMemory("rho").HostMemory("momentum").HostMemory("epsilon")       \
       .HostMemory("weight_decay")
@@ -80,7 +96,11 @@ struct SparseLaunch<GPUDevice, T, Index> {
                               .Device(tensorflow::DEVICE_GPU)                            \
                               .TypeConstraint<T>("T")                                    \
                               .TypeConstraint<int64_t>("Tindices") HOST_SCALARS,         \
-                          SparseApplyRMSpropXOp<GPUDevice, T, int64_t>);
+                          SparseApplyRMSpropXOp<GPUDevice, T, int64_t>);             \
+  REGISTER_KERNEL_BUILDER(Name("ApplyRMSpropXMulti")                                     \
+                              .Device(tensorflow::DEVICE_GPU)                            \
+                              .TypeConstraint<T>("T") HOST_SCALARS,                      \
+                          ApplyRMSpropXMultiOp<GPUDevice, T>);
 TF_CALL_half(REGISTER_GPU);
 TF_CALL_bfloat16(REGISTER_GPU);
 TF_CALL_float(REGISTER_GPU);

@@ -1,0 +1,69 @@
+// Device-side pieces shared by the CUDA kernels (rmsprop_x_cuda.cu.cc, the dense and sparse
+// kernels; rmsprop_x_cuda_multi.cu.cc, the multi-tensor kernel): storage <-> compute
+// conversions, one element's update (cc/rmsprop_x_update.h), 128-bit vectors. Included
+// only by .cu.cc files; no TensorFlow header.
+#ifndef TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_DEVICE_CUH_
+#define TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_DEVICE_CUH_
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cc/cuda/rmsprop_x_cuda.h"
+
+namespace tf_rmsprop_ops {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 8192;  // grid-stride beyond this
+
+// Storage <-> compute conversions (the same rounding as the CPU loops: nearest even; a
+// bfloat16 NaN stays a quiet NaN).
+__device__ __forceinline__ float ToCompute(Half h) { return __half2float(__ushort_as_half(h.bits)); }
+__device__ __forceinline__ float ToCompute(BFloat16 b) {
+  return __uint_as_float(static_cast<uint32_t>(b.bits) << 16);
+}
+__device__ __forceinline__ float ToCompute(float x) { return x; }
+__device__ __forceinline__ double ToCompute(double x) { return x; }
+
+template <typename T> __device__ __forceinline__ T FromCompute(ComputeType<T> x);
+template <> __device__ __forceinline__ float FromCompute<float>(float x) { return x; }
+template <> __device__ __forceinline__ double FromCompute<double>(double x) { return x; }
+template <> __device__ __forceinline__ Half FromCompute<Half>(float x) {
+  return Half{__half_as_ushort(__float2half_rn(x))};
+}
+template <> __device__ __forceinline__ BFloat16 FromCompute<BFloat16>(float x) {
+  const uint32_t u = __float_as_uint(x);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return BFloat16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded)};
+}
+
+template <bool kCentered, bool kMomentum, typename T>
+__device__ __forceinline__ void UpdateOne(const Coefficients<ComputeType<T>>& k,
+                                          ComputeType<T> g, T& var, T& ms, T* mom, T* mg) {
+  using C = ComputeType<T>;
+  C v = ToCompute(var), s = ToCompute(ms);
+  C m = kMomentum ? ToCompute(*mom) : C(0);
+  C a = kCentered ? ToCompute(*mg) : C(0);
+  UpdateElement<kCentered, kMomentum, C>(k, g, v, s, m, a);
+  var = FromCompute<T>(v);
+  ms = FromCompute<T>(s);
+  if (kMomentum) *mom = FromCompute<T>(m);
+  if (kCentered) *mg = FromCompute<T>(a);
+}
+
+// 16 bytes of T: one 128-bit load or store when the pointer is 16-byte aligned.
+template <typename T>
+struct alignas(16) Vec {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+}  // namespace
+}  // namespace cuda
+}  // namespace tf_rmsprop_ops
+
+#endif  // TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_DEVICE_CUH_
