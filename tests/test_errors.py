@@ -121,8 +121,39 @@ def test_shape_function_rejects_mismatch_in_graph(rng):
     def step():
         tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.ones((5, 3)), lr=0.1)
 
-    with pytest.raises(ValueError, match=r"Dimension 0 in both shapes must be equal"):
+    with pytest.raises(ValueError, match=r"grad must have var's shape: Dimension 0 in both "
+                                         r"shapes must be equal"):
         step()
+
+
+def _graph_error(fn):
+    """The error a graph-mode call raises while its op is added (the shape function)."""
+    with tf.Graph().as_default():
+        with pytest.raises(ValueError) as info:
+            fn()
+    return str(info.value)
+
+
+def test_shape_function_errors_name_the_input():
+    mk = lambda shape: tf.Variable(tf.ones(shape))  # noqa: E731
+    in_graph = lambda f: _graph_error(lambda: f(*[mk(s) for s in ((4, 3), (4, 3), (3, 4))]))  # noqa: E731
+    assert "slot 'mom' must have var's shape" in in_graph(
+        lambda v, ms, mom: tf_rmsprop_ops.apply_rmsprop_x(v, ms, tf.ones((4, 3)), mom=mom,
+                                                          lr=0.1, momentum=0.9))
+    assert "lr must be a scalar" in in_graph(
+        lambda v, ms, _: tf_rmsprop_ops.apply_rmsprop_x(v, ms, tf.ones((4, 3)), lr=[0.1, 0.2]))
+    assert "indices must be a vector" in in_graph(
+        lambda v, ms, _: tf_rmsprop_ops.sparse_apply_rmsprop_x(
+            v, ms, tf.ones((2, 3)), tf.constant([[0, 1]]), lr=0.1))
+    assert "grad must have one row per entry of indices" in in_graph(
+        lambda v, ms, _: tf_rmsprop_ops.sparse_apply_rmsprop_x(
+            v, ms, tf.ones((3, 3)), tf.constant([0, 1]), lr=0.1))
+    assert "grad rows must have shape var.shape[1:]" in in_graph(
+        lambda v, ms, _: tf_rmsprop_ops.sparse_apply_rmsprop_x(
+            v, ms, tf.ones((2, 4)), tf.constant([0, 1]), lr=0.1))
+    assert "grads[1] must have vars[1]'s shape" in in_graph(
+        lambda v, ms, w: tf_rmsprop_ops.ops.apply_rmsprop_x_multi(
+            [v, w], [[ms], [mk((3, 4))]], [tf.ones((4, 3)), tf.ones((4, 3))], lr=0.1))
 
 
 # ---- sparse --------------------------------------------------------------------------------

@@ -126,3 +126,18 @@ def test_serialization_round_trip():
     clone = keras.optimizers.deserialize(config)
     assert isinstance(clone, RMSpropX) and clone.get_config() == opt.get_config()
     assert clone.epsilon_placement == "outside_sqrt" and clone.rho == 0.99
+
+
+def test_keras_adapter_checks_values_and_initial_scale_is_exact():
+    for kwargs in (dict(learning_rate=-1.0), dict(rho=1.5), dict(epsilon=float("nan")),
+                   dict(momentum=-0.5), dict(rho=1.0, bias_correction=True)):
+        with pytest.raises(ValueError):
+            RMSpropX(**kwargs)
+    opt = RMSpropX(initial_scale=0.1)
+    with pytest.raises(ValueError, match="rho"):
+        opt.rho = 2.0
+    with pytest.raises(ValueError, match="learning_rate"):
+        opt.learning_rate = -0.5
+    var = keras.Variable(np.zeros(3), dtype="float64")
+    opt.build([var])
+    assert opt.get_slot(var, "ms").numpy()[0] == np.float64(0.1)

@@ -303,3 +303,39 @@ def test_set_weights_and_tf1_slot_name(rng):
     assert opt.get_slot(var, "rms") is opt.get_slot(var, "ms")  # TF1 / tf_keras name
     with pytest.raises(ValueError, match="3 arrays for 4"):
         opt.set_weights(weights[:3])
+
+
+def test_initial_scale_is_exact_in_float64():
+    var = tf.Variable(np.zeros(3))
+    opt = RMSpropX(initial_scale=0.1)
+    opt.build([var])
+    assert opt.get_slot(var, "ms").numpy()[0] == np.float64(0.1)  # not 0.1 via float32
+
+
+def test_a_step_over_mixed_dtypes_is_rejected_whole(rng):
+    # 1e5 is finite in float32 and inf in float16: the float16 op would reject it after the
+    # float32 update had run. The step is checked first and changes nothing.
+    v32 = tf.Variable(rng.uniform(0.5, 1, 4).astype(np.float32))
+    v16 = tf.Variable(rng.uniform(0.5, 1, 4).astype(np.float16))
+    before = [v32.numpy().copy(), v16.numpy().copy()]
+    opt = RMSpropX(learning_rate=0.01, weight_decay=1e5)
+    with pytest.raises(ValueError, match=r"weight_decay must be finite in float16 .* got 100000.0"):
+        opt.apply_gradients([(tf.ones(4), v32), (tf.ones(4, tf.float16), v16)])
+    np.testing.assert_array_equal(v32.numpy(), before[0])
+    np.testing.assert_array_equal(v16.numpy(), before[1])
+    assert int(opt.iterations.numpy()) == 0
+
+
+def test_bias_correction_needs_rho_below_one():
+    with pytest.raises(ValueError, match=r"bias_correction=True needs rho < 1"):
+        RMSpropX(rho=1.0, bias_correction=True)
+
+
+def test_hyperparameter_setters_check_values():
+    opt = RMSpropX(learning_rate=0.1)
+    for name, bad in [("rho", 1.5), ("momentum", -0.1), ("epsilon", float("nan")),
+                      ("weight_decay", -1.0), ("learning_rate", float("inf"))]:
+        with pytest.raises(ValueError, match=name):
+            setattr(opt, name, bad)
+    opt.rho, opt.learning_rate = 1.0, 0.5  # the edges of the valid ranges
+    assert opt.rho == 1.0 and float(opt.learning_rate.numpy()) == 0.5

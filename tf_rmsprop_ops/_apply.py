@@ -10,9 +10,10 @@ changes.
 """
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
-from tf_rmsprop_ops import _dtensor
+from tf_rmsprop_ops import _dtensor, _hyper
 from tf_rmsprop_ops.ops import apply_rmsprop_x, apply_rmsprop_x_multi, sparse_apply_rmsprop_x
 
 
@@ -51,8 +52,11 @@ def call_op(var, slots, values, indices, structure, **scalars):
     return apply_rmsprop_x(var, ms, values, mom=mom, mg=mg, **scalars, **structure.op_attrs())
 
 
-def check_bias_correction(structure):
+def check_bias_correction(structure, rho):
     """ValueError unless Optax-style bias correction can be folded into the scalars."""
+    if not rho < 1.0:
+        raise ValueError(f"bias_correction=True needs rho < 1 (the correction 1 - rho**t is 0 "
+                         f"for rho = 1); received rho={rho!r}.")
     if structure.centered:
         raise ValueError("bias_correction=True is not supported with centered=True (the "
                          "corrected variance ms/c - (mg/c)**2 is not a rescaling of the op's).")
@@ -108,12 +112,39 @@ def _multi_tensor_key(grad, var, structure):
     return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "")
 
 
+def _check_scalars_fit_every_dtype(dtypes, **scalars):
+    """Each op rounds the hyperparameters to its variables' dtype and rejects a value that is
+    not finite there. With variables of several dtypes in one step, a value finite in
+    float32 but not in float16 (weight_decay=1e5) would fail only the float16 ops, after the
+    others had run: a half-applied step. So such a step is checked here first, for every
+    value known now (numbers; tensors when eager; in a graph the ops check)."""
+    if len(dtypes) < 2:
+        return
+    for name, value in scalars.items():
+        if isinstance(value, (tf.Tensor, tf.Variable)):
+            if not tf.executing_eagerly():
+                continue
+            value = value.numpy()
+        elif not _hyper._is_number(value):
+            continue
+        for dtype in dtypes:
+            with np.errstate(over="ignore"):  # the overflow is what is being detected
+                rounded = np.asarray(value).astype(dtype.as_numpy_dtype)
+            if not np.all(np.isfinite(rounded)):
+                raise ValueError(
+                    f"{name} must be finite in {dtype.name} (the dtype of some variables of "
+                    f"this step), got {float(value)!r}: nothing was updated.")
+
+
 def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_correction_step=None,
                   multi_tensor=True):
     """Updates many variables: `items` is a list of (grad, var, slots, structure). With
     `multi_tensor`, the dense gradients go to one ApplyRMSpropXMulti call per group of equal
     (dtype, structure, device); everything else, and every group of one, to `apply_update`.
     The results are the same bits either way (one formula, one kernel loop)."""
+    _check_scalars_fit_every_dtype({item[1].dtype.base_dtype for item in items}, lr=lr,
+                                   rho=rho, momentum=momentum, epsilon=epsilon,
+                                   weight_decay=weight_decay)
     groups, single = {}, []
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None

@@ -19,6 +19,20 @@ from tf_rmsprop_ops import _apply, _distribute, _hyper, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 
+class _Fill(keras.initializers.Initializer):
+    """`value` in the variable's dtype, exactly (keras.initializers.Constant goes through
+    float32: 0.1 in a float64 slot would be 0.10000000149)."""
+
+    def __init__(self, value):
+        self.value = float(value)
+
+    def __call__(self, shape, dtype=None):
+        return tf.fill(shape, tf.constant(self.value, dtype=dtype))
+
+    def get_config(self):
+        return {"value": self.value}
+
+
 @keras.saving.register_keras_serializable(package="tf_rmsprop_ops")
 class RMSpropX(keras.optimizers.Optimizer):
     """RMSprop on the fused ops. Arguments as `keras.optimizers.RMSprop`, plus `nesterov`,
@@ -74,7 +88,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         self.multi_tensor = multi_tensor
         self.use_momentum = momentum > 0 or nesterov
         if bias_correction:
-            _apply.check_bias_correction(self._structure(None))
+            _apply.check_bias_correction(self._structure(None), self.rho)
 
     @classmethod
     def from_preset(cls, preset, **overrides):
@@ -87,7 +101,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         super().build(var_list)
         self._velocities = self.add_optimizer_variables(
             var_list, "velocity",
-            initializer=keras.initializers.Constant(self.initial_scale))
+            initializer=_Fill(self.initial_scale))
         self._momentums = (self.add_optimizer_variables(var_list, "momentum")
                            if self.use_momentum else [])
         self._average_gradients = (self.add_optimizer_variables(var_list, "average_gradient")

@@ -120,7 +120,7 @@ class RMSpropX(tf.Module):
         self.bias_correction = bool(bias_correction)
         self.multi_tensor = bool(multi_tensor)
         if self.bias_correction:
-            _apply.check_bias_correction(self._structure(None))
+            _apply.check_bias_correction(self._structure(None), self.rho)
 
         with tf.init_scope():
             self._iterations = self._scalar_variable(0, tf.int64, "iteration")
@@ -213,7 +213,9 @@ class RMSpropX(tf.Module):
                     with tf.init_scope():
                         return _dtensor.variable_like(var, value, f"{base}_{name}")
                 with _distribute.creation_scope(var):
-                    return tf.Variable(tf.fill(var.shape, tf.cast(value, var.dtype)),
+                    # tf.constant, not tf.cast: a Python float straight to var's dtype
+                    # (through float32 it would lose precision for float64).
+                    return tf.Variable(tf.fill(var.shape, tf.constant(value, var.dtype)),
                                        name=f"{base}_{name}", trainable=False)
 
             self._ms.append(slot("ms", self.initial_scale))

@@ -1,5 +1,9 @@
 // Op definitions and shape functions of ApplyRMSpropX and SparseApplyRMSpropX.
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "cc/ops/rmsprop_x_attrs.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -17,19 +21,34 @@ ShapeHandle HandleShape(InferenceContext* c, int input) {
   return (*handle_data)[0].shape;
 }
 
+// Prefixes a shape-inference error with the input it is about ("grad must have var's
+// shape: Dimension 0 in both shapes must be equal ...").
+absl::Status Named(absl::Status status, absl::string_view what) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(what, ": ", status.message()));
+}
+
+// Checks the five scalar inputs are scalars.
+absl::Status ScalarShapes(InferenceContext* c, const InputIndex& in) {
+  ShapeHandle unused;
+  for (const auto& [index, name] : in.scalars()) {
+    TF_RETURN_IF_ERROR(
+        Named(c->WithRank(c->input(index), 0, &unused), absl::StrCat(name, " must be a scalar")));
+  }
+  return absl::OkStatus();
+}
+
 // Checks the attrs, the scalar inputs, and that var and every slot agree in shape.
 absl::Status VarAndSlotsShape(InferenceContext* c, const InputIndex& in, ShapeHandle* var) {
   Variant variant;
   TF_RETURN_IF_ERROR(ParseVariant(c, &variant));
   *var = HandleShape(c, in.var());
+  const std::vector<std::string> names = SlotNames(variant);
   for (int i = 0; i < in.num_slots; ++i) {
-    TF_RETURN_IF_ERROR(c->Merge(*var, HandleShape(c, in.slot(i)), var));
+    TF_RETURN_IF_ERROR(Named(c->Merge(*var, HandleShape(c, in.slot(i)), var),
+                             absl::StrCat("slot '", names[i], "' must have var's shape")));
   }
-  ShapeHandle unused;
-  for (int s : {in.lr(), in.rho(), in.momentum(), in.epsilon(), in.weight_decay()}) {
-    TF_RETURN_IF_ERROR(c->WithRank(c->input(s), 0, &unused));
-  }
-  return absl::OkStatus();
+  return ScalarShapes(c, in);
 }
 
 absl::Status DenseShapeFn(InferenceContext* c) {
@@ -38,7 +57,8 @@ absl::Status DenseShapeFn(InferenceContext* c) {
   const InputIndex in(num_slots);
   ShapeHandle var;
   TF_RETURN_IF_ERROR(VarAndSlotsShape(c, in, &var));
-  TF_RETURN_IF_ERROR(c->Merge(var, c->input(in.grad()), &var));
+  TF_RETURN_IF_ERROR(
+      Named(c->Merge(var, c->input(in.grad()), &var), "grad must have var's shape"));
   return absl::OkStatus();
 }
 
@@ -48,14 +68,19 @@ absl::Status SparseShapeFn(InferenceContext* c) {
   const InputIndex in(num_slots);
   ShapeHandle var, indices, grad, var_rows, grad_rows;
   TF_RETURN_IF_ERROR(VarAndSlotsShape(c, in, &var));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(in.indices()), 1, &indices));
-  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(in.grad()), 1, &grad));
-  TF_RETURN_IF_ERROR(c->WithRankAtLeast(var, 1, &var));
+  TF_RETURN_IF_ERROR(Named(c->WithRank(c->input(in.indices()), 1, &indices),
+                           "indices must be a vector"));
+  TF_RETURN_IF_ERROR(Named(c->WithRankAtLeast(c->input(in.grad()), 1, &grad),
+                           "grad must have shape [N] + var.shape[1:]"));
+  TF_RETURN_IF_ERROR(Named(c->WithRankAtLeast(var, 1, &var),
+                           "var must have rank >= 1 to be updated by rows"));
   tensorflow::shape_inference::DimensionHandle n;
-  TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &n));
+  TF_RETURN_IF_ERROR(Named(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &n),
+                           "grad must have one row per entry of indices"));
   TF_RETURN_IF_ERROR(c->Subshape(var, 1, &var_rows));
   TF_RETURN_IF_ERROR(c->Subshape(grad, 1, &grad_rows));
-  TF_RETURN_IF_ERROR(c->Merge(var_rows, grad_rows, &var_rows));
+  TF_RETURN_IF_ERROR(Named(c->Merge(var_rows, grad_rows, &var_rows),
+                           "grad rows must have shape var.shape[1:]"));
   return absl::OkStatus();
 }
 
@@ -74,16 +99,17 @@ absl::Status MultiShapeFn(InferenceContext* c) {
         " variables (", n * num_slots, "), got ", num_slot_inputs));
   }
   const InputIndex in(n + num_slot_inputs - 1);  // scalars follow vars and slots
-  ShapeHandle unused;
-  for (int s : {in.lr(), in.rho(), in.momentum(), in.epsilon(), in.weight_decay()}) {
-    TF_RETURN_IF_ERROR(c->WithRank(c->input(s), 0, &unused));
-  }
+  TF_RETURN_IF_ERROR(ScalarShapes(c, in));
+  const std::vector<std::string> names = SlotNames(variant);
   for (int i = 0; i < n; ++i) {
     ShapeHandle var = HandleShape(c, i);
     for (int j = 0; j < num_slots; ++j) {
-      TF_RETURN_IF_ERROR(c->Merge(var, HandleShape(c, n + i * num_slots + j), &var));
+      TF_RETURN_IF_ERROR(Named(c->Merge(var, HandleShape(c, n + i * num_slots + j), &var),
+                               absl::StrCat("slot '", names[j], "' of vars[", i,
+                                            "] must have its shape")));
     }
-    TF_RETURN_IF_ERROR(c->Merge(var, c->input(in.grad() + i), &var));
+    TF_RETURN_IF_ERROR(Named(c->Merge(var, c->input(in.grad() + i), &var),
+                             absl::StrCat("grads[", i, "] must have vars[", i, "]'s shape")));
   }
   return absl::OkStatus();
 }
