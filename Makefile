@@ -29,7 +29,9 @@ GPU ?= auto
 CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCHS ?= $(call SOURCES,CUDA_ARCHS)
-NVCC_FLAGS = -std=c++17 -O3 -Xcompiler -fPIC -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+# --fmad=false: as -ffp-contract=off on the CPU (cc/sources.bzl), the same bits wherever a
+# tensor is cut into vector body, scalar tail or chunks.
+NVCC_FLAGS = -std=c++17 -O3 --fmad=false -Xcompiler -fPIC -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 CUDA_SOURCES := $(call SOURCES,CUDA_SOURCES)
 GPU_GLUE_SOURCES := $(call SOURCES,GPU_GLUE_SOURCES)
 TF_CUDA_INCLUDE ?= $(shell $(call TF_QUERY,3))

@@ -20,8 +20,9 @@
 // The variant flags that change which slots exist (centered, momentum) are template
 // parameters. The others are folded into scalar coefficients once per call, so the
 // per-element body has no branches and vectorises: e.g. eps outside the sqrt is
-// `sqrt(v + 0) + eps`, which is exactly `sqrt(v) + eps`. (Caveat of the folding: a var of
-// +-inf meets `0 * inf = NaN` in the unused weight-decay terms; such a var is already lost.)
+// `sqrt(v + 0) + eps`, which is exactly `sqrt(v) + eps`. Terms that a variant does not have
+// are selected away, not multiplied by 0: `0 * inf` would be NaN where the formula has no
+// such term (an infinite step without Nesterov, an infinite var without weight decay).
 #ifndef TF_RMSPROP_OPS_CC_RMSPROP_X_UPDATE_H_
 #define TF_RMSPROP_OPS_CC_RMSPROP_X_UPDATE_H_
 
@@ -69,6 +70,8 @@ struct Coefficients {
   C upd_step;
   C upd_scale;
   C lr;              // without momentum: upd = lr * step
+  // Which optional terms exist (uniform selects in the loop body, no branches).
+  bool coupled, decoupled, nesterov;
 };
 
 template <typename C>
@@ -89,6 +92,9 @@ RMSPROPX_HOST_DEVICE Coefficients<C> MakeCoefficients(const Variant& v, const Hy
   k.upd_step = v.nesterov ? a : C(0);
   k.upd_scale = lr_in ? C(1) : h.lr;
   k.lr = h.lr;
+  k.coupled = v.weight_decay_mode == WeightDecayMode::kCoupled;
+  k.decoupled = v.weight_decay_mode == WeightDecayMode::kDecoupled;
+  k.nesterov = v.nesterov;
   return k;
 }
 
@@ -97,7 +103,7 @@ template <bool kCentered, bool kMomentum, typename C>
 RMSPROPX_HOST_DEVICE void UpdateElement(const Coefficients<C>& k, C g, C& var, C& ms, C& mom,
                                         C& mg) {
   using std::sqrt;
-  g = g + k.coupled_wd * var;
+  g = k.coupled ? g + k.coupled_wd * var : g;
   ms = k.rho * ms + k.one_minus_rho * (g * g);
   C v = ms;
   if (kCentered) {
@@ -112,11 +118,11 @@ RMSPROPX_HOST_DEVICE void UpdateElement(const Coefficients<C>& k, C g, C& var, C
   C upd;
   if (kMomentum) {
     mom = k.momentum * mom + k.mom_step_scale * step;
-    upd = k.upd_scale * (k.upd_mom * mom + k.upd_step * step);
+    upd = k.upd_scale * (k.nesterov ? k.upd_mom * mom + k.upd_step * step : mom);
   } else {
     upd = k.lr * step;
   }
-  var = (var - k.decoupled_wd * var) - upd;
+  var = (k.decoupled ? var - k.decoupled_wd * var : var) - upd;
 }
 
 }  // namespace tf_rmsprop_ops

@@ -45,6 +45,10 @@ COPTS = [
     "-O3",
     "-fPIC",
     "-fno-math-errno",
+    # No fused multiply-adds the compiler chooses: it fuses differently in a loop's vector
+    # body and its scalar tail, so an element's bits would depend on where a range starts
+    # (the multi-tensor op and the single op split the same array differently).
+    "-ffp-contract=off",
     "-Wall",
     "-Wno-sign-compare",
     "-Wno-unused-function",

@@ -2,6 +2,7 @@
 #ifndef TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_KERNEL_UTIL_H_
 #define TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_KERNEL_UTIL_H_
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -75,7 +76,8 @@ absl::Status CheckHyperParamValues(tensorflow::OpKernelContext* ctx, const Input
     return static_cast<double>(static_cast<C>(ctx->input(i).scalar<T>()()));
   };
   return CheckHyperParams(HyperParams<double>{read(in.lr()), read(in.rho()), read(in.momentum()),
-                                              read(in.epsilon()), read(in.weight_decay())});
+                                              read(in.epsilon()), read(in.weight_decay())},
+                          std::numeric_limits<C>::min());
 }
 
 // Reads the hyperparameters and folds them with the variant, in compute precision.

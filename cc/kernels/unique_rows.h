@@ -35,6 +35,7 @@ class UniqueRows {
 
  private:
   void Reset(int64_t n);
+  size_t CapacityBytes() const;
 
   std::vector<int64_t> row_;    // unique row u's index value
   std::vector<int32_t> first_;  // its first position in indices

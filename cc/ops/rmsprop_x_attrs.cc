@@ -8,13 +8,15 @@
 
 namespace tf_rmsprop_ops {
 
-absl::Status CheckHyperParam(std::string_view name, double x) {
+absl::Status CheckHyperParam(std::string_view name, double x, double tiny) {
   if (!std::isfinite(x)) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, " must be finite, got ", x, ". Nothing was updated."));
   }
   const bool is_rho = name == "rho";
-  if (x < 0 || (is_rho && x > 1)) {
+  // A negative value within `tiny` of 0 is a negative subnormal of the compute type, which
+  // TensorFlow's CPU kernels read as -0 (denormals-are-zero): it counts as 0 everywhere.
+  if (x <= -tiny || (is_rho && x > 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, is_rho ? " must be in [0, 1], got " : " must be >= 0, got ", x,
         ". Nothing was updated."));
@@ -22,12 +24,12 @@ absl::Status CheckHyperParam(std::string_view name, double x) {
   return absl::OkStatus();
 }
 
-absl::Status CheckHyperParams(const HyperParams<double>& h) {
-  TF_RETURN_IF_ERROR(CheckHyperParam("lr", h.lr));
-  TF_RETURN_IF_ERROR(CheckHyperParam("rho", h.rho));
-  TF_RETURN_IF_ERROR(CheckHyperParam("momentum", h.momentum));
-  TF_RETURN_IF_ERROR(CheckHyperParam("epsilon", h.epsilon));
-  return CheckHyperParam("weight_decay", h.weight_decay);
+absl::Status CheckHyperParams(const HyperParams<double>& h, double tiny) {
+  TF_RETURN_IF_ERROR(CheckHyperParam("lr", h.lr, tiny));
+  TF_RETURN_IF_ERROR(CheckHyperParam("rho", h.rho, tiny));
+  TF_RETURN_IF_ERROR(CheckHyperParam("momentum", h.momentum, tiny));
+  TF_RETURN_IF_ERROR(CheckHyperParam("epsilon", h.epsilon, tiny));
+  return CheckHyperParam("weight_decay", h.weight_decay, tiny);
 }
 
 absl::Status VariantFromAttrs(const VariantAttrs& a, Variant* v) {

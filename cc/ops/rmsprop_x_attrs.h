@@ -42,12 +42,14 @@ absl::Status ParseVariant(AttrSource* src, Variant* variant) {
 
 // Checks the values of the five hyperparameters (as the op's dtype holds them): each must
 // be finite; lr, momentum, epsilon and weight_decay >= 0; rho in [0, 1]. InvalidArgument
-// naming the first bad one otherwise. The CPU and GPU kernels run it before anything is
+// naming the first bad one otherwise. `tiny` is the smallest normal number of the compute
+// type (float32 for half types): a value in (-tiny, 0) counts as 0, as TensorFlow's CPU
+// kernels read it (denormals-are-zero), so every device agrees. The CPU and GPU kernels run it before anything is
 // written; the XLA lowerings run it on compile-time constants (docs/design.md, section
 // "Hyperparameter values").
-absl::Status CheckHyperParams(const HyperParams<double>& h);
+absl::Status CheckHyperParams(const HyperParams<double>& h, double tiny);
 // The same for one of them, by name ("lr", "rho", "momentum", "epsilon", "weight_decay").
-absl::Status CheckHyperParam(std::string_view name, double x);
+absl::Status CheckHyperParam(std::string_view name, double x, double tiny);
 
 // The slot names in input order for this variant: {"ms"[, "mom"][, "mg"]}.
 std::vector<std::string> SlotNames(const Variant& variant);

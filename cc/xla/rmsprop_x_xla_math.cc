@@ -25,6 +25,9 @@ absl::StatusOr<XlaHyperParams> ReadXlaHyperParams(XlaOpKernelContext* ctx, const
                                                   xla::PrimitiveType compute) {
   std::vector<xla::XlaOp> h;
   std::optional<xla::XlaOp> valid;
+  // The smallest normal number of the compute type (CheckHyperParam's `tiny`).
+  const double tiny = compute == xla::F64 ? std::numeric_limits<double>::min()
+                                          : std::numeric_limits<float>::min();
   for (const auto& [index, name] : in.scalars()) {
     const TensorShape shape = ctx->InputShape(index);
     if (!tensorflow::TensorShapeUtils::IsScalar(shape)) {
@@ -36,12 +39,12 @@ absl::StatusOr<XlaHyperParams> ReadXlaHyperParams(XlaOpKernelContext* ctx, const
     xla::Literal constant;
     if (ctx->ConstantInput(index, &constant).ok()) {
       TF_ASSIGN_OR_RETURN(xla::Literal f64, constant.Convert(xla::F64));
-      TF_RETURN_IF_ERROR(CheckHyperParam(name, f64.GetFirstElement<double>()));
+      TF_RETURN_IF_ERROR(CheckHyperParam(name, f64.GetFirstElement<double>(), tiny));
       continue;
     }
     // CheckHyperParam's rules in HLO (a NaN fails every comparison).
     const bool is_rho = std::string_view(name) == "rho";
-    xla::XlaOp ok = xla::And(xla::IsFinite(x), xla::Ge(x, xla::ScalarLike(x, 0)));
+    xla::XlaOp ok = xla::And(xla::IsFinite(x), xla::Gt(x, xla::ScalarLike(x, -tiny)));
     if (is_rho) ok = xla::And(ok, xla::Le(x, xla::ScalarLike(x, 1)));
     valid = valid ? xla::And(*valid, ok) : ok;
   }

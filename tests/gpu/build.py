@@ -40,7 +40,7 @@ def build(arch=None, out_dir=os.path.join(HERE, "build")):
                 "cpu/rmsprop_x_cpu.h")]
     newest = max(os.path.getmtime(p) for p in sources + headers)
     if not os.path.exists(lib) or os.path.getmtime(lib) < newest:
-        subprocess.check_call([compiler, "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC",
+        subprocess.check_call([compiler, "-std=c++17", "-O3", "--fmad=false", "-shared", "-Xcompiler", "-fPIC",
                                f"-arch={arch}", "-I", ROOT, "-x", "cu", *sources, "-o", lib])
     return lib
 

@@ -174,7 +174,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
         arrays = {}
         for name, value in [("grad", grad)] + list(state.items()):
             buf = _to_device(np.concatenate([np.zeros(shift), value]) if shift else value, dtype)
-            arrays[name] = (buf, buf[shift:] if shift else buf)
+            arrays[name] = (buf, buf[shift:shift + n])  # the view excludes the canaries
         states.append(state)
         grads.append(grad)
         dev.append(arrays)
@@ -220,3 +220,29 @@ def test_multi_carries_a_tensor_across_launches(harness, rng):
     # continues in the next launch; then tensors after it.
     variant = Variant(False, True, False, "inside_sqrt", "inside_momentum", "none")
     _multi_case(harness, rng, "float32", variant, [100, 65536 * 330 - 5, 3, 70000])
+
+
+@pytest.mark.parametrize("dtype", list(RTOL))
+def test_multi_equals_one_dense_launch_per_tensor_bit_for_bit(harness, rng, dtype):
+    # The optimizers' multi_tensor switch promises the same bits either way.
+    import cupy
+    variant = Variant(True, True, True, "outside_sqrt", "outside_momentum", "coupled")
+    sizes = [70001, 5, 65536 * 2 + 3, 1000]
+    runs, seed = [], int(rng.integers(2**31))
+    for multi in (True, False):
+        r = np.random.default_rng(seed)  # the same inputs for both runs
+        dev = [{k: _to_device(v, dtype) for k, v in _state(r, (n,), dtype).items()}
+               for n in sizes]
+        grads = [_to_device(_rounded(r.normal(size=n), dtype), dtype) for n in sizes]
+        if multi:  # views without the canaries
+            views = [[d[k][:n] for d, n in zip(dev, sizes)] for k in ("var", "ms", "mom", "mg")]
+            harness.multi(dtype, variant, HYPER, [g[:n] for g, n in zip(grads, sizes)], *views)
+        else:
+            for g, d, n in zip(grads, dev, sizes):
+                harness.dense(dtype, variant, HYPER, g, d["var"], d["ms"], d["mom"], d["mg"], n=n)
+        cupy.cuda.Device().synchronize()
+        runs.append([{k: a.get() for k, a in d.items()} for d in dev])
+    for i, (a, b) in enumerate(zip(*runs)):
+        for k in a:
+            np.testing.assert_array_equal(a[k].view(np.uint8), b[k].view(np.uint8),
+                                          err_msg=f"tensor {i} {k}")
