@@ -10,6 +10,7 @@ starting with "RESULT ":
 * table: RSS around one huge sparse batch (the per-thread deduplication table of
   cc/kernels/unique_rows.cc) and the small batches after it (the table must be released).
 """
+import ctypes
 import gc
 import json
 import os
@@ -25,7 +26,13 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 2.0 ** 20
 
 
+_LIBC = ctypes.CDLL(None)
+
+
 def rss():
+    """Resident bytes after glibc returns what it can (malloc_trim): memory the kernels
+    still hold stays counted, memory they freed is not hidden behind the heap's top."""
+    _LIBC.malloc_trim(0)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
 

@@ -9,7 +9,8 @@ d. Hyperparameter values: NaN/inf, lr/momentum/epsilon/weight_decay < 0 and rho 
    [0, 1] are InvalidArgumentError on CPU (nothing written) and at compile time under XLA
    for constants; a bad run-time value under XLA makes var NaN and keeps the slots. Valid
    edge values (0, -0, rho = 1, subnormal, huge) follow the reference. A negative
-   subnormal is negative. The optimizer raises ValueError naming the argument.
+   subnormal counts as 0 on every backend (the CPU kernels read it as -0); the smallest
+   negative normal is rejected. The optimizer raises ValueError naming the argument.
 
 CPU and XLA (tf.function(jit_compile=True)) both. To keep XLA compilations few, one
 function updates a separate set of variables for every variant, and XLA runs a covering
@@ -228,8 +229,8 @@ def test_centered_variance_rounding_below_zero_is_clamped(epsilon_placement, jit
 def _reference_f32(state, variant, hyper, fused_variance=False):
     """reference.rmsprop_x_step's formula in float32 arithmetic (the kernels' compute type
     for 16-bit storage): inputs as stored, float32 intermediates, float32 results.
-    `fused_variance`: ms - mg*mg with one rounding (a fused multiply-add, as the CPU build
-    and XLA compute it), which differs where mg*mg overflows float32 but the difference
+    `fused_variance`: ms - mg*mg with one rounding (a fused multiply-add, as XLA may compute
+    it; the CPU build does not fuse, -ffp-contract=off), which differs where mg*mg overflows float32 but the difference
     does not (inf - inf = NaN unfused, inf fused)."""
     var, g, ms = (np.asarray(state[k], F32) for k in ("var", "grad", "ms"))
     mom = None if state.get("mom") is None else np.asarray(state["mom"], F32)

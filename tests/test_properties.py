@@ -161,3 +161,18 @@ def test_random_calls_keep_the_contract(family, workers):
                     f"(seed {w['seed']}).\nsummary: {json.dumps(brief)}\n{_reproduce(family, w)}\n"
                     f"first violations (full list in {summary_path}):\n{shown[:12000]}",
                     pytrace=False)
+
+
+@pytest.mark.parametrize("switch, value, kind", [
+    ("TF_RMSPROP_OPS_PROPERTY_SABOTAGE_LR", "0.01", "mismatch"),
+    ("TF_RMSPROP_OPS_PROPERTY_SABOTAGE_UNCHANGED", "1", "state_changed"),
+])
+def test_the_oracle_can_fail(switch, value, kind):
+    """The oracle is not vacuous: a reference 1% off, or a write after a rejected call (as a
+    half-applied update), must make a short dense run fail with that violation kind."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **{switch: value})
+    out = subprocess.run([sys.executable, WORKER, "dense", str(family_seed("dense")), "300"],
+                         capture_output=True, text=True, env=env, cwd=os.path.dirname(HERE),
+                         timeout=300)
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert f'"{kind}"' in out.stdout, out.stdout[-2000:]

@@ -54,9 +54,7 @@ def call_op(var, slots, values, indices, structure, **scalars):
 
 def check_bias_correction(structure, rho):
     """ValueError unless Optax-style bias correction can be folded into the scalars."""
-    if not rho < 1.0:
-        raise ValueError(f"bias_correction=True needs rho < 1 (the correction 1 - rho**t is 0 "
-                         f"for rho = 1); received rho={rho!r}.")
+    _hyper.check_rho_for_bias_correction(rho)
     if structure.centered:
         raise ValueError("bias_correction=True is not supported with centered=True (the "
                          "corrected variance ms/c - (mg/c)**2 is not a rescaling of the op's).")
@@ -112,28 +110,30 @@ def _multi_tensor_key(grad, var, structure):
     return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "")
 
 
-def _check_scalars_fit_every_dtype(dtypes, **scalars):
-    """Each op rounds the hyperparameters to its variables' dtype and rejects a value that is
-    not finite there. With variables of several dtypes in one step, a value finite in
-    float32 but not in float16 (weight_decay=1e5) would fail only the float16 ops, after the
-    others had run: a half-applied step. So such a step is checked here first, for every
-    value known now (numbers; tensors when eager; in a graph the ops check)."""
-    if len(dtypes) < 2:
+def _check_scalars_fit_every_dtype(calls):
+    """Each op rounds its scalars to its variables' dtype and rejects a value that is not
+    finite there. When a step makes several op calls, a value finite for one call but not
+    for another (weight_decay=1e5: finite in float32, inf in float16; or a bias-corrected
+    wd/sqrt(c)) would fail one call after the others had run: a half-applied step. So such
+    a step is checked here first, for every value known now (numbers; tensors, variables
+    when eager; in a graph the ops check). `calls`: (dtype, scalars) per op call."""
+    if len(calls) < 2:
         return
-    for name, value in scalars.items():
-        if isinstance(value, (tf.Tensor, tf.Variable)):
-            if not tf.executing_eagerly():
-                continue
-            value = value.numpy()
-        elif not _hyper._is_number(value):
-            continue
-        for dtype in dtypes:
+    for dtype, scalars in calls:
+        for name, value in scalars.items():
+            if not _hyper._is_number(value):
+                if not tf.executing_eagerly():
+                    continue
+                try:
+                    value = np.asarray(tf.convert_to_tensor(value))
+                except (TypeError, ValueError):
+                    continue
             with np.errstate(over="ignore"):  # the overflow is what is being detected
                 rounded = np.asarray(value).astype(dtype.as_numpy_dtype)
             if not np.all(np.isfinite(rounded)):
                 raise ValueError(
                     f"{name} must be finite in {dtype.name} (the dtype of some variables of "
-                    f"this step), got {float(value)!r}: nothing was updated.")
+                    f"this step), got {float(np.asarray(value))!r}: nothing was updated.")
 
 
 def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_correction_step=None,
@@ -142,13 +142,16 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     `multi_tensor`, the dense gradients go to one ApplyRMSpropXMulti call per group of equal
     (dtype, structure, device); everything else, and every group of one, to `apply_update`.
     The results are the same bits either way (one formula, one kernel loop)."""
-    _check_scalars_fit_every_dtype({item[1].dtype.base_dtype for item in items}, lr=lr,
-                                   rho=rho, momentum=momentum, epsilon=epsilon,
-                                   weight_decay=weight_decay)
     groups, single = {}, []
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)
+    if len(items) > 1:
+        calls = {(item[1].dtype.base_dtype, item[3]) for item in items}
+        _check_scalars_fit_every_dtype([
+            (dtype, _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
+                                momentum=momentum, epsilon=epsilon, weight_decay=weight_decay))
+            for dtype, structure in calls])
     for key, group in groups.items():
         if len(group) == 1:
             single.extend(group)

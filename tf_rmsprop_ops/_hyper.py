@@ -40,12 +40,28 @@ def check(name, value):
         raise ValueError(f"Argument `{name}` must be {where}; received {value!r}.")
 
 
+def _as_number(value):
+    """A Python float from a number, a 0-d array or an eager scalar tensor; else None."""
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return float(value)
+    numpy = getattr(value, "numpy", None)  # an eager tensor or variable
+    if callable(numpy) and getattr(value, "shape", None) is not None and not value.shape:
+        try:
+            return float(numpy())
+        except (TypeError, ValueError, AttributeError):
+            return None
+    return None
+
+
 class Checked:
     """A float attribute checked by `check` on every assignment (constructor and setter).
-    `optional=True` also allows None (weight_decay: off)."""
+    `optional=True` also allows None (weight_decay: off); `also(obj, value)` runs further
+    checks that depend on the object (rho with bias correction)."""
 
-    def __init__(self, optional=False):
-        self.optional = optional
+    def __init__(self, optional=False, also=None):
+        self.optional, self.also = optional, also
 
     def __set_name__(self, owner, name):
         self.name, self.key = name, f"_checked_{name}"
@@ -62,7 +78,24 @@ class Checked:
         if value is None and self.optional:
             obj.__dict__[self.key] = None
             return
-        if not _is_number(value):
+        number = _as_number(value)
+        if number is None:
             raise TypeError(f"Argument `{self.name}` must be a number; received {value!r}.")
-        check(self.name, value)
-        obj.__dict__[self.key] = float(value)
+        check(self.name, number)
+        if self.also is not None:
+            self.also(obj, number)
+        obj.__dict__[self.key] = number
+
+
+def check_rho_for_bias_correction(rho):
+    """Bias correction divides by 1 - rho**t, computed in float32: rho must stay below 1
+    there (0.99999999 is 1.0 in float32)."""
+    if not np.float32(rho) < 1:
+        raise ValueError(f"bias_correction=True needs rho < 1 in float32 (the correction "
+                         f"1 - rho**t is 0 otherwise); received rho={rho!r}.")
+
+
+def rho_with_bias_correction(obj, rho):
+    """Checked's `also` for rho: setting rho later must keep bias correction valid."""
+    if getattr(obj, "bias_correction", False):
+        check_rho_for_bias_correction(rho)

@@ -41,7 +41,7 @@ class RMSpropX(keras.optimizers.Optimizer):
     `from_preset(name, **overrides)`."""
 
     # Checked on every assignment (ValueError naming the argument); see _hyper.
-    rho = _hyper.Checked()
+    rho = _hyper.Checked(also=_hyper.rho_with_bias_correction)
     momentum = _hyper.Checked()
     epsilon = _hyper.Checked()
     weight_decay = _hyper.Checked(optional=True)
@@ -53,7 +53,7 @@ class RMSpropX(keras.optimizers.Optimizer):
     @learning_rate.setter
     def learning_rate(self, value):
         _hyper.check("learning_rate", value)
-        keras.optimizers.Optimizer.learning_rate.fset(self, value)
+        super(RMSpropX, type(self)).learning_rate.fset(self, value)
 
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,

@@ -80,7 +80,7 @@ class RMSpropX(tf.Module):
     """
 
     # Checked on every assignment (ValueError naming the argument); see _hyper.
-    rho = _hyper.Checked()
+    rho = _hyper.Checked(also=_hyper.rho_with_bias_correction)
     momentum = _hyper.Checked()
     epsilon = _hyper.Checked()
     weight_decay = _hyper.Checked(optional=True)
@@ -173,7 +173,6 @@ class RMSpropX(tf.Module):
         _hyper.check("learning_rate", value)
         if isinstance(self._learning_rate, tf.Variable) and not (
                 _is_schedule(value) or callable(value)):
-            _validate(learning_rate=value)
             self._learning_rate.assign(float(value))
         else:
             with tf.init_scope():

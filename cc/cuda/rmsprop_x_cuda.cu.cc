@@ -51,7 +51,6 @@ int Blocks(int64_t work) {
   return static_cast<int>(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
 }
 
-bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <bool kCentered, bool kMomentum, typename T>
 cudaError_t Dense(const Coefficients<ComputeType<T>>& k, const T* grad, T* var, T* ms, T* mom,

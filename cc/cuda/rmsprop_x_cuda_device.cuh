@@ -62,6 +62,9 @@ struct alignas(16) Vec {
   T v[kSize];
 };
 
+// Whether a pointer allows 128-bit accesses (null: a disabled slot, no constraint).
+bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 }  // namespace
 }  // namespace cuda
 }  // namespace tf_rmsprop_ops

@@ -68,8 +68,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool Aligned(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 template <bool kCentered, bool kMomentum, typename T>
 cudaError_t Multi(const Coefficients<ComputeType<T>>& k, const MultiTensor<T>* tensors,
                   int64_t count, cudaStream_t stream) {
@@ -83,8 +81,8 @@ cudaError_t Multi(const Coefficients<ComputeType<T>>& k, const MultiTensor<T>* t
     a.mom[t] = x.mom;
     a.mg[t] = x.mg;
     a.n[t] = x.n;
-    a.vectorised[t] = Aligned(x.grad) && Aligned(x.var) && Aligned(x.ms) && Aligned(x.mom) &&
-                      Aligned(x.mg);
+    a.vectorised[t] = Aligned16(x.grad) && Aligned16(x.var) && Aligned16(x.ms) &&
+                      Aligned16(x.mom) && Aligned16(x.mg);
   };
   auto launch = [&]() {
     MultiKernel<kCentered, kMomentum, T><<<blocks_in, kThreads, 0, stream>>>(k, a);
