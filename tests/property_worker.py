@@ -1726,11 +1726,15 @@ class OptimizerRunner(Runner):
 
     @staticmethod
     def _unfolded(h, c, dt, lr32, attrs):
-        """The hyperparameters for the reference (which applies bias correction itself)."""
+        """The hyperparameters for the reference (which applies bias correction itself).
+        With bias correction the op receives the folded values (lr*sqrt(c), ...) rounded to
+        T, not lr itself: the reference starts from the float32 values the optimizer folds
+        (lr=1e5 is inf as a half, lr*sqrt(c) need not be)."""
         if not c["bias_correction"]:
             return dict(h)
-        return dict(h, lr=float(dt.round(lr32)), epsilon=float(dt.round(c["epsilon"])),
-                    weight_decay=float(dt.round(c["weight_decay"] or 0.0)))
+        f32 = np.float32
+        return dict(h, lr=float(f32(lr32)), epsilon=float(f32(c["epsilon"])),
+                    weight_decay=float(f32(c["weight_decay"] or 0.0)))
 
 
 def check_sparse_opt(got, state, grad, indices, h, herr, attrs, dt, h_ref, bias_step, verdict, what):

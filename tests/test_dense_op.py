@@ -142,3 +142,19 @@ def test_slots_are_only_those_of_enabled_features():
     tf_rmsprop_ops.apply_rmsprop_x(var, ms, [0.1, 0.2], lr=0.1)
     want = reference.rmsprop_x_step([1.0, 2.0], [0.1, 0.2], [0.5, 0.5], lr=0.1)
     np.testing.assert_allclose(var.numpy(), want["var"], rtol=1e-6)
+
+
+def test_python_number_hyperparameters_round_once_to_half(rng):
+    # TensorFlow converts a Python float to float16 through float32: 0.7873535216811611 ->
+    # 0.787353515625 (a float32 tie of two halves) -> 0.787109375. The op must get the
+    # nearest half, 0.78759765625, as NumPy rounds it.
+    rho = 0.7873535216811611
+    assert np.float16(rho) != np.float16(np.float32(rho))  # the case is a double rounding
+    state = rng.uniform(0.5, 1.5, (3, 8)).astype(np.float16)
+    grad = tf.constant(rng.normal(size=8).astype(np.float16))
+    got, want = [[tf.Variable(s) for s in state] for _ in range(2)]
+    tf_rmsprop_ops.apply_rmsprop_x(got[0], got[1], grad, lr=0.01, rho=rho)
+    tf_rmsprop_ops.apply_rmsprop_x(want[0], want[1], grad, lr=tf.constant(np.float16(0.01)),
+                                   rho=tf.constant(np.float16(rho)))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -69,7 +69,8 @@ def workers(request, tmp_path_factory):
     """Starts the worker of every selected family at once (they share the cores); yields
     their handles."""
     selected = {item.callspec.params["family"] for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec")}
+                if item.module is request.module and hasattr(item, "callspec")
+                and "family" in item.callspec.params}
     out = tmp_path_factory.mktemp("properties")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     running = {}

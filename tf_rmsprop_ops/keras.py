@@ -15,7 +15,7 @@ Decoupled weight decay is fused into the op (Keras would make a separate pass be
 import keras
 import tensorflow as tf
 
-from tf_rmsprop_ops import _apply, _distribute, _hyper, presets
+from tf_rmsprop_ops import _apply, _distribute, _hyper, ops, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 
@@ -27,7 +27,7 @@ class _Fill(keras.initializers.Initializer):
         self.value = float(value)
 
     def __call__(self, shape, dtype=None):
-        return tf.fill(shape, tf.constant(self.value, dtype=dtype))
+        return tf.fill(shape, ops.as_scalar(self.value, tf.as_dtype(dtype)))
 
     def get_config(self):
         return {"value": self.value}

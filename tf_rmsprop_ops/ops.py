@@ -25,6 +25,15 @@ def _dtype_of(variable, grad):
     return tf.as_dtype(dtype).base_dtype
 
 
+def as_scalar(x, dtype):
+    """`x` as a scalar tensor of `dtype`. A Python number is rounded once, straight to
+    `dtype` with NumPy: TensorFlow converts Python floats to half types through float32, a
+    double rounding (0.7873535216811611 becomes 0.787109375 instead of 0.78759765625)."""
+    if isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool):
+        return tf.constant(np.asarray(x, dtype=dtype.as_numpy_dtype))
+    return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
+
+
 def _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_decay, nesterov,
                  epsilon_placement, lr_placement, weight_decay_mode, use_locking):
     slots = [_handle(ms, "ms")]
@@ -35,8 +44,7 @@ def _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_deca
     dtype = _dtype_of(var, grad)
 
     def scalar(x):
-        # A Python number goes straight to `dtype` (via float32 it would lose precision).
-        return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
+        return as_scalar(x, dtype)
 
     return dict(
         var=_handle(var, "var"), slots=slots, lr=scalar(lr), rho=scalar(rho),
@@ -162,7 +170,7 @@ def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0,
     dtype = _dtype_of(variables[0], grads[0])
 
     def scalar(x):
-        return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
+        return as_scalar(x, dtype)
 
     return _ops.apply_rm_sprop_x_multi(
         vars=[_handle(v, "variables") for v in variables], slots=flat_slots, lr=scalar(lr),

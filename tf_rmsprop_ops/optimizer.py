@@ -28,7 +28,7 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
-from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, _hyper, presets
+from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, _hyper, ops, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # Slot names, and the names Keras uses for the same state.
@@ -212,9 +212,9 @@ class RMSpropX(tf.Module):
                     with tf.init_scope():
                         return _dtensor.variable_like(var, value, f"{base}_{name}")
                 with _distribute.creation_scope(var):
-                    # tf.constant, not tf.cast: a Python float straight to var's dtype
-                    # (through float32 it would lose precision for float64).
-                    return tf.Variable(tf.fill(var.shape, tf.constant(value, var.dtype)),
+                    # Rounded once, straight to var's dtype (tf.cast would go through
+                    # float32: 0.1 in a float64 slot would be 0.10000000149).
+                    return tf.Variable(tf.fill(var.shape, ops.as_scalar(value, var.dtype)),
                                        name=f"{base}_{name}", trainable=False)
 
             self._ms.append(slot("ms", self.initial_scale))
