@@ -985,7 +985,8 @@ class Runner:
                                 problems=[repr(p) for p in problems])
                     else:
                         st.violation("message_missing_name", spec, error=type(exc).__name__,
-                                     message=msg[:500], expected=[repr(p) for p in problems])
+                                     message=msg[-600:],  # TF puts its text after the trace
+                                     expected=[repr(p) for p in problems])
         self.check_unchanged(spec, tracked)
 
     def check_unchanged(self, spec, tracked):
@@ -1093,7 +1094,7 @@ class StateSet:
         if kind in ("var_dtype", "slot_dtype") and fault.get("i", 0) == spec.get("_i", 0):
             n = "var" if kind == "var_dtype" else names[fault["slot"]]
             odt = DTYPES[fault["dtype"]]
-            if kind == "var_dtype" and spec["api"] == "wrapper":
+            if kind == "var_dtype" and spec["api"] in ("wrapper", "graph"):
                 # the wrappers take T from the variable: the hyperparameters are checked as
                 # that dtype holds them (before the variables are)
                 self.problems += [Problem("maybe", p.words) for p in hyper_problems(spec["hyper"], odt)]
@@ -1732,9 +1733,9 @@ class OptimizerRunner(Runner):
         (lr=1e5 is inf as a half, lr*sqrt(c) need not be)."""
         if not c["bias_correction"]:
             return dict(h)
-        f32 = np.float32
-        return dict(h, lr=float(f32(lr32)), epsilon=float(f32(c["epsilon"])),
-                    weight_decay=float(f32(c["weight_decay"] or 0.0)))
+        rnd = np.float32 if dt.compute != dt.np else dt.round  # 16-bit: the float32 values
+        return dict(h, lr=float(rnd(lr32)), epsilon=float(rnd(c["epsilon"])),
+                    weight_decay=float(rnd(c["weight_decay"] or 0.0)))
 
 
 def check_sparse_opt(got, state, grad, indices, h, herr, attrs, dt, h_ref, bias_step, verdict, what):
