@@ -965,6 +965,32 @@ class Runner:
         self.stats = stats
         self.pool = Pool()
 
+    def common_faults(self, kind, fault, problems, state_set, dt, var_shape, used):
+        """The faults the dense and sparse families share (hyperparameter dtype and rank,
+        nesterov without momentum, slot count, not a resource): appends their problems and
+        returns (the variables passed, the tracked ones)."""
+        if kind == "hyper_dtype":
+            problems.append(Problem(kind, [fault["name"], "dtype"], generic=GENERIC_TYPE))
+        if kind == "hyper_nonscalar":
+            problems.append(Problem(kind, [f"{fault['name']} must be a scalar"],
+                                    generic=GENERIC_SHAPE))
+        if kind == "nesterov_without_momentum":
+            problems.append(Problem(kind, ["nesterov"]))
+        passed = state_set.passed()
+        if kind == "slot_count":
+            if fault["delta"] < 0:
+                passed = passed[:-1]
+            else:
+                extra = self.pool.take(dt.name, 1, used)[0]
+                arr = dt.array(np.full(var_shape, 0.25))
+                assign(extra, arr)
+                passed = passed + [Tracked(extra, arr, label="extra slot")]
+            problems.append(Problem("slot_count", ["slot"], generic=("num_slots",)))
+        if kind == "not_resource":
+            problems.append(Problem("not_resource", [fault["which"]]))
+        self.stats.problem_kinds.update(p.kind for p in problems)
+        return passed, _tracked_unique(passed)
+
     # A rejected call: the error must be one of the problems', naming it; nothing written.
     def judge_rejection(self, spec, exc, problems, tracked):
         st = self.stats
@@ -1154,27 +1180,7 @@ class DenseRunner(Runner):
             grad_arg = tf.constant(DTYPES[fault["dtype"]].array(np.asarray(grad, np.float64)),
                                    DTYPES[fault["dtype"]].tf)
             problems.append(Problem("grad_dtype", ["grad", "dtype"], generic=GENERIC_TYPE))
-        if kind == "hyper_dtype":
-            problems.append(Problem("hyper_dtype", [fault["name"], "dtype"], generic=GENERIC_TYPE))
-        if kind == "hyper_nonscalar":
-            problems.append(Problem("hyper_nonscalar", [f"{fault['name']} must be a scalar"],
-                                    generic=GENERIC_SHAPE))
-        if kind == "nesterov_without_momentum":
-            problems.append(Problem(kind, ["nesterov"]))
-        passed = s.passed()
-        if kind == "slot_count":
-            if fault["delta"] < 0:
-                passed = passed[:-1]
-            else:
-                extra = self.pool.take(dt.name, 1, used)[0]
-                arr = dt.array(np.full(shape, 0.25))
-                assign(extra, arr)
-                passed = passed + [Tracked(extra, arr, label="extra slot")]
-            problems.append(Problem("slot_count", ["slot"], generic=("num_slots",)))
-        if kind == "not_resource":
-            problems.append(Problem("not_resource", [fault["which"]]))
-        tracked = _tracked_unique(passed)
-        self.stats.problem_kinds.update(p.kind for p in problems)
+        passed, tracked = self.common_faults(kind, fault, problems, s, dt, shape, used)
 
         def call():
             if api == "raw" or (graph and not graph_wrapper(spec)):
@@ -1302,26 +1308,7 @@ class SparseRunner(Runner):
             grad_arg = tf.constant(DTYPES[fault["dtype"]].array(np.asarray(grad, np.float64)),
                                    DTYPES[fault["dtype"]].tf)
             problems.append(Problem(kind, ["grad", "dtype"], generic=GENERIC_TYPE))
-        if kind == "hyper_dtype":
-            problems.append(Problem(kind, [fault["name"], "dtype"], generic=GENERIC_TYPE))
-        if kind == "hyper_nonscalar":
-            problems.append(Problem(kind, [f"{fault['name']} must be a scalar"], generic=GENERIC_SHAPE))
-        if kind == "nesterov_without_momentum":
-            problems.append(Problem(kind, ["nesterov"]))
-        passed = s.passed()
-        if kind == "slot_count":
-            if fault["delta"] < 0:
-                passed = passed[:-1]
-            else:
-                extra = self.pool.take(dt.name, 1, used)[0]
-                arr = dt.array(np.full(var_shape, 0.25))
-                assign(extra, arr)
-                passed = passed + [Tracked(extra, arr, label="extra slot")]
-            problems.append(Problem("slot_count", ["slot"], generic=("num_slots",)))
-        if kind == "not_resource":
-            problems.append(Problem("not_resource", [fault["which"]]))
-        tracked = _tracked_unique(passed)
-        self.stats.problem_kinds.update(p.kind for p in problems)
+        passed, tracked = self.common_faults(kind, fault, problems, s, dt, var_shape, used)
         idx_arg = np.asarray(idx_arg).astype(idt)  # (int64-only values are drawn for int64)
 
         def call():
