@@ -965,10 +965,15 @@ class Runner:
         self.stats = stats
         self.pool = Pool()
 
-    def common_faults(self, kind, fault, problems, state_set, dt, var_shape, used):
-        """The faults the dense and sparse families share (hyperparameter dtype and rank,
-        nesterov without momentum, slot count, not a resource): appends their problems and
-        returns (the variables passed, the tracked ones)."""
+    def common_faults(self, kind, fault, problems, state_set, dt, var_shape, used, grad,
+                      grad_arg):
+        """The faults the dense and sparse families share (gradient dtype, hyperparameter
+        dtype and rank, nesterov without momentum, slot count, not a resource): appends their
+        problems and returns (the variables passed, the tracked ones, the gradient to pass)."""
+        if kind == "grad_dtype":
+            grad_arg = tf.constant(DTYPES[fault["dtype"]].array(np.asarray(grad, np.float64)),
+                                   DTYPES[fault["dtype"]].tf)
+            problems.append(Problem(kind, ["grad", "dtype"], generic=GENERIC_TYPE))
         if kind == "hyper_dtype":
             problems.append(Problem(kind, [fault["name"], "dtype"], generic=GENERIC_TYPE))
         if kind == "hyper_nonscalar":
@@ -989,7 +994,36 @@ class Runner:
         if kind == "not_resource":
             problems.append(Problem("not_resource", [fault["which"]]))
         self.stats.problem_kinds.update(p.kind for p in problems)
-        return passed, _tracked_unique(passed)
+        return passed, _tracked_unique(passed), grad_arg
+
+    @staticmethod
+    def wrapper_variables(kind, fault, state, names, passed):
+        """(var, ms, {mom, mg}) for the Python wrappers; a `not_resource` fault passes a
+        plain array in place of one of them."""
+        kw = {n: t.variable for n, t in zip(names, passed[1:])}
+        ms = kw.pop("ms")
+        var = passed[0].variable
+        if kind == "not_resource":
+            if fault["which"] == "var":
+                var = state["var"]
+            elif fault["which"] == "ms":
+                ms = state["ms"]
+            else:
+                kw[fault["which"]] = state[fault["which"]]
+        return var, ms, kw
+
+    def outcome(self, spec, call, graph, problems, tracked, passed, names):
+        """Runs `call`: judges a rejection, or returns var and the slots as they are now
+        (None when the call was rejected or its success was not allowed)."""
+        exc = outcome_of(_in_graph(call) if graph else call)
+        if exc is not None:
+            self.judge_rejection(spec, exc, problems, tracked)
+            return None
+        if not self.accepted(spec, problems):
+            return None
+        got = {n: read(passed[i].variable) for i, n in enumerate(["var"] + names)}
+        self.stats.c["checked_elements"] += sum(int(np.size(v)) for v in got.values())
+        return got
 
     # A rejected call: the error must be one of the problems', naming it; nothing written.
     def judge_rejection(self, spec, exc, problems, tracked):
@@ -1176,11 +1210,8 @@ class DenseRunner(Runner):
         if kind == "grad_shape":
             grad_arg = dt.array(np.ones(fault["shape"]))
             problems.append(Problem("grad_shape", ["grad"], generic=GENERIC_SHAPE))
-        if kind == "grad_dtype":
-            grad_arg = tf.constant(DTYPES[fault["dtype"]].array(np.asarray(grad, np.float64)),
-                                   DTYPES[fault["dtype"]].tf)
-            problems.append(Problem("grad_dtype", ["grad", "dtype"], generic=GENERIC_TYPE))
-        passed, tracked = self.common_faults(kind, fault, problems, s, dt, shape, used)
+        passed, tracked, grad_arg = self.common_faults(kind, fault, problems, s, dt, shape, used,
+                                                       grad, grad_arg)
 
         def call():
             if api == "raw" or (graph and not graph_wrapper(spec)):
@@ -1188,18 +1219,7 @@ class DenseRunner(Runner):
                 g = grad_arg if isinstance(grad_arg, tf.Tensor) else tf.constant(grad_arg, dt.tf)
                 return raw.apply_rm_sprop_x(var=passed[0].handle, slots=[t.handle for t in passed[1:]],
                                             **h, grad=g, **attrs)
-            kw = {}
-            for n, t in zip(s.names, passed[1:]):
-                kw[n] = t.variable
-            ms = kw.pop("ms")
-            var = passed[0].variable
-            if kind == "not_resource":
-                if fault["which"] == "var":
-                    var = state["var"]
-                elif fault["which"] == "ms":
-                    ms = state["ms"]
-                else:
-                    kw[fault["which"]] = state[fault["which"]]
+            var, ms, kw = self.wrapper_variables(kind, fault, state, s.names, passed)
             if not attrs["use_momentum"]:
                 kw.pop("mom", None)
             return tf_rmsprop_ops.apply_rmsprop_x(
@@ -1208,15 +1228,11 @@ class DenseRunner(Runner):
                 lr_placement=attrs["lr_placement"], weight_decay_mode=attrs["weight_decay_mode"],
                 use_locking=attrs["use_locking"])
 
-        exc = outcome_of(_in_graph(call) if graph else call)
-        if exc is not None:
-            return self.judge_rejection(spec, exc, problems, tracked)
-        if not self.accepted(spec, problems):
+        got = self.outcome(spec, call, graph, problems, tracked, passed, s.names)
+        if got is None:
             return
-        got = {n: read(passed[i].variable) for i, n in enumerate(["var"] + s.names)}
         hyper = effective_hyper(spec, dt)
         center = reference_step(state, grad, hyper, attrs)
-        self.stats.c["checked_elements"] += sum(int(np.size(v)) for v in got.values())
         self.record_verdict(spec, check_step(got, state, grad, hyper, attrs, dt, center))
 
 
@@ -1304,11 +1320,8 @@ class SparseRunner(Runner):
                 problems.append(Problem(kind, ["grad"], generic=GENERIC_SHAPE))
             elif gs[0] != len(idx_arg) or gs[1:] != row_shape:
                 problems.append(Problem(kind, ["grad"], generic=GENERIC_SHAPE))
-        if kind == "grad_dtype":
-            grad_arg = tf.constant(DTYPES[fault["dtype"]].array(np.asarray(grad, np.float64)),
-                                   DTYPES[fault["dtype"]].tf)
-            problems.append(Problem(kind, ["grad", "dtype"], generic=GENERIC_TYPE))
-        passed, tracked = self.common_faults(kind, fault, problems, s, dt, var_shape, used)
+        passed, tracked, grad_arg = self.common_faults(kind, fault, problems, s, dt, var_shape,
+                                                       used, grad, grad_arg)
         idx_arg = np.asarray(idx_arg).astype(idt)  # (int64-only values are drawn for int64)
 
         def call():
@@ -1318,16 +1331,7 @@ class SparseRunner(Runner):
                 return raw.sparse_apply_rm_sprop_x(
                     var=passed[0].handle, slots=[t.handle for t in passed[1:]], **h, grad=g,
                     indices=tf.constant(idx_arg), **attrs)
-            kw = {n: t.variable for n, t in zip(s.names, passed[1:])}
-            ms = kw.pop("ms")
-            var = passed[0].variable
-            if kind == "not_resource":
-                if fault["which"] == "var":
-                    var = state["var"]
-                elif fault["which"] == "ms":
-                    ms = state["ms"]
-                else:
-                    kw[fault["which"]] = state[fault["which"]]
+            var, ms, kw = self.wrapper_variables(kind, fault, state, s.names, passed)
             return tf_rmsprop_ops.sparse_apply_rmsprop_x(
                 var, ms, grad_arg, idx_arg if idx_arg.size % 2 else list(idx_arg.tolist()),
                 **wrapper_hyper(spec, dt, fault), **kw,
@@ -1335,14 +1339,10 @@ class SparseRunner(Runner):
                 lr_placement=attrs["lr_placement"], weight_decay_mode=attrs["weight_decay_mode"],
                 use_locking=attrs["use_locking"])
 
-        exc = outcome_of(_in_graph(call) if graph else call)
-        if exc is not None:
-            return self.judge_rejection(spec, exc, problems, tracked)
-        if not self.accepted(spec, problems):
+        got = self.outcome(spec, call, graph, problems, tracked, passed, s.names)
+        if got is None:
             return
-        got = {n: read(passed[i].variable) for i, n in enumerate(["var"] + s.names)}
         hyper = effective_hyper(spec, dt)
-        self.stats.c["checked_elements"] += sum(int(np.size(v)) for v in got.values())
         self.record_verdict(spec, check_sparse(got, state, grad, indices, hyper, attrs, dt))
 
 
