@@ -120,15 +120,22 @@ def reference_sparse(state, grad, indices, variant, hyper):
                                            **variant.op_kwargs())
 
 
-def assert_matches(got, want, dtype, rtol=None, what=""):
-    """Elementwise relative error below rtol (with an absolute floor of rtol times the
-    array's scale, for elements that pass near zero)."""
+def assert_matches(got, want, dtype, rtol=None, what="", before=None):
+    """Elementwise relative error below rtol, with an absolute floor of rtol times the
+    array's scale. The scale is the largest magnitude in the expected array and, when
+    `before` (the state the step started from) is given, in that array before the step:
+    an element computed as a difference of terms of that size (mom = momentum * mom +
+    step, mg = rho * mg + (1 - rho) * g, var - step) carries rounding errors of their size
+    even where the result is small, which a one-element array cannot show by itself."""
     rtol = RTOL[dtype] if rtol is None else rtol
     for name, expected in want.items():
         if expected is None:
             assert name not in got, f"{what}{name}: a slot for a disabled feature exists"
             continue
         actual = got[name]
-        scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1e-30)
-        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+        prior = None if before is None else before.get(name)
+        if prior is not None and np.size(prior):
+            scale = max(scale, float(np.max(np.abs(prior))))
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30),
                                    err_msg=f"{what}{name}")

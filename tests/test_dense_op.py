@@ -28,7 +28,8 @@ def test_every_variant_and_dtype_matches_reference(variant, dtype, rng):
     hyper = random_hyper(rng, dtype, variant)
     variables = make_variables(state, dtype)
     apply_dense(variables, state["grad"], variant, hyper, dtype)
-    assert_matches(values(variables), reference_dense(state, variant, hyper), dtype)
+    assert_matches(values(variables), reference_dense(state, variant, hyper), dtype,
+                   before=state)
 
 
 SHAPES = [(), (0,), (3, 0), (1,), (7,), (17,), (4, 33), (2, 3, 5), (100_003,)]
@@ -44,7 +45,7 @@ def test_shapes_including_empty_scalar_and_multithreaded(shape, variant, rng):
     apply_dense(variables, state["grad"], variant, hyper, dtype)
     got = values(variables)
     assert got["var"].shape == shape
-    assert_matches(got, reference_dense(state, variant, hyper), dtype)
+    assert_matches(got, reference_dense(state, variant, hyper), dtype, before=state)
 
 
 @pytest.mark.parametrize("variant", [Variant(momentum=True, nesterov=True,
@@ -72,7 +73,7 @@ def test_repeated_steps_in_tf_function_follow_reference(variant, rng):
         want = reference.rmsprop_x_step(before["var"], grad, before["ms"], before.get("mom"),
                                         before.get("mg"), **dict(hyper, lr=float(lr.numpy())),
                                         **variant.op_kwargs())
-        assert_matches(values(variables), want, dtype, what=f"step {i}: ")
+        assert_matches(values(variables), want, dtype, what=f"step {i}: ", before=before)
     assert step.experimental_get_tracing_count() == 1
 
 

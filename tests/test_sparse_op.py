@@ -32,7 +32,7 @@ def _check(rng, variant, dtype, var_shape, indices, index_dtype=tf.int64):
     apply_sparse(variables, grad, tf.constant(indices, index_dtype), variant, hyper, dtype)
     want = reference_sparse(state, grad, indices, variant, hyper)
     got = values(variables)
-    assert_matches(got, want, dtype)
+    assert_matches(got, want, dtype, before=state)
     # Untouched rows keep var and slots bit-identical.
     untouched = np.setdiff1d(np.arange(var_shape[0]), indices)
     for name, value in got.items():

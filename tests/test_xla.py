@@ -101,8 +101,9 @@ def test_sparse_with_duplicates_matches_cpu_kernel_and_reference(variant, index_
         step(tf.constant(grad, dtype), tf.constant(indices, index_dtype))
         results.append(values(variables))
     cpu, xla = results
-    assert_matches(xla, cpu, dtype)
-    assert_matches(xla, reference_sparse(state, grad, indices, variant, hyper), dtype)
+    assert_matches(xla, cpu, dtype, before=state)
+    assert_matches(xla, reference_sparse(state, grad, indices, variant, hyper), dtype,
+                   before=state)
     hlo = step.experimental_get_compiler_ir(tf.constant(grad, dtype),
                                             tf.constant(indices, index_dtype))(stage="hlo")
     assert 'op_type="SparseApplyRMSpropX"' in hlo and "custom-call" not in hlo
@@ -124,7 +125,7 @@ def test_sparse_every_dtype(dtype, rng):
 
     step()
     assert_matches(values(variables), reference_sparse(state, grad, indices, variant, hyper),
-                   dtype)
+                   dtype, before=state)
 
 
 def test_sparse_out_of_range_rows_are_skipped_not_written(rng):
@@ -145,7 +146,7 @@ def test_sparse_out_of_range_rows_are_skipped_not_written(rng):
     step(tf.constant(grad, dtype), tf.constant(indices))
     valid = (indices >= 0) & (indices < 10)
     want = reference_sparse(state, grad[valid], indices[valid], variant, hyper)
-    assert_matches(values(variables), want, dtype)
+    assert_matches(values(variables), want, dtype, before=state)
 
 
 def test_python_layer_rejects_static_out_of_range_indices_under_xla(rng):
