@@ -77,3 +77,20 @@ def test_denormal_case_times_both_inputs_and_reports_flushing(tmp_path, capsys):
 def test_sizes_parse():
     assert runner.parse_size("1M") == 2**20 and runner.parse_size("64K") == 65536
     assert runner.parse_size("1000") == 1000
+
+
+def test_models_case_reports_the_call_floor(tmp_path, capsys):
+    """`bench --models mlp`: every competitor, the roofline and the call floor (the same
+    step over 80 variables of 256 elements), and the table's line above the floor."""
+    from tf_rmsprop_ops import cli
+    out = tmp_path / "bench.json"
+    cli.main(["bench", "--models", "mlp", "--repeats", "3", "--json", str(out)])
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["kind"] == "models" and r["tensors"] == 80 and r["params"] == 40 * (256 * 256 + 256)
+    assert set(r["ms"]) == {"rmspropx", "rmspropx_per_var", "tf_raw", "keras", "keras_jit"}
+    assert all(ms > 0 for ms in r["ms"].values()) and r["roofline_ms"] > 0
+    # 80 variables of 256 elements against 2.6M parameters: the floor is below the step.
+    assert 0 < r["floor_ms"] < r["ms"]["rmspropx"]
+    text = capsys.readouterr().out
+    assert "call floor (the same RMSpropX step on 80 variables of 256 elements)" in text
+    assert re.search(r"above it: rmspropx \d+\.\d{3} ms \(\d+% of the roofline\)", text)

@@ -1,4 +1,7 @@
 """Every bad input is a clear TensorFlow error and leaves var and slots bit-identical."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -241,3 +244,28 @@ def test_a_slot_aliasing_another_state_variable_is_rejected(alias, sparse, rng):
             tf_rmsprop_ops.apply_rmsprop_x(var, ms_arg, init, lr=0.1, momentum=0.9, **slots)
     for v, b in zip((var, ms, mom, mg), before):
         np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_a_second_copy_of_the_library_is_an_import_error_not_an_abort(tmp_path):
+    """TensorFlow aborts the process when the same ops are registered twice (an installed
+    package and a checkout in one process). The loader refuses with an ImportError; the
+    subprocess shows the process survives it (an abort would be a signal exit)."""
+    import subprocess
+    import sys
+    from tf_rmsprop_ops import _library
+    copy = tmp_path / os.path.basename(_library.LIBRARY_PATH)
+    shutil.copyfile(_library.LIBRARY_PATH, copy)
+    script = (
+        "import tf_rmsprop_ops\n"
+        "from tf_rmsprop_ops import _library\n"
+        "try:\n"
+        f"    _library._load({str(copy)!r})\n"
+        "except ImportError as e:\n"
+        "    print('REFUSED', e)\n"
+        "_library._load()  # the package's own path again: fine\n"
+        "print('ALIVE')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REFUSED" in out.stdout and "another copy of the op library" in out.stdout
+    assert str(_library.LIBRARY_PATH) in out.stdout and "ALIVE" in out.stdout

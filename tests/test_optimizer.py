@@ -326,6 +326,43 @@ def test_a_step_over_mixed_dtypes_is_rejected_whole(rng):
     assert int(opt.iterations.numpy()) == 0
 
 
+@pytest.mark.parametrize("multi_tensor", [True, False])
+def test_a_graph_step_over_mixed_dtypes_is_rejected_whole(rng, multi_tensor):
+    # In a tf.function the learning rate is a tensor known only when the step runs. 1e5 is
+    # finite in float32 and inf in float16: the step's checks run before any op, so the
+    # float16 op's rejection cannot come after the float32 update.
+    v32 = tf.Variable(rng.uniform(0.5, 1, (3, 4)).astype(np.float32))
+    v16 = tf.Variable(rng.uniform(0.5, 1, (3, 4)).astype(np.float16))
+    w32 = tf.Variable(rng.uniform(0.5, 1, 5).astype(np.float32))
+    grads = [tf.constant(rng.uniform(-1, 1, (3, 4)), tf.float32),
+             tf.constant(rng.uniform(-1, 1, (3, 4)), tf.float16),
+             tf.constant(rng.uniform(-1, 1, 5), tf.float32)]
+    opt = RMSpropX(learning_rate=0.01, multi_tensor=multi_tensor)
+
+    @tf.function
+    def step():
+        opt.apply_gradients(zip(grads, [v32, v16, w32]))
+
+    start = [v.numpy().astype(np.float64) for v in (v32, v16, w32)]
+    step()  # a valid rate: every variable moves as the reference says
+    for v, g, s0 in zip((v32, v16, w32), grads, start):
+        want = reference.rmsprop_x_step(s0, g.numpy().astype(np.float64),
+                                        np.zeros_like(s0), None, None, lr=0.01, rho=0.9,
+                                        momentum=0.0, epsilon=1e-7)["var"]
+        np.testing.assert_allclose(v.numpy().astype(np.float64), want,
+                                   rtol=1e-6 if v.dtype == tf.float32 else 1e-3)
+    before = [v.numpy().copy() for v in (v32, v16, w32)]
+    opt.learning_rate = 1e5
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"lr must be finite and >= 0 in float16 .*nothing was updated"):
+        step()
+    for v, b in zip((v32, v16, w32), before):
+        np.testing.assert_array_equal(v.numpy(), b)
+    opt.learning_rate = 0.01  # and the same function runs again
+    step()
+    assert not np.array_equal(v16.numpy(), before[1])
+
+
 def test_bias_correction_needs_rho_below_one():
     with pytest.raises(ValueError, match=r"bias_correction=True needs rho < 1"):
         RMSpropX(rho=1.0, bias_correction=True)

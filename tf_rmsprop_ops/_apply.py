@@ -112,17 +112,19 @@ def _multi_tensor_key(grad, var, structure):
 
 def _check_scalars_fit_every_dtype(calls):
     """Each op rounds its scalars to its variables' dtype and rejects a value that is not
-    finite there. When a step makes several op calls, a value finite for one call but not
-    for another (weight_decay=1e5: finite in float32, inf in float16; or a bias-corrected
-    wd/sqrt(c)) would fail one call after the others had run: a half-applied step. So such
-    a step is checked here first, for every value known now (numbers; tensors, variables
-    when eager; in a graph the ops check). `calls`: (dtype, scalars) per op call."""
+    valid there (CheckHyperParams). When a step makes several op calls, a value valid for
+    one call but not for another (weight_decay=1e5: finite in float32, inf in float16; or a
+    bias-corrected wd/sqrt(c)) would fail one call after the others had run: a half-applied
+    step. So such a step is checked first, whole. `calls`: (dtype, scalars) per op call.
+    Returns the graph checks (empty when eager) every op of the step must wait for."""
     if len(calls) < 2:
-        return
+        return []
+    checks = []
     for dtype, scalars in calls:
         for name, value in scalars.items():
             if not _hyper._is_number(value):
                 if not tf.executing_eagerly():
+                    checks.append(_graph_check(dtype, name, value))
                     continue
                 try:
                     value = np.asarray(tf.convert_to_tensor(value))
@@ -134,6 +136,27 @@ def _check_scalars_fit_every_dtype(calls):
                 raise ValueError(
                     f"{name} must be finite in {dtype.name} (the dtype of some variables of "
                     f"this step), got {float(np.asarray(value))!r}: nothing was updated.")
+    return [c for c in checks if c is not None]
+
+
+def _graph_check(dtype, name, value):
+    """In a graph: an Assert that `value`, as an op of `dtype` reads it, obeys the ops' rule
+    (finite; rho in [0, 1]; the others >= 0, a negative subnormal of the compute type
+    counting as 0). InvalidArgumentError naming the value and the dtype when it does not."""
+    tensor = tf.convert_to_tensor(value)
+    if not tensor.dtype.is_floating and not tensor.dtype.is_integer:
+        return None
+    compute = tf.float64 if dtype == tf.float64 else tf.float32  # half types widen
+    x = tf.cast(tf.cast(tensor, dtype), compute)
+    tiny = np.finfo(compute.as_numpy_dtype).tiny
+    valid = tf.math.is_finite(x) & (x > -tiny)
+    rule = ">= 0"
+    if name == "rho":
+        valid &= x <= 1
+        rule = "in [0, 1]"
+    return tf.debugging.Assert(
+        valid, [f"{name} must be finite and {rule} in {dtype.name} (the dtype of some "
+                f"variables of this step): nothing was updated; got", tensor], summarize=1)
 
 
 def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_correction_step=None,
@@ -146,12 +169,20 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)
+    checks = []
     if len(items) > 1:
         calls = {(item[1].dtype.base_dtype, item[3]) for item in items}
-        _check_scalars_fit_every_dtype([
+        checks = _check_scalars_fit_every_dtype([
             (dtype, _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
                                 momentum=momentum, epsilon=epsilon, weight_decay=weight_decay))
-            for dtype, structure in calls])
+            for dtype, structure in sorted(calls, key=repr)])
+    with tf.control_dependencies(checks):  # a graph step runs no op before every check passed
+        _apply_groups(groups, single, lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
+                      weight_decay=weight_decay, bias_correction_step=bias_correction_step)
+
+
+def _apply_groups(groups, single, *, lr, rho, momentum, epsilon, weight_decay,
+                  bias_correction_step):
     for key, group in groups.items():
         if len(group) == 1:
             single.extend(group)

@@ -38,9 +38,35 @@ def _check_tensorflow_version():
             f"rebuild with `{REBUILD_COMMAND}` (developers: `{DEVELOPER_REBUILD_COMMAND}`).")
 
 
-def _load():
+def _mapped_copies():
+    """Paths of this package's op libraries already mapped into the process (Linux; elsewhere
+    an empty set, and the check below does not run)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            fields = (line.split(None, 5) for line in maps)
+            return {f[5].strip() for f in fields
+                    if len(f) == 6 and os.path.basename(f[5].strip()).startswith("_rmsprop_x_ops")}
+    except OSError:
+        return set()
+
+
+def _check_no_other_copy(path):
+    """TensorFlow aborts the process (a CHECK in the XLA op registry) when a second copy of
+    the same ops is registered, e.g. an installed tf_rmsprop_ops and a source checkout's
+    library in one process. Refuse that with an ImportError instead."""
+    real = os.path.realpath(path)
+    others = sorted(p for p in _mapped_copies() if os.path.realpath(p) != real)
+    if others:
+        raise ImportError(
+            f"tf_rmsprop_ops: another copy of the op library is already loaded in this process "
+            f"({others[0]}); loading {path} as well would abort the process (TensorFlow cannot "
+            f"register the same ops twice). Import tf_rmsprop_ops from one location only.")
+
+
+def _load(path=None):
     _check_tensorflow_version()
-    path = _library_path()
+    path = path or _library_path()
+    _check_no_other_copy(path)
     try:
         return tf.load_op_library(path)
     except tf.errors.NotFoundError as e:  # e.g. an undefined symbol after a TF upgrade

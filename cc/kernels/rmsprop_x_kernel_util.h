@@ -67,29 +67,23 @@ absl::Status CheckVariablesBeforeUpdate(tensorflow::OpKernelContext* ctx,
 // Checks the five hyperparameter inputs are scalars.
 absl::Status CheckScalarInputs(tensorflow::OpKernelContext* ctx, const InputIndex& in);
 
-// Checks the hyperparameters' values (CheckHyperParams) as T holds them; inputs on the host
-// (HostMemory on a GPU). Call after CheckScalarInputs, before anything is written.
+// Reads the five hyperparameters once (inputs on the host: HostMemory on a GPU), checks their
+// values as T holds them (CheckHyperParams) and folds them with the variant in compute
+// precision. Call after CheckScalarInputs, before anything is written.
 template <typename T>
-absl::Status CheckHyperParamValues(tensorflow::OpKernelContext* ctx, const InputIndex& in) {
+absl::Status ReadCoefficients(tensorflow::OpKernelContext* ctx, const InputIndex& in,
+                              const Variant& variant,
+                              Coefficients<cpu::ComputeType<CpuStorage<T>>>* k) {
   using C = cpu::ComputeType<CpuStorage<T>>;  // exact: half types widen to float32
-  auto read = [&](int i) {
-    return static_cast<double>(static_cast<C>(ctx->input(i).scalar<T>()()));
-  };
-  return CheckHyperParams(HyperParams<double>{read(in.lr()), read(in.rho()), read(in.momentum()),
-                                              read(in.epsilon()), read(in.weight_decay())},
-                          std::numeric_limits<C>::min());
-}
-
-// Reads the hyperparameters and folds them with the variant, in compute precision.
-template <typename T>
-Coefficients<cpu::ComputeType<CpuStorage<T>>> ReadCoefficients(tensorflow::OpKernelContext* ctx,
-                                                              const InputIndex& in,
-                                                              const Variant& variant) {
-  using C = cpu::ComputeType<CpuStorage<T>>;
   auto read = [&](int i) { return static_cast<C>(ctx->input(i).scalar<T>()()); };
-  HyperParams<C> h{read(in.lr()), read(in.rho()), read(in.momentum()), read(in.epsilon()),
-                   read(in.weight_decay())};
-  return MakeCoefficients(variant, h);
+  const HyperParams<C> h{read(in.lr()), read(in.rho()), read(in.momentum()), read(in.epsilon()),
+                         read(in.weight_decay())};
+  const absl::Status valid = CheckHyperParams(
+      HyperParams<double>{h.lr, h.rho, h.momentum, h.epsilon, h.weight_decay},
+      std::numeric_limits<C>::min());
+  if (!valid.ok()) return valid;
+  *k = MakeCoefficients(variant, h);
+  return absl::OkStatus();
 }
 
 // Checks every slot tensor has var's shape.

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "cc/kernels/rmsprop_x_kernel_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -66,15 +67,21 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     }
   }
 
+  // Per-input work is what a call over hundreds of variables spends besides the update
+  // (bench --models), so every input is visited once per phase and nothing is allocated
+  // per variable; messages are built only on error.
   void Compute(tensorflow::OpKernelContext* ctx) override {
-    const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);  // scalars after the resources
+    const int num = static_cast<int>(vars_.ids.size());  // resources: vars, then slots
+    const InputIndex in(num - 1);                          // scalars after the resources
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
-    OP_REQUIRES_OK(ctx, CheckHyperParamValues<T>(ctx, in));
+    Coefficients<cpu::ComputeType<CpuStorage<T>>> k;
+    OP_REQUIRES_OK(ctx, ReadCoefficients<T>(ctx, in, variant_, &k));
     // One lookup per resource (TF's helpers would look each up four times: with hundreds of
     // variables that is most of a small model's step). Checks as CheckVariablesBeforeUpdate.
     const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::v();
-    std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> refs(vars_.ids.size());
-    for (size_t i = 0; i < refs.size(); ++i) {
+    std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> refs(num);
+    std::vector<std::pair<tensorflow::mutex*, int>> order(num);
+    for (int i = 0; i < num; ++i) {
       const absl::Status found = tensorflow::LookupResource(
           ctx, tensorflow::HandleFromInput(ctx, vars_.ids[i]), &refs[i]);
       OP_REQUIRES(ctx, found.ok(),
@@ -91,56 +98,53 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
                       tensorflow::DataTypeString(refs[i]->tensor()->dtype()), " but the op's T is ",
                       tensorflow::DataTypeString(dtype),
                       ": var, slots, grad and hyperparameters must share one dtype.")));
+      order[i] = {refs[i]->mu(), i};
     }
     // Distinct variables, locked exclusively in address order (deadlock-free with TF's
     // helpers, which use the same order), then copy-on-write as TF's dense kernels.
-    std::vector<std::pair<tensorflow::Var*, size_t>> order;
-    for (size_t i = 0; i < refs.size(); ++i) order.emplace_back(refs[i].get(), i);
-    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-      return a.first->mu() < b.first->mu();
-    });
-    for (size_t i = 1; i < order.size(); ++i) {
+    std::sort(order.begin(), order.end());
+    for (int i = 1; i < num; ++i) {
       OP_REQUIRES(ctx, order[i].first != order[i - 1].first,
                   absl::InvalidArgumentError(absl::StrCat(
                       vars_.names[std::min(order[i].second, order[i - 1].second)], " and ",
                       vars_.names[std::max(order[i].second, order[i - 1].second)],
                       " are the same variable: every variable and slot must be distinct.")));
     }
-    std::vector<std::unique_ptr<tensorflow::mutex_lock>> locks;
-    locks.reserve(order.size());
-    for (const auto& entry : order) {
-      locks.push_back(std::make_unique<tensorflow::mutex_lock>(*entry.first->mu()));
-    }
-    std::vector<tensorflow::Tensor> all(vars_.ids.size());
-    for (size_t i = 0; i < all.size(); ++i) {
+    for (const auto& entry : order) entry.first->lock();
+    const auto unlock = absl::MakeCleanup([&order] {
+      for (auto it = order.rbegin(); it != order.rend(); ++it) it->first->unlock();
+    });
+    for (int i = 0; i < num; ++i) {
       OP_REQUIRES_OK(ctx, tensorflow::PrepareToUpdateVariable<Device, T>(
                               ctx, refs[i]->tensor(), refs[i]->copy_on_read_mode.load()));
-      all[i] = *refs[i]->tensor();
     }
-    // Per variable: its state tensors (var, slots) and pointers; every shape checked first.
-    std::vector<StatePointers<T>> state(n_);
-    std::vector<const CpuStorage<T>*> grads(n_);
-    std::vector<int64_t> start(n_ + 1, 0);  // global element offsets
+    // Per variable: every shape checked, then its pointers and global element offset.
+    MultiArgs<T> args{variant_, k, std::vector<StatePointers<T>>(n_),
+                      std::vector<const CpuStorage<T>*>(n_), std::vector<int64_t>(n_ + 1, 0)};
     for (int i = 0; i < n_; ++i) {
-      std::vector<tensorflow::Tensor> t = {all[i]};
-      VariableInputs one{{0}, {vars_.names[i]}};
+      tensorflow::Tensor* var = refs[i]->tensor();
+      tensorflow::Tensor* slot[3] = {nullptr, nullptr, nullptr};
       for (int j = 0; j < num_slots_; ++j) {
-        t.push_back(all[n_ + i * num_slots_ + j]);
-        one.ids.push_back(1 + j);
-        one.names.push_back(vars_.names[n_ + i * num_slots_ + j]);
+        const int r = n_ + i * num_slots_ + j;
+        slot[j] = refs[r]->tensor();
+        OP_REQUIRES(ctx, var->shape().IsSameSize(slot[j]->shape()),
+                    absl::InvalidArgumentError(absl::StrCat(
+                        vars_.names[r], " must have var's shape ", var->shape().DebugString(),
+                        ", got ", slot[j]->shape().DebugString())));
       }
-      OP_REQUIRES_OK(ctx, CheckSlotShapes(one, t));
       const tensorflow::Tensor& grad = ctx->input(in.grad() + i);
-      OP_REQUIRES(ctx, t[0].shape().IsSameSize(grad.shape()),
+      OP_REQUIRES(ctx, var->shape().IsSameSize(grad.shape()),
                   absl::InvalidArgumentError(absl::StrCat(
                       "grads[", i, "] must have vars[", i, "]'s shape ",
-                      t[0].shape().DebugString(), ", got ", grad.shape().DebugString())));
-      state[i] = StateOf<T>(variant_, &t);
-      grads[i] = CpuData<T>(grad);
-      start[i + 1] = start[i] + grad.NumElements();
+                      var->shape().DebugString(), ", got ", grad.shape().DebugString())));
+      int next = 1;  // slot order: ms, then mom, then mg (SlotNames)
+      CpuStorage<T>* ms = CpuData<T>(slot[0]);
+      CpuStorage<T>* mom = variant_.momentum ? CpuData<T>(slot[next++]) : nullptr;
+      CpuStorage<T>* mg = variant_.centered ? CpuData<T>(slot[next++]) : nullptr;
+      args.state[i] = {CpuData<T>(var), ms, mom, mg};
+      args.grads[i] = CpuData<T>(grad);
+      args.start[i + 1] = args.start[i] + grad.NumElements();
     }
-    const MultiArgs<T> args{variant_, ReadCoefficients<T>(ctx, in, variant_), std::move(state),
-                            std::move(grads), std::move(start)};
     if (args.start.back() == 0) return;
     OP_REQUIRES_OK(ctx, (MultiLaunch<Device, T>::Run(ctx, args)));
   }

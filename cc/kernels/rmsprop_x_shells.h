@@ -74,7 +74,8 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
     const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
     // Everything is validated before the first write: a rejected call changes nothing.
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
-    OP_REQUIRES_OK(ctx, CheckHyperParamValues<T>(ctx, in));
+    Coefficients<cpu::ComputeType<CpuStorage<T>>> k;
+    OP_REQUIRES_OK(ctx, ReadCoefficients<T>(ctx, in, variant_, &k));
     OP_REQUIRES_OK(ctx, CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
     auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
         ctx, use_locking_, /*sparse=*/false, vars_.ids);
@@ -90,7 +91,7 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
                 absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
                                                         t[0].shape().DebugString(), ", got ",
                                                         grad.shape().DebugString())));
-    const DenseArgs<T> args{variant_, ReadCoefficients<T>(ctx, in, variant_), CpuData<T>(grad),
+    const DenseArgs<T> args{variant_, k, CpuData<T>(grad),
                             StateOf<T>(variant_, &t), grad.NumElements()};
     OP_REQUIRES_OK(ctx, (DenseLaunch<Device, T>::Run(ctx, args)));
   }
@@ -116,7 +117,8 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
     const tensorflow::Tensor& indices = ctx->input(in.indices());
     // Everything is validated before the first write: a rejected call changes nothing.
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
-    OP_REQUIRES_OK(ctx, CheckHyperParamValues<T>(ctx, in));
+    Coefficients<cpu::ComputeType<CpuStorage<T>>> k;
+    OP_REQUIRES_OK(ctx, ReadCoefficients<T>(ctx, in, variant_, &k));
     OP_REQUIRES(ctx, indices.dims() == 1,
                 absl::InvalidArgumentError(absl::StrCat(
                     "indices must be a vector, got shape ", indices.shape().DebugString())));
@@ -160,7 +162,7 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
                     "grad rows must have shape var.shape[1:] = ", var_row.DebugString(), ", got ",
                     grad_row.DebugString())));
     const SparseArgs<T, Index> args{variant_,
-                                    ReadCoefficients<T>(ctx, in, variant_),
+                                    k,
                                     CpuData<T>(grad),
                                     indices.flat<Index>().data(),
                                     indices.dim_size(0),

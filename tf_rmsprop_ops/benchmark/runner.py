@@ -104,6 +104,18 @@ def describe(result):
             f"({result['unique']:,} unique)")
 
 
+def models_floor_line(r):
+    """The call floor of a models case and each step above it against the roofline."""
+    floor, roof = r["floor_ms"], r["roofline_ms"]
+    above = []
+    for name, ms in r["ms"].items():
+        if ms is not None:
+            share = f" ({100 * roof / (ms - floor):.0f}% of the roofline)" if ms > floor else ""
+            above.append(f"{name} {ms - floor:.3f} ms{share}")
+    return (f"{describe(r)}: call floor (the same RMSpropX step on {r['tensors']} variables of "
+            f"256 elements) {floor:.3f} ms; above it: " + ", ".join(above) + ".")
+
+
 def _cell(text, width=20):
     return f"{text:>{width}}"
 
@@ -145,6 +157,8 @@ def table(results, quick=False):
         if r["kind"] == "denormals":
             lines.append(f"{describe(r)}: rmspropx = normal inputs in a tf.function; the "
                          f"subnormal inputs' outputs flushed to zero: {r['flushed']}.")
+        if r.get("floor_ms"):
+            lines.append(models_floor_line(r))
         if r.get("random_rows_ms"):
             lines.append(f"{describe(r)}: the same rows moved without arithmetic (random-row "
                          f"probe) take {r['random_rows_ms']:.3f} ms; {REFERENCE_IMPL} takes "
