@@ -269,3 +269,34 @@ def test_a_second_copy_of_the_library_is_an_import_error_not_an_abort(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "REFUSED" in out.stdout and "another copy of the op library" in out.stdout
     assert str(_library.LIBRARY_PATH) in out.stdout and "ALIVE" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "rho", "momentum", "epsilon", "weight_decay"])
+def test_python_checks_and_the_op_share_one_rule(name, rng):
+    """The optimizers' Python check (`_hyper.check`) and the ops' CheckHyperParams
+    (C++) accept and reject the same values: one rule, two places, pinned here. float64
+    variables, so the op reads each value exactly as Python holds it."""
+    from tf_rmsprop_ops import _hyper
+    tiny = np.finfo(np.float64).tiny
+    values = [-1.0, -tiny, -tiny / 4, -0.0, 0.0, tiny / 4, 1e-300, 0.5, 1.0,
+              float(np.nextafter(1.0, 2.0)), 2.0, 1e300, float("inf"), float("-inf"),
+              float("nan")]
+    op_name = "lr" if name == "learning_rate" else name
+    for value in values:
+        try:
+            _hyper.check(name, value)
+            python_ok = True
+        except ValueError:
+            python_ok = False
+        var, ms = _vars(rng, dtype=tf.float64, n=2)
+        before = _snapshot([var, ms])
+        hyper = dict(lr=0.1, rho=0.9, momentum=0.0, epsilon=1e-7, weight_decay=0.0)
+        hyper[op_name] = value
+        try:
+            tf_rmsprop_ops.apply_rmsprop_x(var, ms, tf.constant(rng.uniform(-1, 1, (4, 3))),
+                                           **hyper)
+            op_ok = True
+        except tf.errors.InvalidArgumentError:
+            op_ok = False
+            _assert_unchanged([var, ms], before)
+        assert python_ok == op_ok, (name, value, python_ok, op_ok)

@@ -8,6 +8,7 @@ variables and schedules are checked by the op when it runs.
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -35,6 +36,8 @@ def check(name, value):
     x = float(value)
     if not math.isfinite(x):
         raise ValueError(f"Argument `{name}` must be finite; received {value!r}.")
+    if -sys.float_info.min < x < 0:
+        x = 0.0  # a negative subnormal counts as 0, as in the ops (CheckHyperParams)
     if not low <= x <= high:
         where = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
         raise ValueError(f"Argument `{name}` must be {where}; received {value!r}.")
