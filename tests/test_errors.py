@@ -268,7 +268,7 @@ def test_a_second_copy_of_the_library_is_an_import_error_not_an_abort(tmp_path):
                          timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "REFUSED" in out.stdout and "another copy of the op library" in out.stdout
-    assert str(_library.LIBRARY_PATH) in out.stdout and "ALIVE" in out.stdout
+    assert os.path.realpath(_library.LIBRARY_PATH) in out.stdout and "ALIVE" in out.stdout
 
 
 @pytest.mark.parametrize("name", ["learning_rate", "rho", "momentum", "epsilon", "weight_decay"])

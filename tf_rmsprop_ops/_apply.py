@@ -110,53 +110,93 @@ def _multi_tensor_key(grad, var, structure):
     return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "")
 
 
+def _rule(name):
+    return "in [0, 1]" if name == "rho" else ">= 0"
+
+
+def _invalid_message(name, dtype):
+    return (f"{name} must be finite and {_rule(name)} in {dtype.name} (the dtype of some "
+            f"variables of this step): nothing was updated; got")
+
+
+def _compute_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32  # half types widen
+
+
+def _valid_in(dtype, name, value):
+    """The ops' rule (CheckHyperParams) on a NumPy value as an op of `dtype` reads it:
+    finite; rho in [0, 1], the others >= 0, a negative subnormal of the compute type
+    counting as 0."""
+    compute = _compute_dtype(dtype).as_numpy_dtype
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what is detected
+        x = np.asarray(value).astype(dtype.as_numpy_dtype).astype(compute)
+    ok = np.isfinite(x) & (x > -np.finfo(compute).tiny)
+    return bool(np.all(ok & (x <= 1))) if name == "rho" else bool(np.all(ok))
+
+
+def _graph_check(dtype, name, tensor):
+    """The same rule in a graph, on a value known only when the step runs: an Assert
+    (InvalidArgumentError naming the value and the dtype)."""
+    compute = _compute_dtype(dtype)
+    x = tf.cast(tf.cast(tensor, dtype), compute)
+    valid = tf.math.is_finite(x) & (x > -np.finfo(compute.as_numpy_dtype).tiny)
+    if name == "rho":
+        valid &= x <= 1
+    return tf.debugging.Assert(valid, [_invalid_message(name, dtype), tensor], summarize=1)
+
+
 def _check_scalars_fit_every_dtype(calls):
     """Each op rounds its scalars to its variables' dtype and rejects a value that is not
-    valid there (CheckHyperParams). When a step makes several op calls, a value valid for
-    one call but not for another (weight_decay=1e5: finite in float32, inf in float16; or a
-    bias-corrected wd/sqrt(c)) would fail one call after the others had run: a half-applied
-    step. So such a step is checked first, whole. `calls`: (dtype, scalars) per op call.
-    Returns the graph checks (empty when eager) every op of the step must wait for."""
-    if len(calls) < 2:
-        return []
-    checks = []
+    valid there (CheckHyperParams). When a step's op calls see a value differently (dtypes:
+    weight_decay=1e5 is finite in float32, inf in float16; rho=1+1e-9 is 1 in float32; or
+    bias correction folded per structure), one call could fail after the others had run: a
+    half-applied step. So such a step is checked first, whole. `calls`: (dtype, scalars)
+    per op call. Values known now (numbers; tensors and variables when eager) raise
+    ValueError here; in a graph, the returned Asserts are what every op of the step must
+    wait for."""
+    checks, seen = [], set()
     for dtype, scalars in calls:
         for name, value in scalars.items():
             if not _hyper._is_number(value):
                 if not tf.executing_eagerly():
-                    checks.append(_graph_check(dtype, name, value))
+                    key = (dtype, name, id(value))
+                    if key not in seen:
+                        seen.add(key)
+                        tensor = tf.convert_to_tensor(value)
+                        if tensor.dtype.is_floating or tensor.dtype.is_integer:
+                            checks.append(_graph_check(dtype, name, tensor))
                     continue
                 try:
                     value = np.asarray(tf.convert_to_tensor(value))
                 except (TypeError, ValueError):
                     continue
-            with np.errstate(over="ignore"):  # the overflow is what is being detected
-                rounded = np.asarray(value).astype(dtype.as_numpy_dtype)
-            if not np.all(np.isfinite(rounded)):
-                raise ValueError(
-                    f"{name} must be finite in {dtype.name} (the dtype of some variables of "
-                    f"this step), got {float(np.asarray(value))!r}: nothing was updated.")
-    return [c for c in checks if c is not None]
+            if not _valid_in(dtype, name, value):
+                raise ValueError(f"{_invalid_message(name, dtype)} {float(np.asarray(value))!r}.")
+    return checks
 
 
-def _graph_check(dtype, name, value):
-    """In a graph: an Assert that `value`, as an op of `dtype` reads it, obeys the ops' rule
-    (finite; rho in [0, 1]; the others >= 0, a negative subnormal of the compute type
-    counting as 0). InvalidArgumentError naming the value and the dtype when it does not."""
-    tensor = tf.convert_to_tensor(value)
-    if not tensor.dtype.is_floating and not tensor.dtype.is_integer:
-        return None
-    compute = tf.float64 if dtype == tf.float64 else tf.float32  # half types widen
-    x = tf.cast(tf.cast(tensor, dtype), compute)
-    tiny = np.finfo(compute.as_numpy_dtype).tiny
-    valid = tf.math.is_finite(x) & (x > -tiny)
-    rule = ">= 0"
-    if name == "rho":
-        valid &= x <= 1
-        rule = "in [0, 1]"
-    return tf.debugging.Assert(
-        valid, [f"{name} must be finite and {rule} in {dtype.name} (the dtype of some "
-                f"variables of this step): nothing was updated; got", tensor], summarize=1)
+def _check_rows(items):
+    """The sparse op rejects an index outside [0, rows), but only when it runs: in a step of
+    several op calls the others could have written by then. So a step's IndexedSlices are
+    checked first, whole (eager: InvalidArgumentError here; graph: Asserts every op waits
+    for). DTensor variables keep their own path."""
+    checks = []
+    for grad, var, _, _ in items:
+        if not isinstance(grad, tf.IndexedSlices) or _dtensor.is_dvariable(var):
+            continue
+        indices = grad.indices
+        rows = tf.shape(var, out_type=indices.dtype)[0]
+        valid = tf.reduce_all((indices >= 0) & (indices < rows))
+        message = (f"the gradient of {getattr(var, 'name', 'a variable')} has an index "
+                   "outside [0, rows): every index must name a row of the variable. Nothing "
+                   "was updated. rows, first indices:")
+        if tf.executing_eagerly():
+            if not bool(valid):
+                raise tf.errors.InvalidArgumentError(
+                    None, None, f"{message} {int(rows)}, {indices.numpy()[:10].tolist()}")
+        else:
+            checks.append(tf.debugging.Assert(valid, [message, rows, indices], summarize=10))
+    return checks
 
 
 def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_correction_step=None,
@@ -169,13 +209,19 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)
+    # Calls that read the scalars differently: several dtypes, or bias correction folded
+    # per structure. One dtype without it: every call sees the same values, and the first
+    # op's rejection comes before any write.
+    calls = {(item[1].dtype.base_dtype, item[3]) for item in items}
     checks = []
-    if len(items) > 1:
-        calls = {(item[1].dtype.base_dtype, item[3]) for item in items}
+    if len({dtype for dtype, _ in calls}) > 1 or (bias_correction_step is not None
+                                                   and len(calls) > 1):
         checks = _check_scalars_fit_every_dtype([
             (dtype, _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
                                 momentum=momentum, epsilon=epsilon, weight_decay=weight_decay))
             for dtype, structure in sorted(calls, key=repr)])
+    if len(items) > 1:
+        checks += _check_rows(items)
     with tf.control_dependencies(checks):  # a graph step runs no op before every check passed
         _apply_groups(groups, single, lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
                       weight_decay=weight_decay, bias_correction_step=bias_correction_step)

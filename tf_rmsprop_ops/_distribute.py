@@ -110,30 +110,48 @@ def _is_mirrored(var):
 
 def run_step(local_step, grads, variables, finish):
     """Runs `local_step(grads, variables)` on every device holding a copy of the
-    variables, then `finish()` once (cross-replica); see the module docstring."""
+    variables, then `finish()` once (cross-replica); see the module docstring. In a graph,
+    `finish` (counting `iterations`) waits for every stateful op of the local steps: a step
+    an op rejects does not count."""
     if not in_replica_context():
         if tf.distribute.has_strategy() and any(isinstance(g, tf.distribute.DistributedValues)
                                                 for g in grads):
             return _update_each_device(tf.distribute.get_strategy(), local_step, grads,
                                        variables, finish)
-        local_step(grads, variables)
-        return finish()
+        return _then(_stateful_ops(local_step, grads, variables), finish)
     anchor = next((v for v in variables if _is_mirrored(v)), None)
     if anchor is None:  # ParameterServerStrategy, OneDeviceStrategy: one copy of each
-        local_step(grads, variables)
-        return finish()
+        return _then(_stateful_ops(local_step, grads, variables), finish)
     ctx = tf.distribute.get_replica_context()
     return ctx.merge_call(
         lambda strategy, g: _update_each_device(strategy, local_step, g, variables, finish,
                                                 anchor), args=(grads,))
 
 
+def _stateful_ops(fn, *args):
+    """Runs `fn(*args)`; in a graph, returns the stateful ops it added (eagerly every op
+    has run, or raised, when `fn` returns: nothing to wait for)."""
+    if tf.executing_eagerly():
+        fn(*args)
+        return []
+    graph = tf.compat.v1.get_default_graph()
+    before = len(graph.get_operations())
+    fn(*args)
+    return [op for op in graph.get_operations()[before:] if op._is_stateful]  # noqa: SLF001
+
+
+def _then(ops, fn):
+    with tf.control_dependencies(ops):
+        return fn()
+
+
 def _update_each_device(strategy, local_step, grads, variables, finish, anchor=None):
     anchor = anchor if anchor is not None else variables[0]
 
     def on_device(_, local_grads):
-        local_step(list(local_grads), variables)
-        return tf.constant(True)
+        ops = _stateful_ops(local_step, list(local_grads), variables)
+        with tf.control_dependencies(ops):
+            return tf.identity(tf.constant(True))
 
     done = strategy.extended.update(anchor, on_device, args=(grads,), group=True)
     with tf.control_dependencies(tf.nest.flatten(done) if not tf.executing_eagerly() else []):

@@ -44,8 +44,8 @@ def _mapped_copies():
     try:
         with open("/proc/self/maps") as maps:
             fields = (line.split(None, 5) for line in maps)
-            return {f[5].strip() for f in fields
-                    if len(f) == 6 and os.path.basename(f[5].strip()).startswith("_rmsprop_x_ops")}
+            paths = {f[5].strip().removesuffix(" (deleted)") for f in fields if len(f) == 6}
+            return {p for p in paths if os.path.basename(p).startswith("_rmsprop_x_ops")}
     except OSError:
         return set()
 

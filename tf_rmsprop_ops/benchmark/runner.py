@@ -109,9 +109,11 @@ def models_floor_line(r):
     floor, roof = r["floor_ms"], r["roofline_ms"]
     above = []
     for name, ms in r["ms"].items():
-        if ms is not None:
-            share = f" ({100 * roof / (ms - floor):.0f}% of the roofline)" if ms > floor else ""
-            above.append(f"{name} {ms - floor:.3f} ms{share}")
+        if ms is not None and ms > floor:
+            above.append(f"{name} {ms - floor:.3f} ms ({100 * roof / (ms - floor):.0f}% of "
+                         "the roofline)")
+        elif ms is not None:
+            above.append(f"{name} at or below the floor")
     return (f"{describe(r)}: call floor (the same RMSpropX step on {r['tensors']} variables of "
             f"256 elements) {floor:.3f} ms; above it: " + ", ".join(above) + ".")
 

@@ -6,8 +6,8 @@ import numpy as np
 
 def median_ms(functions, repeats, warmup=2, budget_s=None, interleave=True):
     """{name: median ms} for zero-argument callables, timed round-robin so that drift of
-    the machine affects every competitor alike; each round starts one competitor later, so
-    that none always follows the same one (the first call after the bandwidth probe finds
+    the machine affects every competitor alike; each round runs them in a fresh (seeded) random order, so that
+    none always follows the same one (the first call after the bandwidth probe finds
     TensorFlow's threads asleep and its caches cold) (`interleave=False`: each competitor's calls
     back to back, so that one competitor's memory traffic does not evict another's working
     set; for cache-sensitive cases). A competitor whose calls exceed `budget_s`
@@ -27,8 +27,8 @@ def median_ms(functions, repeats, warmup=2, budget_s=None, interleave=True):
     samples = {name: [] for name in functions}
     spent = {name: 0.0 for name in functions}
     entries = list(functions.items())
-    rounds = [entries[(r + i) % len(entries)] for r in range(repeats)
-              for i in range(len(entries))]
+    order = np.random.default_rng(0)
+    rounds = [entries[i] for _ in range(repeats) for i in order.permutation(len(entries))]
     if not interleave:
         rounds = [(name, f) for name, f in functions.items() for _ in range(repeats)]
     for name, f in rounds:
