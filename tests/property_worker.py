@@ -1538,15 +1538,18 @@ def optimizer_ctor_problems(c):
     def finite(x):
         return isinstance(x, (int, float)) and math.isfinite(x)
 
-    if not (finite(c["learning_rate"]) and c["learning_rate"] >= 0):
+    def nonneg(x):  # a negative subnormal (of float64, the number's type) counts as 0
+        return finite(x) and (x >= 0 or -np.finfo(np.float64).smallest_normal < x)
+
+    if not nonneg(c["learning_rate"]):
         bad.append("learning_rate")
-    if not (finite(c["rho"]) and 0 <= c["rho"] <= 1):
+    if not (nonneg(c["rho"]) and c["rho"] <= 1):
         bad.append("rho")
-    if not (finite(c["momentum"]) and c["momentum"] >= 0):
+    if not nonneg(c["momentum"]):
         bad.append("momentum")
-    if not (finite(c["epsilon"]) and c["epsilon"] >= 0):
+    if not nonneg(c["epsilon"]):
         bad.append("epsilon")
-    if c["weight_decay"] is not None and not (finite(c["weight_decay"]) and c["weight_decay"] >= 0):
+    if c["weight_decay"] is not None and not nonneg(c["weight_decay"]):
         bad.append("weight_decay")
     if c["epsilon_placement"] not in EPS_PLACEMENTS:
         bad.append("epsilon_placement")
@@ -1557,7 +1560,7 @@ def optimizer_ctor_problems(c):
     use_momentum = (finite(c["momentum"]) and c["momentum"] > 0) or c["nesterov"]
     if c["bias_correction"] and (c["centered"] or (use_momentum and c["lr_placement"] == "outside_momentum")):
         bad.append("bias_correction")
-    elif (c["bias_correction"] and finite(c["rho"]) and 0 <= c["rho"] <= 1
+    elif (c["bias_correction"] and nonneg(c["rho"]) and c["rho"] <= 1
           and not np.float32(c["rho"]) < 1):  # the correction 1 - rho**t would be 0
         bad.append("bias_correction")
     return bad
