@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_rmsprop_ops import _dtensor, _hyper
+from tf_rmsprop_ops import _dtensor, _hyper, ops
 from tf_rmsprop_ops.ops import apply_rmsprop_x, apply_rmsprop_x_multi, sparse_apply_rmsprop_x
 
 
@@ -87,12 +87,9 @@ def _op_scalars(structure, bias_correction_step, **scalars):
     return fold_bias_correction(scalars, structure, bias_correction_step, scalars["rho"])
 
 
-def apply_update(grad, var, slots, structure, *, lr, rho, momentum, epsilon, weight_decay,
-                 bias_correction_step=None):
-    """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices).
-    `bias_correction_step`: the update's 1-based step for Optax-style bias correction."""
-    scalars = _op_scalars(structure, bias_correction_step, lr=lr, rho=rho, momentum=momentum,
-                          epsilon=epsilon, weight_decay=weight_decay)
+def apply_update(grad, var, slots, structure, scalars):
+    """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices);
+    `scalars`: the ops' five scalar inputs (`_op_scalars`)."""
     sparse = isinstance(grad, tf.IndexedSlices)
     values = grad.values if sparse else grad
     indices = grad.indices if sparse else None
@@ -119,59 +116,57 @@ def _invalid_message(name, dtype):
             f"variables of this step): nothing was updated; got")
 
 
-def _compute_dtype(dtype):
-    return tf.float64 if dtype == tf.float64 else tf.float32  # half types widen
+def _rule_holds(x, name, isfinite):
+    """The ops' rule (CheckHyperParams) on `x`, the value an op of `dtype` computes with
+    (half types widen to float32): finite; rho in [0, 1], the others >= 0, a negative
+    subnormal of the compute type counting as 0. `x` is NumPy (a value known now, with
+    `np.isfinite`) or a tensor (known when the step runs, with `tf.math.is_finite`)."""
+    tiny = np.finfo(getattr(x.dtype, "as_numpy_dtype", x.dtype)).tiny
+    ok = isfinite(x) & (x > -tiny)
+    return ok & (x <= 1) if name == "rho" else ok
 
 
-def _valid_in(dtype, name, value):
-    """The ops' rule (CheckHyperParams) on a NumPy value as an op of `dtype` reads it:
-    finite; rho in [0, 1], the others >= 0, a negative subnormal of the compute type
-    counting as 0."""
-    compute = _compute_dtype(dtype).as_numpy_dtype
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what is detected
-        x = np.asarray(value).astype(dtype.as_numpy_dtype).astype(compute)
-    ok = np.isfinite(x) & (x > -np.finfo(compute).tiny)
-    return bool(np.all(ok & (x <= 1))) if name == "rho" else bool(np.all(ok))
+def _require(valid, error, message, *data):
+    """A whole-step check. Known now (a bool, or eager): `error(message data...)` raised
+    unless `valid`. In a graph: an Assert (InvalidArgumentError with the same message) that
+    every op of the step waits for (returned in a list)."""
+    if isinstance(valid, bool) or tf.executing_eagerly():
+        if not bool(valid):
+            raise error(" ".join([message] + [str(np.asarray(d).tolist()) for d in data]) + ".")
+        return []
+    return [tf.debugging.Assert(valid, [message, *data], summarize=10)]
 
 
-def _graph_check(dtype, name, tensor):
-    """The same rule in a graph, on a value known only when the step runs: an Assert
-    (InvalidArgumentError naming the value and the dtype)."""
-    compute = _compute_dtype(dtype)
-    x = tf.cast(tf.cast(tensor, dtype), compute)
-    valid = tf.math.is_finite(x) & (x > -np.finfo(compute.as_numpy_dtype).tiny)
-    if name == "rho":
-        valid &= x <= 1
-    return tf.debugging.Assert(valid, [_invalid_message(name, dtype), tensor], summarize=1)
-
-
-def _check_scalars_fit_every_dtype(calls):
+def _check_step_scalars(calls):
     """Each op rounds its scalars to its variables' dtype and rejects a value that is not
     valid there (CheckHyperParams). When a step's op calls see a value differently (dtypes:
     weight_decay=1e5 is finite in float32, inf in float16; rho=1+1e-9 is 1 in float32; or
     bias correction folded per structure), one call could fail after the others had run: a
-    half-applied step. So such a step is checked first, whole. `calls`: (dtype, scalars)
-    per op call. Values known now (numbers; tensors and variables when eager) raise
-    ValueError here; in a graph, the returned Asserts are what every op of the step must
-    wait for."""
+    half-applied step. So such a step is checked first, whole, on the values exactly as
+    `ops.as_scalar` hands them to the ops. `calls`: (dtype, scalars) per op call. Values
+    known now (numbers; tensors and variables when eager) raise ValueError here; in a graph,
+    the returned Asserts are what every op of the step must wait for."""
     checks, seen = [], set()
     for dtype, scalars in calls:
+        compute = tf.float64 if dtype == tf.float64 else tf.float32  # half types widen
         for name, value in scalars.items():
-            if not _hyper._is_number(value):
-                if not tf.executing_eagerly():
-                    key = (dtype, name, id(value))
-                    if key not in seen:
-                        seen.add(key)
-                        tensor = tf.convert_to_tensor(value)
-                        if tensor.dtype.is_floating or tensor.dtype.is_integer:
-                            checks.append(_graph_check(dtype, name, tensor))
-                    continue
+            if (dtype, name, id(value)) in seen:
+                continue
+            seen.add((dtype, name, id(value)))
+            if _hyper._is_number(value):
+                with np.errstate(over="ignore"):  # the overflow is what is detected
+                    x = ops.round_number(value, dtype).astype(compute.as_numpy_dtype)
+                valid = bool(np.all(_rule_holds(x, name, np.isfinite)))
+            else:
                 try:
-                    value = np.asarray(tf.convert_to_tensor(value))
+                    tensor = tf.convert_to_tensor(value)
                 except (TypeError, ValueError):
                     continue
-            if not _valid_in(dtype, name, value):
-                raise ValueError(f"{_invalid_message(name, dtype)} {float(np.asarray(value))!r}.")
+                if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
+                    continue
+                x = tf.cast(ops.as_scalar(tensor, dtype), compute)
+                valid = _rule_holds(x, name, tf.math.is_finite)
+            checks += _require(valid, ValueError, _invalid_message(name, dtype), value)
     return checks
 
 
@@ -186,16 +181,12 @@ def _check_rows(items):
             continue
         indices = grad.indices
         rows = tf.shape(var, out_type=indices.dtype)[0]
-        valid = tf.reduce_all((indices >= 0) & (indices < rows))
-        message = (f"the gradient of {getattr(var, 'name', 'a variable')} has an index "
-                   "outside [0, rows): every index must name a row of the variable. Nothing "
-                   "was updated. rows, first indices:")
-        if tf.executing_eagerly():
-            if not bool(valid):
-                raise tf.errors.InvalidArgumentError(
-                    None, None, f"{message} {int(rows)}, {indices.numpy()[:10].tolist()}")
-        else:
-            checks.append(tf.debugging.Assert(valid, [message, rows, indices], summarize=10))
+        checks += _require(
+            tf.reduce_all((indices >= 0) & (indices < rows)),
+            lambda message: tf.errors.InvalidArgumentError(None, None, message),
+            f"the gradient of {getattr(var, 'name', 'a variable')} has an index outside "
+            "[0, rows): every index must name a row of the variable. Nothing was updated. "
+            "rows, first indices:", rows, indices[:10])
     return checks
 
 
@@ -204,11 +195,16 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     """Updates many variables: `items` is a list of (grad, var, slots, structure). With
     `multi_tensor`, the dense gradients go to one ApplyRMSpropXMulti call per group of equal
     (dtype, structure, device); everything else, and every group of one, to `apply_update`.
+    The scalars are folded once per structure and are what the whole-step checks see.
     The results are the same bits either way (one formula, one kernel loop)."""
     groups, single = {}, []
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)
+    scalars = {structure: _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
+                                      momentum=momentum, epsilon=epsilon,
+                                      weight_decay=weight_decay)
+               for structure in {item[3] for item in items}}
     # Calls that read the scalars differently: several dtypes, or bias correction folded
     # per structure. One dtype without it: every call sees the same values, and the first
     # op's rejection comes before any write.
@@ -216,31 +212,19 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     checks = []
     if len({dtype for dtype, _ in calls}) > 1 or (bias_correction_step is not None
                                                    and len(calls) > 1):
-        checks = _check_scalars_fit_every_dtype([
-            (dtype, _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
-                                momentum=momentum, epsilon=epsilon, weight_decay=weight_decay))
-            for dtype, structure in sorted(calls, key=repr)])
+        checks = _check_step_scalars([(dtype, scalars[structure])
+                                      for dtype, structure in sorted(calls, key=repr)])
     if len(items) > 1:
         checks += _check_rows(items)
     with tf.control_dependencies(checks):  # a graph step runs no op before every check passed
-        _apply_groups(groups, single, lr=lr, rho=rho, momentum=momentum, epsilon=epsilon,
-                      weight_decay=weight_decay, bias_correction_step=bias_correction_step)
-
-
-def _apply_groups(groups, single, *, lr, rho, momentum, epsilon, weight_decay,
-                  bias_correction_step):
-    for key, group in groups.items():
-        if len(group) == 1:
-            single.extend(group)
-            continue
-        structure = key[1]
-        scalars = _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
-                              momentum=momentum, epsilon=epsilon, weight_decay=weight_decay)
-        apply_rmsprop_x_multi(
-            [var for _, var, _, _ in group], [slots.present() for _, _, slots, _ in group],
-            [grad for grad, _, _, _ in group], use_momentum=structure.use_momentum,
-            centered=structure.centered, **scalars, **structure.op_attrs())
-    for grad, var, slots, structure in single:
-        apply_update(grad, var, slots, structure, lr=lr, rho=rho, momentum=momentum,
-                     epsilon=epsilon, weight_decay=weight_decay,
-                     bias_correction_step=bias_correction_step)
+        for key, group in groups.items():
+            if len(group) == 1:
+                single.extend(group)
+                continue
+            structure = key[1]
+            apply_rmsprop_x_multi(
+                [var for _, var, _, _ in group], [slots.present() for _, _, slots, _ in group],
+                [grad for grad, _, _, _ in group], use_momentum=structure.use_momentum,
+                centered=structure.centered, **scalars[structure], **structure.op_attrs())
+        for grad, var, slots, structure in single:
+            apply_update(grad, var, slots, structure, scalars[structure])

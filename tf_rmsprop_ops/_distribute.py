@@ -149,9 +149,8 @@ def _update_each_device(strategy, local_step, grads, variables, finish, anchor=N
     anchor = anchor if anchor is not None else variables[0]
 
     def on_device(_, local_grads):
-        ops = _stateful_ops(local_step, list(local_grads), variables)
-        with tf.control_dependencies(ops):
-            return tf.identity(tf.constant(True))
+        return _then(_stateful_ops(local_step, list(local_grads), variables),
+                     lambda: tf.identity(tf.constant(True)))
 
     done = strategy.extended.update(anchor, on_device, args=(grads,), group=True)
     with tf.control_dependencies(tf.nest.flatten(done) if not tf.executing_eagerly() else []):

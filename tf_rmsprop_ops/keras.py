@@ -4,7 +4,7 @@ for `model.compile(optimizer=...)` and `model.fit`.
 A thin adapter: Keras' base optimizer keeps doing what it does (clipping, EMA, gradient
 accumulation, loss scaling and `LossScaleOptimizer`, `overwrite_with_gradient`, variable
 constraints, `jit_compile`, tf.distribute through `strategy.extended.update`), and
-`update_step` hands each variable, its slots and its gradient to `_apply.apply_update`, the
+`update_step` hands each variable, its slots and its gradient to `_apply.apply_updates`, the
 same place the `tf.Module` optimizer uses: dense gradients go to `ApplyRMSpropX`, the
 `IndexedSlices` of an `Embedding` layer to `SparseApplyRMSpropX` (never densified: only the
 looked-up rows and their slots change, where Keras' RMSprop decays every row).

@@ -25,12 +25,18 @@ def _dtype_of(variable, grad):
     return tf.as_dtype(dtype).base_dtype
 
 
+def round_number(x, dtype):
+    """A Python number as `as_scalar` gives it to an op: rounded once, straight to `dtype`
+    (a NumPy scalar)."""
+    return np.asarray(x, dtype=dtype.as_numpy_dtype)
+
+
 def as_scalar(x, dtype):
     """`x` as a scalar tensor of `dtype`. A Python number is rounded once, straight to
     `dtype` with NumPy: TensorFlow converts Python floats to half types through float32, a
     double rounding (0.7873535216811611 becomes 0.787109375 instead of 0.78759765625)."""
     if isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool):
-        return tf.constant(np.asarray(x, dtype=dtype.as_numpy_dtype))
+        return tf.constant(round_number(x, dtype))
     return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
 
 

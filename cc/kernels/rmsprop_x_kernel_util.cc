@@ -25,14 +25,36 @@ VariableInputs ListVariableInputs(const Variant& variant) {
   return vars;
 }
 
+absl::Status LookupVariable(OpKernelContext* ctx, int input, const std::string& name,
+                            tensorflow::DataType dtype,
+                            tensorflow::core::RefCountPtr<tensorflow::Var>* var) {
+  const absl::Status found =
+      tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, input), var);
+  if (!found.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        name, " is not an existing, initialised resource variable (", found.message(),
+        "). Create and initialise it before the update."));
+  }
+  tensorflow::tf_shared_lock lock(*(*var)->mu());
+  if (!(*var)->is_initialized || !(*var)->tensor()->IsInitialized()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " is uninitialised: assign a value before the update."));
+  }
+  if ((*var)->tensor()->dtype() != dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, " has dtype ", DataTypeString((*var)->tensor()->dtype()), " but the op's T is ",
+        DataTypeString(dtype), ": var, slots, grad and hyperparameters must share one dtype."));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckVariablesBeforeUpdate(OpKernelContext* ctx, const VariableInputs& vars,
                                         tensorflow::DataType dtype) {
   std::vector<const tensorflow::Var*> seen;
   for (size_t i = 0; i < vars.ids.size(); ++i) {
     tensorflow::core::RefCountPtr<tensorflow::Var> var;
-    const absl::Status found =
-        tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, vars.ids[i]), &var);
-    if (found.ok()) {
+    const absl::Status checked = LookupVariable(ctx, vars.ids[i], vars.names[i], dtype, &var);
+    if (var) {
       // var and its slots must be distinct: an alias would be read and written as two
       // arrays at once (a silently wrong result).
       for (size_t j = 0; j < seen.size(); ++j) {
@@ -44,22 +66,7 @@ absl::Status CheckVariablesBeforeUpdate(OpKernelContext* ctx, const VariableInpu
       }
       seen.push_back(var.get());
     }
-    if (!found.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          vars.names[i], " is not an existing, initialised resource variable (",
-          found.message(), "). Create and initialise it before the update."));
-    }
-    tensorflow::tf_shared_lock lock(*var->mu());
-    if (!var->is_initialized || !var->tensor()->IsInitialized()) {
-      return absl::FailedPreconditionError(absl::StrCat(vars.names[i],
-                                        " is uninitialised: assign a value before the update."));
-    }
-    if (var->tensor()->dtype() != dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(vars.names[i], " has dtype ",
-                                     DataTypeString(var->tensor()->dtype()),
-                                     " but the op's T is ", DataTypeString(dtype),
-                                     ": var, slots, grad and hyperparameters must share one dtype."));
-    }
+    if (!checked.ok()) return checked;
   }
   return absl::OkStatus();
 }
@@ -74,14 +81,18 @@ absl::Status CheckScalarInputs(OpKernelContext* ctx, const InputIndex& in) {
   return absl::OkStatus();
 }
 
+absl::Status CheckSlotShape(const std::string& name, const tensorflow::TensorShape& var,
+                            const tensorflow::TensorShape& slot) {
+  if (var.IsSameSize(slot)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(name, " must have var's shape ",
+                                                 var.DebugString(), ", got ", slot.DebugString()));
+}
+
 absl::Status CheckSlotShapes(const VariableInputs& vars,
                              const std::vector<tensorflow::Tensor>& tensors) {
   for (size_t i = 1; i < tensors.size(); ++i) {
-    if (!tensors[0].shape().IsSameSize(tensors[i].shape())) {
-      return absl::InvalidArgumentError(absl::StrCat(vars.names[i], " must have var's shape ",
-                                     tensors[0].shape().DebugString(), ", got ",
-                                     tensors[i].shape().DebugString()));
-    }
+    const absl::Status same = CheckSlotShape(vars.names[i], tensors[0].shape(), tensors[i].shape());
+    if (!same.ok()) return same;
   }
   return absl::OkStatus();
 }

@@ -10,6 +10,11 @@
 #include "cc/ops/rmsprop_x_attrs.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/refcount.h"
+
+namespace tensorflow {
+class Var;
+}  // namespace tensorflow
 
 namespace tf_rmsprop_ops {
 
@@ -42,13 +47,20 @@ struct StatePointers {
     return {var + off, ms + off, mom ? mom + off : nullptr, mg ? mg + off : nullptr};
   }
 };
+// `slots`: the enabled slots in SlotNames order (ms, then mom, then mg).
+template <typename T>
+StatePointers<T> StateOf(const Variant& variant, tensorflow::Tensor* var,
+                         tensorflow::Tensor* const* slots) {
+  int next = 1;
+  CpuStorage<T>* mom = variant.momentum ? CpuData<T>(slots[next++]) : nullptr;
+  CpuStorage<T>* mg = variant.centered ? CpuData<T>(slots[next++]) : nullptr;
+  return {CpuData<T>(var), CpuData<T>(slots[0]), mom, mg};
+}
 template <typename T>
 StatePointers<T> StateOf(const Variant& variant, std::vector<tensorflow::Tensor>* tensors) {
-  auto& t = *tensors;
-  int next = 2;
-  CpuStorage<T>* mom = variant.momentum ? CpuData<T>(&t[next++]) : nullptr;
-  CpuStorage<T>* mg = variant.centered ? CpuData<T>(&t[next++]) : nullptr;
-  return {CpuData<T>(&t[0]), CpuData<T>(&t[1]), mom, mg};
+  tensorflow::Tensor* slots[3] = {};
+  for (size_t i = 1; i < tensors->size() && i <= 3; ++i) slots[i - 1] = &(*tensors)[i];
+  return StateOf<T>(variant, &(*tensors)[0], slots);
 }
 
 // The resource inputs of an op instance ("var", then the slots) with their flat indices.
@@ -63,6 +75,12 @@ VariableInputs ListVariableInputs(const Variant& variant);
 // a fatal CHECK there), so this must run first.
 absl::Status CheckVariablesBeforeUpdate(tensorflow::OpKernelContext* ctx,
                                         const VariableInputs& vars, tensorflow::DataType dtype);
+
+// One variable input (`name` in messages): looked up (into `var`, also when a later check
+// fails), then checked to be initialised and to hold `dtype`.
+absl::Status LookupVariable(tensorflow::OpKernelContext* ctx, int input, const std::string& name,
+                            tensorflow::DataType dtype,
+                            tensorflow::core::RefCountPtr<tensorflow::Var>* var);
 
 // Checks the five hyperparameter inputs are scalars.
 absl::Status CheckScalarInputs(tensorflow::OpKernelContext* ctx, const InputIndex& in);
@@ -85,6 +103,10 @@ absl::Status ReadCoefficients(tensorflow::OpKernelContext* ctx, const InputIndex
   *k = MakeCoefficients(variant, h);
   return absl::OkStatus();
 }
+
+// Checks a slot (`name`) has var's shape.
+absl::Status CheckSlotShape(const std::string& name, const tensorflow::TensorShape& var,
+                            const tensorflow::TensorShape& slot);
 
 // Checks every slot tensor has var's shape.
 absl::Status CheckSlotShapes(const VariableInputs& vars,

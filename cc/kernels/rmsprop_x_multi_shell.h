@@ -77,27 +77,12 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     Coefficients<cpu::ComputeType<CpuStorage<T>>> k;
     OP_REQUIRES_OK(ctx, ReadCoefficients<T>(ctx, in, variant_, &k));
     // One lookup per resource (TF's helpers would look each up four times: with hundreds of
-    // variables that is most of a small model's step). Checks as CheckVariablesBeforeUpdate.
+    // variables that is most of a small model's step).
     const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::v();
     std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> refs(num);
     std::vector<std::pair<tensorflow::mutex*, int>> order(num);
     for (int i = 0; i < num; ++i) {
-      const absl::Status found = tensorflow::LookupResource(
-          ctx, tensorflow::HandleFromInput(ctx, vars_.ids[i]), &refs[i]);
-      OP_REQUIRES(ctx, found.ok(),
-                  absl::FailedPreconditionError(absl::StrCat(
-                      vars_.names[i], " is not an existing, initialised resource variable (",
-                      found.message(), "). Create and initialise it before the update.")));
-      tensorflow::tf_shared_lock lock(*refs[i]->mu());
-      OP_REQUIRES(ctx, refs[i]->is_initialized && refs[i]->tensor()->IsInitialized(),
-                  absl::FailedPreconditionError(absl::StrCat(
-                      vars_.names[i], " is uninitialised: assign a value before the update.")));
-      OP_REQUIRES(ctx, refs[i]->tensor()->dtype() == dtype,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      vars_.names[i], " has dtype ",
-                      tensorflow::DataTypeString(refs[i]->tensor()->dtype()), " but the op's T is ",
-                      tensorflow::DataTypeString(dtype),
-                      ": var, slots, grad and hyperparameters must share one dtype.")));
+      OP_REQUIRES_OK(ctx, LookupVariable(ctx, vars_.ids[i], vars_.names[i], dtype, &refs[i]));
       order[i] = {refs[i]->mu(), i};
     }
     // Distinct variables, locked exclusively in address order (deadlock-free with TF's
@@ -123,25 +108,18 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
                       std::vector<const CpuStorage<T>*>(n_), std::vector<int64_t>(n_ + 1, 0)};
     for (int i = 0; i < n_; ++i) {
       tensorflow::Tensor* var = refs[i]->tensor();
-      tensorflow::Tensor* slot[3] = {nullptr, nullptr, nullptr};
+      tensorflow::Tensor* slots[3] = {};
       for (int j = 0; j < num_slots_; ++j) {
         const int r = n_ + i * num_slots_ + j;
-        slot[j] = refs[r]->tensor();
-        OP_REQUIRES(ctx, var->shape().IsSameSize(slot[j]->shape()),
-                    absl::InvalidArgumentError(absl::StrCat(
-                        vars_.names[r], " must have var's shape ", var->shape().DebugString(),
-                        ", got ", slot[j]->shape().DebugString())));
+        slots[j] = refs[r]->tensor();
+        OP_REQUIRES_OK(ctx, CheckSlotShape(vars_.names[r], var->shape(), slots[j]->shape()));
       }
       const tensorflow::Tensor& grad = ctx->input(in.grad() + i);
       OP_REQUIRES(ctx, var->shape().IsSameSize(grad.shape()),
                   absl::InvalidArgumentError(absl::StrCat(
                       "grads[", i, "] must have vars[", i, "]'s shape ",
                       var->shape().DebugString(), ", got ", grad.shape().DebugString())));
-      int next = 1;  // slot order: ms, then mom, then mg (SlotNames)
-      CpuStorage<T>* ms = CpuData<T>(slot[0]);
-      CpuStorage<T>* mom = variant_.momentum ? CpuData<T>(slot[next++]) : nullptr;
-      CpuStorage<T>* mg = variant_.centered ? CpuData<T>(slot[next++]) : nullptr;
-      args.state[i] = {CpuData<T>(var), ms, mom, mg};
+      args.state[i] = StateOf<T>(variant_, var, slots);
       args.grads[i] = CpuData<T>(grad);
       args.start[i + 1] = args.start[i] + grad.NumElements();
     }

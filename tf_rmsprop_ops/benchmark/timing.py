@@ -6,9 +6,10 @@ import numpy as np
 
 def median_ms(functions, repeats, warmup=2, budget_s=None, interleave=True):
     """{name: median ms} for zero-argument callables, timed round-robin so that drift of
-    the machine affects every competitor alike; each round runs them in a fresh (seeded) random order, so that
-    none always follows the same one (the first call after the bandwidth probe finds
-    TensorFlow's threads asleep and its caches cold) (`interleave=False`: each competitor's calls
+    the machine affects every competitor alike; each round runs them in a fresh (seeded)
+    random order, so that none always follows the same one (the first call after the
+    bandwidth probe finds TensorFlow's threads asleep and its caches cold)
+    (`interleave=False`: each competitor's calls
     back to back, so that one competitor's memory traffic does not evict another's working
     set; for cache-sensitive cases). A competitor whose calls exceed `budget_s`
     in total stops early (at least 3 timings are kept). A competitor that fails to run
@@ -27,8 +28,8 @@ def median_ms(functions, repeats, warmup=2, budget_s=None, interleave=True):
     samples = {name: [] for name in functions}
     spent = {name: 0.0 for name in functions}
     entries = list(functions.items())
-    order = np.random.default_rng(0)
-    rounds = [entries[i] for _ in range(repeats) for i in order.permutation(len(entries))]
+    rng = np.random.default_rng(0)
+    rounds = [entries[i] for _ in range(repeats) for i in rng.permutation(len(entries))]
     if not interleave:
         rounds = [(name, f) for name, f in functions.items() for _ in range(repeats)]
     for name, f in rounds:
