@@ -94,3 +94,26 @@ def test_models_case_reports_the_call_floor(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "call floor (the same RMSpropX step on 80 variables of 256 elements)" in text
     assert re.search(r"above it: rmspropx \d+\.\d{3} ms \(\d+% of the roofline\)", text)
+    # TensorFlow's call over the same 80 variables, 160 slots and 80 gradients, no update.
+    assert r["tf_call_inputs"] == 320 and 0 < r["tf_call_ms"]
+    assert re.search(r"mlp: 80 tensors, 2\.6M params: TensorFlow's call over the step's 320 "
+                     r"inputs \(IdentityN, no update\) \d+\.\d{3} ms\. 85% of the roofline "
+                     r"allows \d+\.\d{3} ms", text)
+
+
+def test_models_target_line_derives_what_the_update_needs():
+    """85% of a 1.7 ms roofline allows 2.0 ms; after a 0.5 ms call 1.5 ms are left, so the
+    update would need 1.7 / 1.5 of its bound; 2x a 6 ms Keras jit step allows 3 ms (2.5 left:
+    68%); a call longer than what a target allows says so."""
+    r = dict(kind="models", model="mlp", tensors=80, params=2_600_000, roofline_ms=1.7,
+             tf_call_ms=0.5, tf_call_inputs=320, ms={"rmspropx": 3.0, "keras_jit": 6.0})
+    line = runner.models_target_line(r)
+    assert "85% of the roofline allows 2.000 ms, 1.500 ms after the call: needs the update " \
+           "at 113% of the roofline" in line
+    assert "2x Keras 3 jit allows 3.000 ms, 2.500 ms after the call: needs the update at 68%" \
+           in line
+    r.update(model="resnet50", tf_call_ms=2.5)
+    line = runner.models_target_line(r)
+    assert "1.8x Keras 3 jit allows 3.333 ms, 0.833 ms after the call" in line
+    assert "85% of the roofline allows 2.000 ms, -0.500 ms after the call: the call alone " \
+           "takes longer" in line

@@ -141,3 +141,41 @@ def test_keras_adapter_checks_values_and_initial_scale_is_exact():
     var = keras.Variable(np.zeros(3), dtype="float64")
     opt.build([var])
     assert opt.get_slot(var, "ms").numpy()[0] == np.float64(0.1)
+
+
+@pytest.mark.parametrize("mirrored", [False, True], ids=["default", "mirrored"])
+def test_a_step_an_op_rejects_inside_tf_function_does_not_count(rng, mirrored):
+    """Keras counts a step (`iterations.assign_add` in `Optimizer.apply`) after update_step,
+    and in a graph nothing tied the count to the ops: a step an op rejected still counted
+    (the next step's schedule and bias correction then used the wrong count). Out-of-range
+    rows, known only when the step runs: nothing is written, and the count stays."""
+    from test_distribute import _strategy
+    strategy = _strategy() if mirrored else tf.distribute.get_strategy()
+    with strategy.scope():
+        table = tf.Variable(rng.uniform(-1, 1, (6, 3)).astype(np.float32))
+        dense = tf.Variable(rng.uniform(-1, 1, 4).astype(np.float32))
+        opt = RMSpropX(learning_rate=0.01, momentum=0.5)
+        opt.build([table, dense])
+
+    def local(indices):
+        rows = tf.IndexedSlices(tf.ones([2, 3]), indices, tf.constant([6, 3]))
+        opt.apply_gradients([(rows, table), (tf.ones(4), dense)])
+
+    @tf.function
+    def step(indices):
+        strategy.run(local, args=(indices,))
+
+    def state():
+        return [np.asarray(v.numpy()).copy() for v in opt.variables + [table, dense]]
+
+    step(tf.constant([0, 5]))
+    before = state()
+    assert int(opt.iterations.numpy()) == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"has an index outside \[0, rows\)"):
+        step(tf.constant([1, 6]))
+    assert int(opt.iterations.numpy()) == 1
+    for got, want in zip(state(), before):
+        np.testing.assert_array_equal(got, want)
+    step(tf.constant([2, 3]))  # and the next good step counts
+    assert int(opt.iterations.numpy()) == 2
+    assert not np.array_equal(dense.numpy(), before[-1])

@@ -118,17 +118,17 @@ def run_step(local_step, grads, variables, finish):
                                                 for g in grads):
             return _update_each_device(tf.distribute.get_strategy(), local_step, grads,
                                        variables, finish)
-        return _then(_stateful_ops(local_step, grads, variables), finish)
+        return _then(stateful_ops(local_step, grads, variables), finish)
     anchor = next((v for v in variables if _is_mirrored(v)), None)
     if anchor is None:  # ParameterServerStrategy, OneDeviceStrategy: one copy of each
-        return _then(_stateful_ops(local_step, grads, variables), finish)
+        return _then(stateful_ops(local_step, grads, variables), finish)
     ctx = tf.distribute.get_replica_context()
     return ctx.merge_call(
         lambda strategy, g: _update_each_device(strategy, local_step, g, variables, finish,
                                                 anchor), args=(grads,))
 
 
-def _stateful_ops(fn, *args):
+def stateful_ops(fn, *args):
     """Runs `fn(*args)`; in a graph, returns the stateful ops it added (eagerly every op
     has run, or raised, when `fn` returns: nothing to wait for)."""
     if tf.executing_eagerly():
@@ -149,7 +149,7 @@ def _update_each_device(strategy, local_step, grads, variables, finish, anchor=N
     anchor = anchor if anchor is not None else variables[0]
 
     def on_device(_, local_grads):
-        return _then(_stateful_ops(local_step, list(local_grads), variables),
+        return _then(stateful_ops(local_step, list(local_grads), variables),
                      lambda: tf.identity(tf.constant(True)))
 
     done = strategy.extended.update(anchor, on_device, args=(grads,), group=True)

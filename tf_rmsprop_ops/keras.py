@@ -137,11 +137,21 @@ class RMSpropX(keras.optimizers.Optimizer):
         return items
 
     def _apply_items(self, items, learning_rate):
-        _apply.apply_updates(
-            items, lr=learning_rate, rho=self.rho, momentum=self.momentum,
-            epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
-            bias_correction_step=(self.iterations + 1) if self.bias_correction else None,
-            multi_tensor=self.multi_tensor)
+        def apply():
+            _apply.apply_updates(
+                items, lr=learning_rate, rho=self.rho, momentum=self.momentum,
+                epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
+                bias_correction_step=(self.iterations + 1) if self.bias_correction else None,
+                multi_tensor=self.multi_tensor)
+        ops_of_step = _distribute.stateful_ops(apply)
+        if ops_of_step:
+            # Keras counts the step (`iterations.assign_add` in `Optimizer.apply`) after this,
+            # and in a graph nothing orders the count after these ops: a step an op rejects
+            # would still count. A read of the counter that waits for them does: TensorFlow's
+            # automatic control dependencies run the later increment of the same variable
+            # after it (as the tf.Module optimizer's `_distribute.run_step`).
+            with tf.control_dependencies(ops_of_step):
+                tf.identity(self._iterations.value)
 
     def update_step(self, gradient, variable, learning_rate):
         self._apply_items(self._items([gradient], [variable]), learning_rate)

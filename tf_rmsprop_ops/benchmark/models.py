@@ -12,6 +12,10 @@ The call floor: the same RMSpropX step over as many variables of 256 elements ea
 same inputs: handles, slots and captured gradients, next to no bytes), timed in the same
 round-robin. It is what TensorFlow's function call and the op's per-input work cost a step
 of this many variables, whatever the update; the table reports each step above it too.
+TensorFlow's share of it (`tf_call`): a tf.function that takes the rmspropx step's own
+variables, slots and gradients and passes them through one IdentityN, no update. From it
+and the roofline the table derives what issue 16's targets would need of the update
+(`runner.models_target_line`).
 
 Competitors: `rmspropx` (RMSpropX, one ApplyRMSpropXMulti per step), `rmspropx_per_var`
 (multi_tensor=False: one ApplyRMSpropX per variable), `tf_raw` (ResourceApplyRMSProp per
@@ -37,10 +41,12 @@ def run(model, repeats, threads, rng):
         return [tf.Variable(tf.random.uniform(s, 0.1, 1.0)) for s in shapes]
 
     functions = {}
+    built = {}
     for name, multi in (("rmspropx", True), ("rmspropx_per_var", False)):
         variables = fresh()
         opt = RMSpropX(learning_rate=1e-3, momentum=0.9, multi_tensor=multi)
         opt.build(variables)
+        built[name] = (opt, variables)
 
         def step(opt=opt, variables=variables):
             opt.apply_gradients(zip(grads, variables))
@@ -80,10 +86,25 @@ def run(model, repeats, threads, rng):
     def floor():
         floor_opt.apply_gradients(zip(floor_grads, floor_vars))
 
+    # TensorFlow's own share of the floor: a function that takes the rmspropx step's inputs
+    # (the same variables, slots and gradients, captured the same way) and passes them
+    # through one IdentityN: every per-input cost of the call, none of the update.
+    opt, variables = built["rmspropx"]
+    inputs = [v.handle for v in variables]
+    inputs += [opt.get_slot(v, s).handle for v in variables for s in opt.slot_names]
+
+    @tf.function
+    def tf_call():
+        with tf.control_dependencies(tf.raw_ops.IdentityN(input=inputs + grads)):
+            return tf.constant(0)
+
     reads, writes = arrays_moved("momentum")
     probe = roofline.make_probe(params * 4, reads, writes, threads)
-    times = median_ms({**functions, "floor": floor, "roofline": probe}, repeats)
+    times = median_ms({**functions, "floor": floor, "tf_call": tf_call, "roofline": probe},
+                      repeats)
     roof = times.pop("roofline")
     floor_ms = times.pop("floor")
+    tf_call_ms = times.pop("tf_call")
     return dict(kind="models", model=model, tensors=len(shapes), params=params,
-                threads=threads, ms=times, roofline_ms=roof, floor_ms=floor_ms)
+                threads=threads, ms=times, roofline_ms=roof, floor_ms=floor_ms,
+                tf_call_ms=tf_call_ms, tf_call_inputs=len(inputs) + len(grads))

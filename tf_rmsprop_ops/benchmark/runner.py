@@ -118,6 +118,33 @@ def models_floor_line(r):
             f"256 elements) {floor:.3f} ms; above it: " + ", ".join(above) + ".")
 
 
+# Issue 16's targets for bench --models: the share of the roofline, and how many times
+# faster than Keras 3 with jit (2x on the MLP, 1.8x on the other sets).
+TARGET_ROOFLINE = 0.85
+TARGET_VS_KERAS_JIT = {"mlp": 2.0}
+TARGET_VS_KERAS_JIT_OTHERS = 1.8
+
+
+def models_target_line(r):
+    """What each target of a models case needs of the update, from this run's numbers: the
+    step time the target allows, minus TensorFlow's call over the same inputs (`tf_call`,
+    no update), is the time left for the update, against its bandwidth bound (roofline).
+    Above 100%: no update of any speed meets the target in a step called this way."""
+    roof, call = r["roofline_ms"], r["tf_call_ms"]
+    ratio = TARGET_VS_KERAS_JIT.get(r["model"], TARGET_VS_KERAS_JIT_OTHERS)
+    targets = [(f"{TARGET_ROOFLINE:.0%} of the roofline", roof / TARGET_ROOFLINE)]
+    if r["ms"].get("keras_jit"):
+        targets.append((f"{ratio:g}x Keras 3 jit", r["ms"]["keras_jit"] / ratio))
+    parts = []
+    for name, allowed in targets:
+        left = allowed - call
+        need = (f"needs the update at {100 * roof / left:.0f}% of the roofline" if left > 0
+                else "the call alone takes longer")
+        parts.append(f"{name} allows {allowed:.3f} ms, {left:.3f} ms after the call: {need}")
+    return (f"{describe(r)}: TensorFlow's call over the step's {r['tf_call_inputs']} inputs "
+            f"(IdentityN, no update) {call:.3f} ms. " + "; ".join(parts) + ".")
+
+
 def _cell(text, width=20):
     return f"{text:>{width}}"
 
@@ -161,6 +188,8 @@ def table(results, quick=False):
                          f"subnormal inputs' outputs flushed to zero: {r['flushed']}.")
         if r.get("floor_ms"):
             lines.append(models_floor_line(r))
+        if r.get("tf_call_ms") and r.get("roofline_ms"):
+            lines.append(models_target_line(r))
         if r.get("random_rows_ms"):
             lines.append(f"{describe(r)}: the same rows moved without arithmetic (random-row "
                          f"probe) take {r['random_rows_ms']:.3f} ms; {REFERENCE_IMPL} takes "
