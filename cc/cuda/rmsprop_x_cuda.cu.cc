@@ -14,24 +14,15 @@ namespace tf_rmsprop_ops {
 namespace cuda {
 namespace {
 
+// Grid-stride over n/kSize 128-bit vectors (every pointer 16-byte aligned), then over the
+// scalar tail (or everything, unaligned): the shared loop bodies of rmsprop_x_cuda_device.cuh.
 template <bool kCentered, bool kMomentum, typename T>
-__global__ void DenseVecKernel(Coefficients<ComputeType<T>> k, const Vec<T>* __restrict__ grad,
-                               Vec<T>* __restrict__ var, Vec<T>* __restrict__ ms,
-                               Vec<T>* __restrict__ mom, Vec<T>* __restrict__ mg, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+__global__ void DenseVecKernel(Coefficients<ComputeType<T>> k, const T* __restrict__ grad,
+                               T* __restrict__ var, T* __restrict__ ms, T* __restrict__ mom,
+                               T* __restrict__ mg, int64_t vecs) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < vecs;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Vec<T> g = grad[i];
-    Vec<T> x = var[i], s = ms[i], m, a;
-    if (kMomentum) m = mom[i];
-    if (kCentered) a = mg[i];
-#pragma unroll
-    for (int j = 0; j < Vec<T>::kSize; ++j) {
-      UpdateOne<kCentered, kMomentum, T>(k, ToCompute(g.v[j]), x.v[j], s.v[j], &m.v[j], &a.v[j]);
-    }
-    var[i] = x;
-    ms[i] = s;
-    if (kMomentum) mom[i] = m;
-    if (kCentered) mg[i] = a;
+    UpdateVecAt<kCentered, kMomentum, T>(k, grad, var, ms, mom, mg, i * Vec<T>::kSize);
   }
 }
 
@@ -41,8 +32,7 @@ __global__ void DenseScalarKernel(Coefficients<ComputeType<T>> k, const T* __res
                                   T* __restrict__ mom, T* __restrict__ mg, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    UpdateOne<kCentered, kMomentum, T>(k, ToCompute(grad[i]), var[i], ms[i],
-                                       kMomentum ? mom + i : nullptr, kCentered ? mg + i : nullptr);
+    UpdateAt<kCentered, kMomentum, T>(k, grad, var, ms, mom, mg, i);
   }
 }
 
@@ -60,10 +50,8 @@ cudaError_t Dense(const Coefficients<ComputeType<T>>& k, const T* grad, T* var, 
   if (Aligned16(grad) && Aligned16(var) && Aligned16(ms) && Aligned16(mom) && Aligned16(mg)) {
     const int64_t vecs = n / Vec<T>::kSize;
     if (vecs > 0) {
-      using V = Vec<T>;
       DenseVecKernel<kCentered, kMomentum, T><<<Blocks(vecs), kThreads, 0, stream>>>(
-          k, reinterpret_cast<const V*>(grad), reinterpret_cast<V*>(var),
-          reinterpret_cast<V*>(ms), reinterpret_cast<V*>(mom), reinterpret_cast<V*>(mg), vecs);
+          k, grad, var, ms, mom, mg, vecs);
       done = vecs * Vec<T>::kSize;
     }
   }

@@ -1,6 +1,7 @@
 // Device-side pieces shared by the CUDA kernels (rmsprop_x_cuda.cu.cc, the dense and sparse
 // kernels; rmsprop_x_cuda_multi.cu.cc, the multi-tensor kernel): storage <-> compute
-// conversions, one element's update (cc/rmsprop_x_update.h), 128-bit vectors. Included
+// conversions, one element's update (cc/rmsprop_x_update.h), 128-bit vectors, the element
+// loops' bodies. Included
 // only by .cu.cc files; no TensorFlow header.
 #ifndef TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_DEVICE_CUH_
 #define TF_RMSPROP_OPS_CC_CUDA_RMSPROP_X_CUDA_DEVICE_CUH_
@@ -61,6 +62,39 @@ struct alignas(16) Vec {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
+
+// The element loops' bodies, shared by the dense and the multi-tensor kernels: element i of
+// every enabled stream (`UpdateAt`), or the 16 bytes of each starting at element i, as one
+// 128-bit load and store per stream (`UpdateVecAt`: i a multiple of Vec<T>::kSize, every
+// pointer 16-byte aligned).
+template <bool kCentered, bool kMomentum, typename T>
+__device__ __forceinline__ void UpdateAt(const Coefficients<ComputeType<T>>& k,
+                                         const T* __restrict__ grad, T* __restrict__ var,
+                                         T* __restrict__ ms, T* __restrict__ mom,
+                                         T* __restrict__ mg, int64_t i) {
+  UpdateOne<kCentered, kMomentum, T>(k, ToCompute(grad[i]), var[i], ms[i],
+                                     kMomentum ? mom + i : nullptr, kCentered ? mg + i : nullptr);
+}
+
+template <bool kCentered, bool kMomentum, typename T>
+__device__ __forceinline__ void UpdateVecAt(const Coefficients<ComputeType<T>>& k,
+                                            const T* __restrict__ grad, T* __restrict__ var,
+                                            T* __restrict__ ms, T* __restrict__ mom,
+                                            T* __restrict__ mg, int64_t i) {
+  using V = Vec<T>;
+  const V g = *reinterpret_cast<const V*>(grad + i);
+  V x = *reinterpret_cast<const V*>(var + i), s = *reinterpret_cast<const V*>(ms + i), m, a;
+  if (kMomentum) m = *reinterpret_cast<const V*>(mom + i);
+  if (kCentered) a = *reinterpret_cast<const V*>(mg + i);
+#pragma unroll
+  for (int j = 0; j < V::kSize; ++j) {
+    UpdateOne<kCentered, kMomentum, T>(k, ToCompute(g.v[j]), x.v[j], s.v[j], &m.v[j], &a.v[j]);
+  }
+  *reinterpret_cast<V*>(var + i) = x;
+  *reinterpret_cast<V*>(ms + i) = s;
+  if (kMomentum) *reinterpret_cast<V*>(mom + i) = m;
+  if (kCentered) *reinterpret_cast<V*>(mg + i) = a;
+}
 
 // Whether a pointer allows 128-bit accesses (null: a disabled slot, no constraint).
 bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }

@@ -41,30 +41,16 @@ __global__ void __launch_bounds__(kThreads)
   T* __restrict__ mg = a.mg[t];
   int64_t scalar_from = begin;
   if (a.vectorised[t]) {
-    using V = Vec<T>;
-    constexpr int kSize = V::kSize;
+    constexpr int kSize = Vec<T>::kSize;
     const int64_t vec_end = begin + (end - begin) / kSize * kSize;  // begin is a multiple
     for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kSize; i < vec_end;
          i += static_cast<int64_t>(blockDim.x) * kSize) {
-      const V g = *reinterpret_cast<const V*>(grad + i);
-      V x = *reinterpret_cast<V*>(var + i), s = *reinterpret_cast<V*>(ms + i), m, c;
-      if (kMomentum) m = *reinterpret_cast<V*>(mom + i);
-      if (kCentered) c = *reinterpret_cast<V*>(mg + i);
-#pragma unroll
-      for (int j = 0; j < kSize; ++j) {
-        UpdateOne<kCentered, kMomentum, T>(k, ToCompute(g.v[j]), x.v[j], s.v[j], &m.v[j],
-                                           &c.v[j]);
-      }
-      *reinterpret_cast<V*>(var + i) = x;
-      *reinterpret_cast<V*>(ms + i) = s;
-      if (kMomentum) *reinterpret_cast<V*>(mom + i) = m;
-      if (kCentered) *reinterpret_cast<V*>(mg + i) = c;
+      UpdateVecAt<kCentered, kMomentum, T>(k, grad, var, ms, mom, mg, i);
     }
     scalar_from = vec_end;
   }
   for (int64_t i = scalar_from + threadIdx.x; i < end; i += blockDim.x) {
-    UpdateOne<kCentered, kMomentum, T>(k, ToCompute(grad[i]), var[i], ms[i],
-                                       kMomentum ? mom + i : nullptr, kCentered ? mg + i : nullptr);
+    UpdateAt<kCentered, kMomentum, T>(k, grad, var, ms, mom, mg, i);
   }
 }
 
