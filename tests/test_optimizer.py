@@ -172,6 +172,43 @@ def test_gradient_shape_mismatch_names_the_variable():
         RMSpropX().apply_gradients([(tf.ones((2, 3)), var)])
 
 
+def test_numpy_and_list_gradients_are_taken_in_the_variables_dtype(rng):
+    """Gradients given as NumPy arrays (float64 too) or Python lists are converted to the
+    variable's dtype, as TensorFlow converts such values for an op (they used to fail on
+    `.shape.is_compatible_with`); one step against the float64 reference."""
+    init = [rng.uniform(-1, 1, 3).astype(np.float32), rng.uniform(-1, 1, (2, 2)).astype(np.float32)]
+    grad64 = rng.normal(size=3) * 10.0 ** rng.uniform(-4, 0, 3)
+    grad_list = (rng.normal(size=(2, 2)) * 1e-3).astype(np.float32).tolist()
+    a, b = tf.Variable(init[0]), tf.Variable(init[1])
+    RMSpropX(learning_rate=0.01, epsilon=1e-6).apply_gradients([(grad64, a), (grad_list, b)])
+    for var, x, g in ((a, init[0], grad64.astype(np.float32)),
+                      (b, init[1], np.array(grad_list, np.float32))):
+        want = reference.rmsprop_x_step(x, g, np.zeros_like(x), lr=0.01, epsilon=1e-6)["var"]
+        np.testing.assert_allclose(var.numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_dtype_integer_variable_and_repeated_variable_are_named(rng):
+    """Each a ValueError naming the variable, raised before anything changes."""
+    var = tf.Variable(rng.uniform(-1, 1, 3).astype(np.float32), name="w32")
+    other = tf.Variable(rng.uniform(-1, 1, 2).astype(np.float32), name="other")
+    before = [var.numpy().copy(), other.numpy().copy()]
+    opt = RMSpropX(learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"Gradient of dtype float64 does not match variable "
+                                         r"w32:0 of dtype float32"):
+        opt.apply_gradients([(tf.ones(2), other), (tf.ones(3, tf.float64), var)])
+    with pytest.raises(ValueError, match=r"RMSpropX updates floating-point variables; variable "
+                                         r"counter:0 is int32"):
+        opt.apply_gradients([(tf.ones(2), other), (tf.ones(3, tf.int32),
+                                                   tf.Variable([1, 2, 3], name="counter"))])
+    for multi in (True, False):  # one op for both, or one op each: the same error first
+        with pytest.raises(ValueError, match=r"Variable w32:0 appears more than once"):
+            RMSpropX(learning_rate=0.1, multi_tensor=multi).apply_gradients(
+                [(tf.ones(3), var), (tf.ones(2), other), (tf.ones(3), var)])
+    np.testing.assert_array_equal(var.numpy(), before[0])
+    np.testing.assert_array_equal(other.numpy(), before[1])
+    assert int(opt.iterations.numpy()) == 0
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(learning_rate=-0.1), "learning_rate"),
     (dict(rho=1.5), "rho"),

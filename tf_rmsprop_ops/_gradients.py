@@ -4,6 +4,7 @@ IndexedSlices stay sparse: clipping acts on their rows (for a duplicated index t
 that of the rows as given, not of their sum, the one place this can differ from Keras,
 which densifies first).
 """
+import numpy as np
 import tensorflow as tf
 
 
@@ -52,9 +53,32 @@ def clip_by_value(grad, clipvalue):
     return map_values(grad, lambda g: tf.clip_by_value(g, -clipvalue, clipvalue))
 
 
-def check_shape(grad, var):
-    """ValueError naming the variable when a gradient cannot belong to it."""
+def _dtype(var):
+    """A variable's dtype as a tf.DType (a Keras 3 variable's is a string)."""
+    return tf.as_dtype(var.dtype).base_dtype
+
+
+def as_gradient(grad, var):
+    """A NumPy array, Python number or list as a tensor in `var`'s dtype (as TensorFlow
+    converts such values for an op); tensors, IndexedSlices and per-replica values as given."""
+    if isinstance(grad, (np.ndarray, np.generic, list, tuple, int, float)):
+        return tf.convert_to_tensor(grad, dtype=_dtype(var))
+    return grad
+
+
+def check(grad, var):
+    """ValueError naming the variable when a gradient cannot belong to it (shape, dtype) or
+    the variable cannot be updated (not floating point)."""
     name = getattr(var, "name", "<variable>")
+    var_dtype = _dtype(var)
+    if not var_dtype.is_floating:
+        raise ValueError(f"RMSpropX updates floating-point variables; variable {name} is "
+                         f"{var_dtype.name}")
+    values = _values(grad)
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and tf.as_dtype(dtype).base_dtype != var_dtype:
+        raise ValueError(f"Gradient of dtype {tf.as_dtype(dtype).base_dtype.name} does not "
+                         f"match variable {name} of dtype {var_dtype.name}")
     if isinstance(grad, tf.IndexedSlices):
         row_shape, var_rows = grad.values.shape[1:], var.shape[1:]
         if var.shape.rank == 0 or not row_shape.is_compatible_with(var_rows):

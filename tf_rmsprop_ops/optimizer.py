@@ -325,8 +325,15 @@ class RMSpropX(tf.Module):
                              "variables.")
         self.build(trainable_variables)
         grads, trainable_variables = self._filter_missing(grads, trainable_variables)
+        grads = [_gradients.as_gradient(g, v) for g, v in zip(grads, trainable_variables)]
+        seen = set()
         for g, v in zip(grads, trainable_variables):
-            _gradients.check_shape(g, v)
+            _gradients.check(g, v)
+            key = v.ref() if hasattr(v, "ref") else id(v)
+            if key in seen:  # two updates of one variable in one step: sum first
+                raise ValueError(f"Variable {v.name} appears more than once in the update; sum "
+                                 "its gradients into one.")
+            seen.add(key)
         if _distribute.is_v1_graph():
             return self._apply_in_v1_graph(grads, trainable_variables)
         grads = _distribute.all_reduce_sum(grads)
