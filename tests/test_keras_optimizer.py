@@ -179,3 +179,20 @@ def test_a_step_an_op_rejects_inside_tf_function_does_not_count(rng, mirrored):
     step(tf.constant([2, 3]))  # and the next good step counts
     assert int(opt.iterations.numpy()) == 2
     assert not np.array_equal(dense.numpy(), before[-1])
+
+
+def test_gradients_of_another_dtype_are_cast_as_keras_does(rng):
+    """Keras' optimizers cast a gradient to its variable's dtype (a float64 NumPy array, a
+    float16 tensor): the adapter does too, and matches keras.optimizers.RMSprop."""
+    init = rng.uniform(-1, 1, 5).astype(np.float32)
+    grads = [rng.normal(size=5) * 10.0 ** rng.uniform(-4, 0, 5),
+             tf.constant((rng.normal(size=5) * 1e-2).astype(np.float16))]
+    results = []
+    for opt in (RMSpropX(learning_rate=0.01, momentum=0.5),
+                keras.optimizers.RMSprop(learning_rate=0.01, momentum=0.5)):
+        var = keras.Variable(init)
+        for g in grads:
+            opt.apply_gradients([(g, var)])
+        results.append(var.numpy())
+    assert not np.array_equal(results[0], init)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)

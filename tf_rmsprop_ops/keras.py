@@ -15,7 +15,7 @@ Decoupled weight decay is fused into the op (Keras would make a separate pass be
 import keras
 import tensorflow as tf
 
-from tf_rmsprop_ops import _apply, _distribute, _hyper, ops, presets
+from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, ops, presets
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 
@@ -130,11 +130,19 @@ class RMSpropX(keras.optimizers.Optimizer):
             def slot(slots, i=i):
                 return _distribute.unwrap(slots[i]) if slots else None
 
-            items.append((gradient, _distribute.unwrap(variable),
+            items.append((self._in_dtype_of(gradient, variable), _distribute.unwrap(variable),
                           _apply.Slots(slot(self._velocities), slot(self._momentums),
                                        slot(self._average_gradients)),
                           self._structure(variable)))
         return items
+
+    @staticmethod
+    def _in_dtype_of(gradient, variable):
+        """The gradient in the variable's dtype, as Keras' own optimizers cast it (a float64
+        NumPy gradient for a float32 variable is valid in Keras)."""
+        dtype = tf.as_dtype(variable.dtype).base_dtype
+        return _gradients.map_values(gradient, lambda g: tf.cast(g, dtype)
+                                     if tf.as_dtype(g.dtype).base_dtype != dtype else g)
 
     def _apply_items(self, items, learning_rate):
         def apply():
