@@ -19,7 +19,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# The harness and, two levels up, the checkout (tf_rmsprop_ops.reference, NumPy only): the
+# GPU machine runs this from a copy of the tree, with nothing installed.
+sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 import build  # noqa: E402
 import gpu_lib  # noqa: E402
 from test_gpu_kernels import Variant  # noqa: E402

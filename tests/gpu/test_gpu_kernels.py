@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# The harness and, two levels up, the checkout (tf_rmsprop_ops.reference, NumPy only): the
+# GPU machine runs this from a copy of the tree, with nothing installed.
+sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 import gpu_lib  # noqa: E402
 
 from tf_rmsprop_ops import reference  # noqa: E402  (NumPy only: no TensorFlow needed)
