@@ -60,6 +60,24 @@ def test_independent_layout_is_a_single_loop(independent):
     assert "copy(" not in str(independent["widest_dense_hlo"])  # no slot copied before it is overwritten
 
 
+def _array_copies(hlo):
+    entry = hlo[hlo.index("\nENTRY"):]
+    return re.findall(r"= [a-z0-9]+\[\d[^=]*\] copy\(", entry)
+
+
+def test_run_time_hyperparameters_add_no_loop_and_no_copy(chain, independent):
+    """Hyperparameters known only at run time are guarded (var NaN, slots kept, when one is
+    invalid) where the chain computes each output. Guarding the finished outputs instead
+    kept the old slots alive past their in-place update: XLA:CPU copied them and
+    materialised the step, twice the time (BENCHMARKS.md, profiling log)."""
+    for result in (chain, independent):
+        constant = str(result["widest_dense_hlo"])
+        runtime = str(result["widest_dense_runtime_hlo"])
+        assert "select(" in runtime  # the guard is there
+        assert len(_entry_loops(runtime)) == len(_entry_loops(constant)), runtime[-3000:]
+        assert _array_copies(runtime) == [], runtime[-3000:]
+
+
 def test_sparse_lowering_is_one_write_back_scatter(chain, independent):
     # var, ms, mom and mg go back in one variadic scatter: with separate scatters sharing
     # the rows, the multi-output fusion merged them into a loop XLA:CPU could not emit.

@@ -50,6 +50,25 @@ def run(rng, variant, dtype, sparse):
     return state, hyper, batches, values(variables), hlo
 
 
+def runtime_hyper_hlo(rng):
+    """The optimized HLO of WIDEST's dense float32 step with the hyperparameters read from
+    variables (run-time values, as an optimizer's learning rate): the lowering then guards
+    its outputs (var NaN, slots kept on an invalid value)."""
+    state = random_state(rng, SHAPE, tf.float32, WIDEST)
+    hyper = {k: tf.Variable(v, dtype=tf.float32)
+             for k, v in random_hyper(rng, tf.float32, WIDEST).items()}
+    variables = make_variables(state, tf.float32)
+
+    @tf.function(jit_compile=True)
+    def step(g):
+        apply_dense(variables, g, WIDEST, {k: v.read_value() for k, v in hyper.items()},
+                    tf.float32)
+
+    g = tf.constant(rng.uniform(-1, 1, SHAPE), tf.float32)
+    step(g)
+    return step.experimental_get_compiler_ir(g)(stage="optimized_hlo")
+
+
 def main(seed, out_path):
     rng = np.random.default_rng(seed)
     cases = [(v, tf.float32) for v in VARIANTS] + [(WIDEST, d) for d in DTYPES]
@@ -70,6 +89,7 @@ def main(seed, out_path):
                     arrays[f"{key}/indices/{j}"] = idx
             if variant == WIDEST and dtype == tf.float32:
                 arrays[f"widest_{kind}_hlo"] = np.array(hlo)
+    arrays["widest_dense_runtime_hlo"] = np.array(runtime_hyper_hlo(rng))
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez(out_path, **arrays)
 

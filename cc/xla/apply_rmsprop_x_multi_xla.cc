@@ -51,12 +51,10 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
                       ", got ", grad_shape.DebugString())));
     }
     for (int i = 0; i < n_; ++i) {
-      const XlaState updated = XlaUpdateDense(variant_, k->h, compute,
-                                              ctx->Input(in.grad() + i), states[i], layout);
-      const XlaState before = MapState(
-          variant_, states[i], [&](xla::XlaOp x) { return xla::ConvertElementType(x, compute); });
       OP_REQUIRES_OK(ctx, AssignXlaState(ctx, resources[i], variant_, dtype,
-                                         GuardHyperParams(variant_, *k, updated, before)));
+                                         XlaUpdateDense(variant_, k->h, compute,
+                                                        ctx->Input(in.grad() + i), states[i],
+                                                        layout, k->valid)));
     }
   }
 

@@ -31,12 +31,10 @@ class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
                                                         grad_shape.DebugString())));
     auto k = ReadXlaHyperParams(ctx, in, compute);
     OP_REQUIRES_OK(ctx, k.status());
-    const XlaState updated = XlaUpdateDense(variant_, k->h, compute, ctx->Input(in.grad()),
-                                            state, ChooseOutputLayout(ctx));
-    const XlaState before = MapState(
-        variant_, state, [&](xla::XlaOp x) { return xla::ConvertElementType(x, compute); });
     OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype,
-                                       GuardHyperParams(variant_, *k, updated, before)));
+                                       XlaUpdateDense(variant_, k->h, compute,
+                                                      ctx->Input(in.grad()), state,
+                                                      ChooseOutputLayout(ctx), k->valid)));
   }
 
  private:

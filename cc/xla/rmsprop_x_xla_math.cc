@@ -51,28 +51,23 @@ absl::StatusOr<XlaHyperParams> ReadXlaHyperParams(XlaOpKernelContext* ctx, const
   return XlaHyperParams{HyperParams<xla::XlaOp>{h[0], h[1], h[2], h[3], h[4]}, valid};
 }
 
-XlaState GuardHyperParams(const Variant& v, const XlaHyperParams& k, const XlaState& updated,
-                          const XlaState& before) {
-  if (!k.valid) return updated;
-  XlaState out;
-  out.var = xla::Select(*k.valid, updated.var,
-                        xla::FullLike(updated.var, std::numeric_limits<double>::quiet_NaN()));
-  out.ms = xla::Select(*k.valid, updated.ms, before.ms);
-  if (v.momentum) out.mom = xla::Select(*k.valid, updated.mom, before.mom);
-  if (v.centered) out.mg = xla::Select(*k.valid, updated.mg, before.mg);
-  return out;
-}
-
 // The variant is known when the graph is compiled, so unlike the CPU loops (which fold
 // it into coefficients to stay branch-free) the HLO contains only the enabled terms.
+// With `valid` (run-time hyperparameters), each output is guarded where the chain computes
+// it: a slot keeps its value, var becomes NaN. Guarding at the end instead (select(valid,
+// new, old) on every output) made the old slots live past their in-place update: XLA:CPU
+// copied them and materialised the step, 2x the native kernel's time (bench --models).
 XlaState XlaUpdate(const Variant& v, const HyperParams<xla::XlaOp>& h, xla::XlaOp g,
-                   XlaState s) {
+                   XlaState s, const std::optional<xla::XlaOp>& valid) {
+  auto keep = [&](xla::XlaOp updated, xla::XlaOp before) {
+    return valid ? xla::Select(*valid, updated, before) : updated;
+  };
   const xla::XlaOp one_minus_rho = xla::ScalarLike(h.rho, 1) - h.rho;
   if (v.weight_decay_mode == WeightDecayMode::kCoupled) g = g + h.weight_decay * s.var;
-  s.ms = h.rho * s.ms + one_minus_rho * (g * g);
+  s.ms = keep(h.rho * s.ms + one_minus_rho * (g * g), s.ms);
   xla::XlaOp var_est = s.ms;
   if (v.centered) {
-    s.mg = h.rho * s.mg + one_minus_rho * g;
+    s.mg = keep(h.rho * s.mg + one_minus_rho * g, s.mg);
     var_est = xla::Max(s.ms - s.mg * s.mg, xla::ScalarLike(s.ms, 0));
   }
   const xla::XlaOp denom = v.epsilon_placement == EpsilonPlacement::kInsideSqrt
@@ -83,16 +78,16 @@ XlaState XlaUpdate(const Variant& v, const HyperParams<xla::XlaOp>& h, xla::XlaO
   if (!v.momentum) {
     upd = h.lr * step;
   } else if (v.lr_placement == LrPlacement::kInsideMomentum) {
-    s.mom = h.momentum * s.mom + h.lr * step;
+    s.mom = keep(h.momentum * s.mom + h.lr * step, s.mom);
     upd = v.nesterov ? h.momentum * s.mom + h.lr * step : s.mom;
   } else {
-    s.mom = h.momentum * s.mom + step;
+    s.mom = keep(h.momentum * s.mom + step, s.mom);
     upd = h.lr * (v.nesterov ? h.momentum * s.mom + step : s.mom);
   }
   if (v.weight_decay_mode == WeightDecayMode::kDecoupled) {
     s.var = s.var - (h.lr * h.weight_decay) * s.var;
   }
-  s.var = s.var - upd;
+  s.var = keep(s.var - upd, xla::FullLike(s.var, std::numeric_limits<double>::quiet_NaN()));
   return s;
 }
 
@@ -134,11 +129,11 @@ OutputLayout ChooseOutputLayout(const XlaOpKernelContext* ctx) {
 
 XlaState XlaUpdateDense(const Variant& v, const HyperParams<xla::XlaOp>& h,
                         xla::PrimitiveType compute, xla::XlaOp g, const XlaState& s,
-                        OutputLayout layout) {
+                        OutputLayout layout, const std::optional<xla::XlaOp>& valid) {
   // A copy of the whole update from (tagged) inputs; XLA drops what its output does not use.
   auto copy_of_update = [&](int copy) {
     auto in = [&](xla::XlaOp x) { return xla::ConvertElementType(TagForCopy(x, copy), compute); };
-    return XlaUpdate(v, h, in(g), MapState(v, s, in));
+    return XlaUpdate(v, h, in(g), MapState(v, s, in), valid);
   };
   if (layout == OutputLayout::kChain) return copy_of_update(0);
   XlaState out;

@@ -29,21 +29,17 @@ struct XlaHyperParams {
 
 // Reads the hyperparameters (checking they are scalars). A compile-time constant is
 // checked now (the kernels' InvalidArgument, at compile time); XLA cannot raise at run
-// time, so run-time values get `valid` and the lowering writes through GuardHyperParams.
+// time, so run-time values get `valid`, which XlaUpdate applies.
 absl::StatusOr<XlaHyperParams> ReadXlaHyperParams(tensorflow::XlaOpKernelContext* ctx,
                                                   const InputIndex& in,
                                                   xla::PrimitiveType compute);
 
-// The defined result under XLA of run-time hyperparameters that the kernels would reject:
-// var becomes NaN (loud: the loss turns NaN) and every slot keeps its value; `updated`
-// otherwise. `before` and `updated` in compute precision, same shapes.
-XlaState GuardHyperParams(const Variant& variant, const XlaHyperParams& k,
-                          const XlaState& updated, const XlaState& before);
-
 // UpdateElement over whole arrays of equal shape, as one chain: each output feeds the
-// next (ms -> step -> mom -> var).
+// next (ms -> step -> mom -> var). `valid` (XlaHyperParams::valid, set when hyperparameters
+// are run-time values): the defined result under XLA of values the kernels would reject,
+// var NaN (loud: the loss turns NaN) and every slot keeping its value.
 XlaState XlaUpdate(const Variant& variant, const HyperParams<xla::XlaOp>& h, xla::XlaOp g,
-                   XlaState s);
+                   XlaState s, const std::optional<xla::XlaOp>& valid);
 
 // How a dense update is laid out in HLO (both give the same bits).
 enum class OutputLayout {
@@ -66,7 +62,7 @@ OutputLayout ChooseOutputLayout(const tensorflow::XlaOpKernelContext* ctx);
 // updated in the given layout, returned in compute precision.
 XlaState XlaUpdateDense(const Variant& variant, const HyperParams<xla::XlaOp>& h,
                         xla::PrimitiveType compute, xla::XlaOp g, const XlaState& s,
-                        OutputLayout layout);
+                        OutputLayout layout, const std::optional<xla::XlaOp>& valid);
 
 // Storage dtype -> compute dtype (half types compute in float32).
 xla::PrimitiveType ComputeTypeFor(tensorflow::DataType dtype);

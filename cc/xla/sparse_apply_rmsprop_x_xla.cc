@@ -172,8 +172,7 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     const XlaState gathered = MapState(variant_, tables, [&](xla::XlaOp x) {
       return GatherRows(x, segment_row, n, d, /*sorted=*/true);
     });
-    XlaState updated =
-        GuardHyperParams(variant_, *k, XlaUpdate(variant_, k->h, summed, gathered), gathered);
+    XlaState updated = XlaUpdate(variant_, k->h, summed, gathered, k->valid);
     XlaState result = tables;
     std::vector<xla::XlaOp> table_list, update_list;
     for (const xla::XlaOp* x : StateOps(variant_, &result)) table_list.push_back(*x);
