@@ -18,7 +18,9 @@ and the roofline the table derives what issue 16's targets would need of the upd
 (`runner.models_target_line`).
 
 Competitors: `rmspropx` (RMSpropX, one ApplyRMSpropXMulti per step), `rmspropx_per_var`
-(multi_tensor=False: one ApplyRMSpropX per variable), `tf_raw` (ResourceApplyRMSProp per
+(multi_tensor=False: one ApplyRMSpropX per variable), `rmspropx_jit` (jit_compile=True: the
+update as the optimizer's own XLA function, the ops' lowerings, the learning rate a
+run-time value), `tf_raw` (ResourceApplyRMSProp per
 variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit off / on).
 """
 import numpy as np
@@ -42,9 +44,10 @@ def run(model, repeats, threads, rng):
 
     functions = {}
     built = {}
-    for name, multi in (("rmspropx", True), ("rmspropx_per_var", False)):
+    for name, kwargs in (("rmspropx", {}), ("rmspropx_per_var", dict(multi_tensor=False)),
+                         ("rmspropx_jit", dict(jit_compile=True))):
         variables = fresh()
-        opt = RMSpropX(learning_rate=1e-3, momentum=0.9, multi_tensor=multi)
+        opt = RMSpropX(learning_rate=1e-3, momentum=0.9, **kwargs)
         opt.build(variables)
         built[name] = (opt, variables)
 
