@@ -6,6 +6,15 @@ cd "$(dirname "$0")/../.."
 OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python3 tests/gpu/build.py 2>&1 | tee "$OUT/build.txt"
-python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_kernels.py 2>&1 | tail -40 | tee "$OUT/tests.txt"
+# A failed build stops here (pytest and the bench would each recompile it again).
+python3 tests/gpu/build.py > "$OUT/build.txt" 2>&1
+status=$?
+tail -20 "$OUT/build.txt"
+[ "$status" -eq 0 ] || { echo "build failed ($status)"; exit "$status"; }
+# Full log written as it runs (kept if the run is cut short); -rfEs: FAILED lines too
+# (pyproject's addopts -rs alone replaces pytest's default -rfE).
+GPU_HARNESS_REQUIRED=1 python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider \
+  tests/gpu/test_gpu_kernels.py > "$OUT/tests.txt" 2>&1
+echo "pytest exit $?"
+tail -40 "$OUT/tests.txt"
 python3 tests/gpu/bench_gpu.py --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.txt"

@@ -19,9 +19,13 @@ import gpu_lib  # noqa: E402
 from tf_rmsprop_ops import reference  # noqa: E402  (NumPy only: no TensorFlow needed)
 
 REASON = gpu_lib.unavailable()
+if REASON is not None and os.environ.get("GPU_HARNESS_REQUIRED"):
+    raise RuntimeError(f"GPU harness required but unavailable: {REASON}")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness: {REASON}")
 
 RTOL = {"float32": 1e-6, "float64": 1e-12, "float16": 1e-3, "bfloat16": 8e-3}
+# Absolute floor: rounding of O(1) intermediates (cancellation in var - upd, 0.9*mg + 0.1*g).
+ATOL = {"float32": 2e-6, "float64": 1e-13, "float16": 1e-6, "bfloat16": 8e-6}
 CANARY = 7  # elements after each array that must keep their bits
 
 
@@ -60,26 +64,32 @@ def _storage(dtype):
             "bfloat16": None}[dtype]
 
 
+CANARY_VALUE = -1536.0  # exact in every dtype; an update computed from it is something else
+
+
+def _bits(x, dtype):
+    """x in `dtype`'s storage (bfloat16: uint16 bits, the top half of float32, nearest even)."""
+    if dtype == "bfloat16":
+        u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.asarray(x, dtype)
+
+
 def _to_device(x, dtype):
     """A device array holding x in `dtype` followed by CANARY poison elements."""
     import cupy
-    if dtype == "bfloat16":  # bfloat16 bits: the top half of float32, round to nearest even
-        u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
-        bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-        host = np.concatenate([bits.ravel(), np.full(CANARY, 0x7FC1, np.uint16)])
-        return cupy.asarray(host)
-    host = np.concatenate([np.asarray(x, dtype).ravel(), np.full(CANARY, np.nan, dtype)])
-    return cupy.asarray(host)
+    return cupy.asarray(np.concatenate([_bits(x, dtype).ravel(),
+                                        _bits(np.full(CANARY, CANARY_VALUE), dtype)]))
 
 
 def _to_host(a, dtype, n):
     host = a.get()
+    canary_ok = np.array_equal(host[n:].view(np.uint8),
+                               _bits(np.full(host.size - n, CANARY_VALUE), dtype).view(np.uint8))
     if dtype == "bfloat16":
         values = (host[:n].astype(np.uint32) << 16).view(np.float32)
-        canary_ok = np.all(host[n:] == 0x7FC1)
     else:
-        values = host[:n].astype(np.float64)
-        canary_ok = np.all(np.isnan(host[n:]))
+        values = host[:n]
     return values.astype(np.float64), canary_ok
 
 
@@ -118,7 +128,7 @@ def test_dense_matches_reference(harness, rng, variant, dtype):
             np.testing.assert_array_equal(got, state[name])  # a disabled slot is not touched
         else:
             np.testing.assert_allclose(got, want[name], rtol=RTOL[dtype],
-                                       atol=RTOL[dtype] * 1e-3, err_msg=name)
+                                       atol=ATOL[dtype], err_msg=name)
 
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
@@ -144,7 +154,7 @@ def test_sparse_matches_reference(harness, rng, pattern, dtype, index_dtype):
         got, canary_ok = _to_host(dev[name], dtype, rows * dim)
         assert canary_ok
         np.testing.assert_allclose(got.reshape(rows, dim), want[name], rtol=RTOL[dtype] * 4,
-                                   atol=RTOL[dtype] * 1e-3, err_msg=name)
+                                   atol=ATOL[dtype], err_msg=name)
 
 
 @pytest.mark.parametrize("bad_index", [-1, 300, 2**31 - 1])
@@ -202,7 +212,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
                 np.testing.assert_array_equal(got, state[name])
             else:
                 np.testing.assert_allclose(got, want[name], rtol=RTOL[dtype],
-                                           atol=RTOL[dtype] * 1e-3,
+                                           atol=ATOL[dtype],
                                            err_msg=f"tensor {i} ({n} elements) {name}")
 
 
