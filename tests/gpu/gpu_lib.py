@@ -64,6 +64,8 @@ class Harness:
     def sparse(self, dtype, variant, hyper, grad, indices, rows, row_size, var, ms, mom=None,
                mg=None, workspace=None, stream=0):
         import cupy
+        if indices.dtype not in (np.int32, np.int64):
+            raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
         index_dtype = 0 if indices.dtype == np.int32 else 1
         n = int(indices.size)
         if workspace is None:

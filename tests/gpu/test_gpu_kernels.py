@@ -157,11 +157,13 @@ def test_sparse_matches_reference(harness, rng, pattern, dtype, index_dtype):
                                    atol=ATOL[dtype], err_msg=name)
 
 
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("bad_index", [-1, 300, 2**31 - 1])
-def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad_index):
+def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad_index,
+                                                               index_dtype):
     import cupy
     rows, dim = 300, 4
-    indices = np.array([3, 7, bad_index, 9, -5], np.int64)
+    indices = np.array([3, 7, bad_index, 9, -5], index_dtype)
     variant = Variant(False, False, False, "inside_sqrt", "inside_momentum", "none")
     state = _state(rng, (rows, dim), "float32")
     dev = {k: _to_device(v, "float32") for k, v in state.items()}
