@@ -58,12 +58,6 @@ def harness():
     return gpu_lib.Harness(build.build())
 
 
-def _storage(dtype):
-    import cupy
-    return {"float32": cupy.float32, "float64": cupy.float64, "float16": cupy.float16,
-            "bfloat16": None}[dtype]
-
-
 CANARY_VALUE = -1536.0  # exact in every dtype; an update computed from it is something else
 
 
@@ -113,9 +107,10 @@ def test_dense_matches_reference(harness, rng, variant, dtype):
     state = _state(rng, (n,), dtype)
     grad = _rounded(rng.normal(size=n) * 10.0 ** rng.uniform(-4, 0, size=n), dtype)
     dev = {k: _to_device(v, dtype) for k, v in state.items()}
+    # Every slot's buffer is passed, enabled or not: the variant alone says which are used
+    # (a disabled slot's pointer must be ignored, so it keeps its bits).
     harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
-                  dev["mom"] if variant.momentum else None,
-                  dev["mg"] if variant.centered else None, n=n)
+                  dev["mom"], dev["mg"], n=n)
     want = reference.rmsprop_x_step(
         state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
         state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
@@ -125,7 +120,7 @@ def test_dense_matches_reference(harness, rng, variant, dtype):
         got, canary_ok = _to_host(dev[name], dtype, n)
         assert canary_ok, f"{name}: written past its end"
         if want[name] is None:
-            np.testing.assert_array_equal(got, state[name])  # a disabled slot is not touched
+            np.testing.assert_array_equal(got, state[name])  # a disabled slot keeps its bits
         else:
             np.testing.assert_allclose(got, want[name], rtol=RTOL[dtype],
                                        atol=ATOL[dtype], err_msg=name)
@@ -194,9 +189,9 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
         grads.append(grad)
         dev.append(arrays)
     view = lambda name: [d[name][1] for d in dev]  # noqa: E731
-    harness.multi(dtype, variant, HYPER, view("grad"), view("var"), view("ms"),
-                  view("mom") if variant.momentum else None,
-                  view("mg") if variant.centered else None)
+    # Every slot's buffers passed, enabled or not (see test_dense_matches_reference).
+    harness.multi(dtype, variant, HYPER, view("grad"), view("var"), view("ms"), view("mom"),
+                  view("mg"))
     cupy.cuda.Device().synchronize()
     for i, n in enumerate(sizes):
         state = states[i]
