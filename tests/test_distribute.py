@@ -139,6 +139,56 @@ def test_mirrored_matches_the_reference_on_summed_gradients(rng):
         np.testing.assert_allclose(got, want_t, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
+def test_cross_replica_apply_sums_per_replica_gradients(rng, use_function):
+    """`apply_gradients` called outside `strategy.run` (in the strategy's scope) with the
+    per-replica gradients `strategy.run` returned: they are summed, as inside `run`, and
+    every copy applies the sum (each copy applying its own replica's gradient would make
+    them diverge; before, this failed on PerReplica having no shape)."""
+    strategy = _strategy()
+    init_w = rng.normal(size=(DIM, 3)).astype(np.float32)
+    init_t = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    (step,) = _data(rng, 1)
+    with strategy.scope():
+        w, table = tf.Variable(init_w), tf.Variable(init_t)
+        opt = RMSpropX(**KWARGS)
+    xs = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(step[ctx.replica_id_in_sync_group][0]))
+    ids = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(step[ctx.replica_id_in_sync_group][1]))
+
+    def grads(x, i):
+        with tf.GradientTape() as tape:
+            loss = _loss(w, table, x, i)
+        return tape.gradient(loss, [w, table])
+
+    def apply():
+        gw, gt = strategy.run(grads, args=(xs, ids))
+        opt.apply_gradients([(gw, w), (gt, table)])
+
+    with strategy.scope():
+        (tf.function(apply) if use_function else apply)()
+    gw, vals, idx = 0, [], []
+    for x, i in step:  # the sum, from one device, against the float64 reference
+        tw, tt = tf.Variable(init_w), tf.Variable(init_t)
+        with tf.GradientTape() as tape:
+            loss = _loss(tw, tt, tf.constant(x), tf.constant(i))
+        dw, dt = tape.gradient(loss, [tw, tt])
+        gw, vals, idx = gw + dw.numpy().astype(np.float64), vals + [dt.values.numpy()], idx + [i]
+    hyper = dict(lr=0.02, momentum=0.9, epsilon=1e-6)
+    zeros = np.zeros_like
+    want_w = reference.rmsprop_x_step(init_w, gw, zeros(init_w), zeros(init_w), zeros(init_w),
+                                      **hyper)["var"]
+    want_t = reference.sparse_rmsprop_x_step(init_t, np.concatenate(vals), np.concatenate(idx),
+                                             zeros(init_t), zeros(init_t), zeros(init_t),
+                                             **hyper)["var"]
+    for var, want in ((w, want_w), (table, want_t)):
+        copies = _components(strategy, var)
+        np.testing.assert_array_equal(copies[0], copies[1])
+        np.testing.assert_allclose(copies[0], want, rtol=1e-5, atol=1e-6)
+    assert int(opt.iterations.numpy()) == 1
+
+
 def test_one_device_strategy_places_and_updates(rng):
     strategy = tf.distribute.OneDeviceStrategy("/cpu:1")
     init = rng.normal(size=(5,)).astype(np.float32)

@@ -207,6 +207,11 @@ def test_gradient_dtype_integer_variable_and_repeated_variable_are_named(rng):
     np.testing.assert_array_equal(var.numpy(), before[0])
     np.testing.assert_array_equal(other.numpy(), before[1])
     assert int(opt.iterations.numpy()) == 0
+    assert len(opt.variables) == 2  # iterations, learning_rate: no slot built for a rejected call
+    # A keras.Variable and its own tf.Variable are one variable too.
+    kvar = keras.Variable(rng.uniform(-1, 1, 3).astype(np.float32), name="kvar")
+    with pytest.raises(ValueError, match=r"appears more than once"):
+        RMSpropX(learning_rate=0.1).apply_gradients([(tf.ones(3), kvar), (tf.ones(3), kvar.value)])
 
 
 @pytest.mark.parametrize("kwargs, name", [

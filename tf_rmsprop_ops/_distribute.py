@@ -116,8 +116,10 @@ def run_step(local_step, grads, variables, finish):
     if not in_replica_context():
         if tf.distribute.has_strategy() and any(isinstance(g, tf.distribute.DistributedValues)
                                                 for g in grads):
-            return _update_each_device(tf.distribute.get_strategy(), local_step, grads,
-                                       variables, finish)
+            strategy = tf.distribute.get_strategy()
+            return _update_each_device(strategy, local_step,
+                                       _sum_per_replica(strategy, grads, variables), variables,
+                                       finish)
         return _then(stateful_ops(local_step, grads, variables), finish)
     anchor = next((v for v in variables if _is_mirrored(v)), None)
     if anchor is None:  # ParameterServerStrategy, OneDeviceStrategy: one copy of each
@@ -126,6 +128,16 @@ def run_step(local_step, grads, variables, finish):
     return ctx.merge_call(
         lambda strategy, g: _update_each_device(strategy, local_step, g, variables, finish,
                                                 anchor), args=(grads,))
+
+
+def _sum_per_replica(strategy, grads, variables):
+    """Per-replica gradients (`strategy.run`'s results, one value per replica) summed onto
+    their variable's devices, as inside `strategy.run` (step 2): every device then applies
+    the same sum. Each device applying its own replica's value would make the copies of a
+    mirrored variable diverge."""
+    return [strategy.extended.reduce_to(tf.distribute.ReduceOp.SUM, g, destinations=v)
+            if isinstance(g, tf.types.experimental.distributed.PerReplica) else g
+            for g, v in zip(grads, variables)]
 
 
 def stateful_ops(fn, *args):

@@ -66,24 +66,33 @@ def as_gradient(grad, var):
     return grad
 
 
+def check_variable(var):
+    """ValueError naming a variable the optimizer cannot update (not floating point)."""
+    if not _dtype(var).is_floating:
+        raise ValueError(f"RMSpropX updates floating-point variables; variable "
+                         f"{getattr(var, 'name', '<variable>')} is {_dtype(var).name}")
+
+
 def check(grad, var):
-    """ValueError naming the variable when a gradient cannot belong to it (shape, dtype) or
-    the variable cannot be updated (not floating point)."""
+    """ValueError naming the variable when a gradient cannot belong to it (shape, dtype);
+    per-replica gradients are checked component by component."""
+    if isinstance(grad, tf.distribute.DistributedValues):
+        for component in grad.values:
+            check(component, var)
+        return
     name = getattr(var, "name", "<variable>")
     var_dtype = _dtype(var)
-    if not var_dtype.is_floating:
-        raise ValueError(f"RMSpropX updates floating-point variables; variable {name} is "
-                         f"{var_dtype.name}")
+    var_shape = tf.TensorShape(var.shape)
     values = _values(grad)
     dtype = getattr(values, "dtype", None)
     if dtype is not None and tf.as_dtype(dtype).base_dtype != var_dtype:
         raise ValueError(f"Gradient of dtype {tf.as_dtype(dtype).base_dtype.name} does not "
                          f"match variable {name} of dtype {var_dtype.name}")
     if isinstance(grad, tf.IndexedSlices):
-        row_shape, var_rows = grad.values.shape[1:], var.shape[1:]
-        if var.shape.rank == 0 or not row_shape.is_compatible_with(var_rows):
+        row_shape, var_rows = grad.values.shape[1:], var_shape[1:]
+        if var_shape.rank == 0 or not row_shape.is_compatible_with(var_rows):
             raise ValueError(f"Gradient rows of shape {grad.values.shape} do not fit variable "
-                             f"{name} of shape {var.shape}")
-    elif not grad.shape.is_compatible_with(var.shape):
+                             f"{name} of shape {var_shape}")
+    elif not tf.TensorShape(grad.shape).is_compatible_with(var_shape):
         raise ValueError(f"Gradient of shape {grad.shape} does not match variable {name} of "
-                         f"shape {var.shape}")
+                         f"shape {var_shape}")

@@ -323,17 +323,21 @@ class RMSpropX(tf.Module):
         if len(grads) != len(trainable_variables):
             raise ValueError(f"Got {len(grads)} gradients for {len(trainable_variables)} "
                              "variables.")
-        self.build(trainable_variables)
+        # Everything checked before the optimizer changes (build adds slots and variables).
+        for v in trainable_variables:
+            _gradients.check_variable(v)
+        all_variables = trainable_variables
         grads, trainable_variables = self._filter_missing(grads, trainable_variables)
         grads = [_gradients.as_gradient(g, v) for g, v in zip(grads, trainable_variables)]
         seen = set()
         for g, v in zip(grads, trainable_variables):
             _gradients.check(g, v)
-            key = v.ref() if hasattr(v, "ref") else id(v)
+            key = _distribute.var_key(v)
             if key in seen:  # two updates of one variable in one step: sum first
                 raise ValueError(f"Variable {v.name} appears more than once in the update; sum "
                                  "its gradients into one.")
             seen.add(key)
+        self.build(all_variables)
         if _distribute.is_v1_graph():
             return self._apply_in_v1_graph(grads, trainable_variables)
         grads = _distribute.all_reduce_sum(grads)
