@@ -196,3 +196,30 @@ def test_gradients_of_another_dtype_are_cast_as_keras_does(rng):
         results.append(var.numpy())
     assert not np.array_equal(results[0], init)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+def test_a_rejected_step_keeps_the_gradient_accumulators(rng):
+    """With gradient_accumulation_steps, Keras zeroes the accumulators after update_step;
+    in a graph nothing tied that to the ops, so a step an op rejected (here a learning rate
+    turned negative, known only when the step runs) lost the accumulated gradients."""
+    sign = tf.Variable(1.0)
+    init = rng.uniform(-1, 1, 4).astype(np.float32)
+    var = keras.Variable(init)
+    opt = RMSpropX(learning_rate=lambda: 0.1 * sign, gradient_accumulation_steps=2)
+    opt.build([var])
+    grads = [rng.normal(size=4).astype(np.float32) for _ in range(4)]
+
+    @tf.function
+    def step(g):
+        opt.apply_gradients([(g, var)])
+
+    for g in grads[:3]:  # accumulate, update, accumulate
+        step(tf.constant(g))
+    before = [var.numpy().copy(), opt._accumulated_gradients[0].numpy().copy()]
+    np.testing.assert_allclose(before[1], grads[2], rtol=1e-6)  # the third step's gradient
+    sign.assign(-1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lr must be"):
+        step(tf.constant(grads[3]))
+    np.testing.assert_array_equal(var.numpy(), before[0])
+    np.testing.assert_array_equal(opt._accumulated_gradients[0].numpy(), before[1])
+    assert int(opt._iterations.numpy()) == 3

@@ -158,8 +158,11 @@ class RMSpropX(keras.optimizers.Optimizer):
             # would still count. A read of the counter that waits for them does: TensorFlow's
             # automatic control dependencies run the later increment of the same variable
             # after it (as the tf.Module optimizer's `_distribute.run_step`).
+            # The same for the gradient accumulators, which Keras zeroes after update_step.
             with tf.control_dependencies(ops_of_step):
                 tf.identity(self._iterations.value)
+                for accumulator in getattr(self, "_accumulated_gradients", None) or []:
+                    tf.identity(accumulator.value)
 
     def update_step(self, gradient, variable, learning_rate):
         self._apply_items(self._items([gradient], [variable]), learning_rate)
