@@ -53,13 +53,21 @@ class Harness:
         return None if a is None else ctypes.c_void_p(a.data.ptr)
 
     def dense(self, dtype, variant, hyper, grad, var, ms, mom=None, mg=None, n=None, stream=0):
+        self.prepare_dense(dtype, variant, hyper, grad, var, ms, mom, mg, n, stream)()
+
+    def prepare_dense(self, dtype, variant, hyper, grad, var, ms, mom=None, mg=None, n=None,
+                      stream=0):
+        """A zero-argument callable making that launch, its arguments built once."""
         hp, keep = self._hyper(hyper)
-        err = self.lib.rx_dense(DTYPES[dtype], *self._flags(variant), hp, self._ptr(grad),
-                                self._ptr(var), self._ptr(ms), self._ptr(mom), self._ptr(mg),
-                                int(n if n is not None else var.size), ctypes.c_void_p(stream))
-        del keep
-        if err:
-            raise RuntimeError(f"rx_dense: CUDA error {err}")
+        args = (DTYPES[dtype], *self._flags(variant), hp, self._ptr(grad), self._ptr(var),
+                self._ptr(ms), self._ptr(mom), self._ptr(mg),
+                int(n if n is not None else var.size), ctypes.c_void_p(stream))
+
+        def launch(keep=keep):  # the hyperparameter array lives as long as it does
+            err = self.lib.rx_dense(*args)
+            if err:
+                raise RuntimeError(f"rx_dense: CUDA error {err}")
+        return launch
 
     def sparse(self, dtype, variant, hyper, grad, indices, rows, row_size, var, ms, mom=None,
                mg=None, workspace=None, stream=0):

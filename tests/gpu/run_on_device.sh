@@ -15,6 +15,12 @@ tail -20 "$OUT/build.txt"
 # (pyproject's addopts -rs alone replaces pytest's default -rfE).
 GPU_HARNESS_REQUIRED=1 python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider \
   tests/gpu/test_gpu_kernels.py > "$OUT/tests.txt" 2>&1
-echo "pytest exit $?"
+tests=$?
+echo "pytest exit $tests"
 tail -40 "$OUT/tests.txt"
 python3 tests/gpu/bench_gpu.py --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.txt"
+bench=$?
+# The run fails if the tests or the benchmark did (the bench runs after failing tests too:
+# its numbers are still worth having from the one run).
+[ "$tests" -eq 0 ] || exit "$tests"
+exit "$bench"

@@ -100,17 +100,21 @@ def _state(rng, shape, dtype):
     return {k: _rounded(v, dtype) for k, v in state.items()}
 
 
+@pytest.mark.parametrize("disabled", ["null", "buffer"])
 @pytest.mark.parametrize("dtype", list(RTOL))
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
-def test_dense_matches_reference(harness, rng, variant, dtype):
+def test_dense_matches_reference(harness, rng, variant, dtype, disabled):
     n = 1000 + int(rng.integers(0, 37))  # vector body and a scalar tail
     state = _state(rng, (n,), dtype)
     grad = _rounded(rng.normal(size=n) * 10.0 ** rng.uniform(-4, 0, size=n), dtype)
     dev = {k: _to_device(v, dtype) for k, v in state.items()}
-    # Every slot's buffer is passed, enabled or not: the variant alone says which are used
-    # (a disabled slot's pointer must be ignored, so it keeps its bits).
+    # A disabled slot is passed as null (as the TensorFlow kernels do) or as a buffer: the
+    # variant alone says which slots are used (a disabled one's pointer must be ignored, so
+    # it keeps its bits).
+    def slot(name, enabled):
+        return dev[name] if enabled or disabled == "buffer" else None
     harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
-                  dev["mom"], dev["mg"], n=n)
+                  slot("mom", variant.momentum), slot("mg", variant.centered), n=n)
     want = reference.rmsprop_x_step(
         state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
         state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
@@ -172,7 +176,7 @@ def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad
 
 # ---- multi-tensor (ApplyRMSpropXMulti's chunk-list kernel) ---------------------------------
 
-def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
+def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="buffer"):
     """Updates tensors of `sizes` in one multi call; each compared with the reference and
     its canaries. Tensors in `misaligned` start 1 element into their buffer (scalar path)."""
     import cupy
@@ -189,9 +193,11 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
         grads.append(grad)
         dev.append(arrays)
     view = lambda name: [d[name][1] for d in dev]  # noqa: E731
-    # Every slot's buffers passed, enabled or not (see test_dense_matches_reference).
-    harness.multi(dtype, variant, HYPER, view("grad"), view("var"), view("ms"), view("mom"),
-                  view("mg"))
+    # Disabled slots as null or as buffers (see test_dense_matches_reference).
+    def slots(name, enabled):
+        return view(name) if enabled or disabled == "buffer" else None
+    harness.multi(dtype, variant, HYPER, view("grad"), view("var"), view("ms"),
+                  slots("mom", variant.momentum), slots("mg", variant.centered))
     cupy.cuda.Device().synchronize()
     for i, n in enumerate(sizes):
         state = states[i]
@@ -216,13 +222,14 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=()):
 @pytest.mark.parametrize("dtype", list(RTOL))
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v.weight_decay_mode != "none"
                                      and v.lr_placement == "inside_momentum"], ids=str)
-def test_multi_matches_reference(harness, rng, variant, dtype):
+@pytest.mark.parametrize("disabled", ["null", "buffer"])
+def test_multi_matches_reference(harness, rng, variant, dtype, disabled):
     # More tensors than one launch carries (36), empty and odd sizes, tensors of several
     # chunks (65536 elements), two misaligned ones (the scalar path).
     sizes = [int(s) for s in rng.integers(1, 3000, size=40)]
     sizes[3], sizes[11] = 0, 1
     sizes[5], sizes[38] = 65536 * 2 + 17, 65536
-    _multi_case(harness, rng, dtype, variant, sizes, misaligned={7, 20})
+    _multi_case(harness, rng, dtype, variant, sizes, misaligned={7, 20}, disabled=disabled)
 
 
 def test_multi_carries_a_tensor_across_launches(harness, rng):
