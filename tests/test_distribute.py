@@ -112,16 +112,12 @@ def test_mirrored_replicas_identical_and_equal_summed_one_device(rng, build_insi
     assert np.max(np.abs(_components(strategy, w)[0] - init_w)) > 1e-3  # it trained
 
 
-def test_mirrored_matches_the_reference_on_summed_gradients(rng):
-    """One step from fresh slots, checked against the float64 reference directly."""
-    init_w = rng.normal(size=(DIM, 3)).astype(np.float32)
-    init_t = rng.normal(size=(ROWS, DIM)).astype(np.float32)
-    data = _data(rng, 1)
-    strategy, w, table, _ = _mirrored_run(init_w, init_t, data, KWARGS, False,
-                                          use_function=False)
+def _reference_step_on_summed_gradients(init_w, init_t, step):
+    """(w, table) after one KWARGS step from fresh slots on the replicas' summed gradients:
+    the gradients from one device, the step from the float64 reference."""
     tw, tt = tf.Variable(init_w), tf.Variable(init_t)
     gw, vals, idx = 0, [], []
-    for x, ids in data[0]:
+    for x, ids in step:
         with tf.GradientTape() as tape:
             loss = _loss(tw, tt, tf.constant(x), tf.constant(ids))
         dw, dt = tape.gradient(loss, [tw, tt])
@@ -133,6 +129,17 @@ def test_mirrored_matches_the_reference_on_summed_gradients(rng):
     want_t = reference.sparse_rmsprop_x_step(init_t, np.concatenate(vals), np.concatenate(idx),
                                              zeros(init_t), zeros(init_t), zeros(init_t),
                                              **hyper)["var"]
+    return want_w, want_t
+
+
+def test_mirrored_matches_the_reference_on_summed_gradients(rng):
+    """One step from fresh slots, checked against the float64 reference directly."""
+    init_w = rng.normal(size=(DIM, 3)).astype(np.float32)
+    init_t = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    data = _data(rng, 1)
+    strategy, w, table, _ = _mirrored_run(init_w, init_t, data, KWARGS, False,
+                                          use_function=False)
+    want_w, want_t = _reference_step_on_summed_gradients(init_w, init_t, data[0])
     for got in _components(strategy, w):
         np.testing.assert_allclose(got, want_w, rtol=1e-5, atol=1e-6)
     for got in _components(strategy, table):
@@ -168,20 +175,7 @@ def test_cross_replica_apply_sums_per_replica_gradients(rng, use_function):
 
     with strategy.scope():
         (tf.function(apply) if use_function else apply)()
-    gw, vals, idx = 0, [], []
-    for x, i in step:  # the sum, from one device, against the float64 reference
-        tw, tt = tf.Variable(init_w), tf.Variable(init_t)
-        with tf.GradientTape() as tape:
-            loss = _loss(tw, tt, tf.constant(x), tf.constant(i))
-        dw, dt = tape.gradient(loss, [tw, tt])
-        gw, vals, idx = gw + dw.numpy().astype(np.float64), vals + [dt.values.numpy()], idx + [i]
-    hyper = dict(lr=0.02, momentum=0.9, epsilon=1e-6)
-    zeros = np.zeros_like
-    want_w = reference.rmsprop_x_step(init_w, gw, zeros(init_w), zeros(init_w), zeros(init_w),
-                                      **hyper)["var"]
-    want_t = reference.sparse_rmsprop_x_step(init_t, np.concatenate(vals), np.concatenate(idx),
-                                             zeros(init_t), zeros(init_t), zeros(init_t),
-                                             **hyper)["var"]
+    want_w, want_t = _reference_step_on_summed_gradients(init_w, init_t, step)
     for var, want in ((w, want_w), (table, want_t)):
         copies = _components(strategy, var)
         np.testing.assert_array_equal(copies[0], copies[1])
