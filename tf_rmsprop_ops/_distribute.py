@@ -152,6 +152,17 @@ def stateful_ops(fn, *args):
     return [op for op in graph.get_operations()[before:] if op._is_stateful]  # noqa: SLF001
 
 
+def writes_wait_for(fn, variables):
+    """Runs `fn()`; in a graph, then reads each of `variables` under control dependencies
+    on the stateful ops `fn` added. TensorFlow's automatic control dependencies order every
+    later write of those variables after their read, so after `fn`'s ops: code that is not
+    ours (Keras counting `iterations`, zeroing its gradient accumulators) then writes only
+    once the step's ops succeeded."""
+    ops = stateful_ops(fn)
+    if ops:  # eagerly every op has run (or raised) already
+        _then(ops, lambda: [tf.identity(unwrap(v)) for v in variables])
+
+
 def _then(ops, fn):
     with tf.control_dependencies(ops):
         return fn()

@@ -53,9 +53,9 @@ def clip_by_value(grad, clipvalue):
     return map_values(grad, lambda g: tf.clip_by_value(g, -clipvalue, clipvalue))
 
 
-def _dtype(var):
-    """A variable's dtype as a tf.DType (a Keras 3 variable's is a string)."""
-    return tf.as_dtype(var.dtype).base_dtype
+def _dtype(x):
+    """The base tf.DType of a tensor or variable (a Keras 3 variable's dtype is a string)."""
+    return tf.as_dtype(x.dtype).base_dtype
 
 
 def as_gradient(grad, var):
@@ -64,6 +64,12 @@ def as_gradient(grad, var):
     if isinstance(grad, (np.ndarray, np.generic, list, tuple, int, float)):
         return tf.convert_to_tensor(grad, dtype=_dtype(var))
     return grad
+
+
+def cast_to_variable(grad, var):
+    """`grad` (dense or IndexedSlices) cast to `var`'s dtype, as Keras' own optimizers cast
+    gradients (a float64 NumPy gradient for a float32 variable is valid in Keras)."""
+    return map_values(grad, lambda g: tf.cast(g, _dtype(var)))
 
 
 def check_variable(var):
@@ -84,10 +90,10 @@ def check(grad, var):
     var_dtype = _dtype(var)
     var_shape = tf.TensorShape(var.shape)
     values = _values(grad)
-    dtype = getattr(values, "dtype", None)
-    if dtype is not None and tf.as_dtype(dtype).base_dtype != var_dtype:
-        raise ValueError(f"Gradient of dtype {tf.as_dtype(dtype).base_dtype.name} does not "
-                         f"match variable {name} of dtype {var_dtype.name}")
+    dtype = _dtype(values) if getattr(values, "dtype", None) is not None else None
+    if dtype is not None and dtype != var_dtype:
+        raise ValueError(f"Gradient of dtype {dtype.name} does not match variable {name} of "
+                         f"dtype {var_dtype.name}")
     if isinstance(grad, tf.IndexedSlices):
         row_shape, var_rows = grad.values.shape[1:], var_shape[1:]
         if var_shape.rank == 0 or not row_shape.is_compatible_with(var_rows):

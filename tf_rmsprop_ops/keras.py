@@ -130,19 +130,12 @@ class RMSpropX(keras.optimizers.Optimizer):
             def slot(slots, i=i):
                 return _distribute.unwrap(slots[i]) if slots else None
 
-            items.append((self._in_dtype_of(gradient, variable), _distribute.unwrap(variable),
+            items.append((_gradients.cast_to_variable(gradient, variable),
+                          _distribute.unwrap(variable),
                           _apply.Slots(slot(self._velocities), slot(self._momentums),
                                        slot(self._average_gradients)),
                           self._structure(variable)))
         return items
-
-    @staticmethod
-    def _in_dtype_of(gradient, variable):
-        """The gradient in the variable's dtype, as Keras' own optimizers cast it (a float64
-        NumPy gradient for a float32 variable is valid in Keras)."""
-        dtype = tf.as_dtype(variable.dtype).base_dtype
-        return _gradients.map_values(gradient, lambda g: tf.cast(g, dtype)
-                                     if tf.as_dtype(g.dtype).base_dtype != dtype else g)
 
     def _apply_items(self, items, learning_rate):
         def apply():
@@ -151,18 +144,11 @@ class RMSpropX(keras.optimizers.Optimizer):
                 epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
                 bias_correction_step=(self.iterations + 1) if self.bias_correction else None,
                 multi_tensor=self.multi_tensor)
-        ops_of_step = _distribute.stateful_ops(apply)
-        if ops_of_step:
-            # Keras counts the step (`iterations.assign_add` in `Optimizer.apply`) after this,
-            # and in a graph nothing orders the count after these ops: a step an op rejects
-            # would still count. A read of the counter that waits for them does: TensorFlow's
-            # automatic control dependencies run the later increment of the same variable
-            # after it (as the tf.Module optimizer's `_distribute.run_step`).
-            # The same for the gradient accumulators, which Keras zeroes after update_step.
-            with tf.control_dependencies(ops_of_step):
-                tf.identity(self._iterations.value)
-                for accumulator in getattr(self, "_accumulated_gradients", None) or []:
-                    tf.identity(accumulator.value)
+        # Keras counts the step (`iterations.assign_add` in `Optimizer.apply`) and zeroes
+        # its gradient accumulators after this; in a graph nothing ordered those writes after
+        # our ops, so a step an op rejected still counted and lost the accumulated gradients.
+        _distribute.writes_wait_for(
+            apply, [self._iterations, *(getattr(self, "_accumulated_gradients", None) or [])])
 
     def update_step(self, gradient, variable, learning_rate):
         self._apply_items(self._items([gradient], [variable]), learning_rate)
