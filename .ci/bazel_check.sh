@@ -4,13 +4,7 @@
 # Fails loudly when Bazel cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v bazelisk >/dev/null && ! command -v bazel-4 >/dev/null; then
-  echo "== installing Bazel (Debian's bazel-bootstrap and its rule repositories)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q bazel-bootstrap bazel-rules-java bazel-rules-proto bazel-platforms >/dev/null \
-    || { echo "bazel_check: cannot install Bazel with apt-get" >&2; exit 1; }
-fi
+bash .ci/install_bazel.sh
 WHEELS="$(mktemp -d)"
 echo "== pip_pkg.sh $WHEELS"
 bash pip_pkg.sh "$WHEELS"

@@ -12,14 +12,7 @@ if [ ! -x "$NVCC" ]; then
   echo "gpu_build_check: nvcc not found at $NVCC: cannot check the CUDA build" >&2
   exit 1
 fi
-CACHE="${TF_RMSPROP_OPS_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tf_rmsprop_ops}"
-VENV="$CACHE/venv-tensorflow-gpu-2.21"
-if ! "$VENV/bin/python" -c 'import tensorflow, pytest, numpy' 2>/dev/null; then
-  echo "== creating $VENV (full tensorflow wheel, ~570 MB)"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'tensorflow==2.21.*' pytest hypothesis
-fi
+VENV="$(bash .ci/gpu_venv.sh)"
 BUILD="$PWD/build-gpu"
 echo "== building the GPU-enabled op library (GPU=1) in $BUILD"
 make -j2 GPU=1 PYTHON="$VENV/bin/python" BUILD_DIR="$BUILD" OUT="$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" \

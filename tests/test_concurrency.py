@@ -7,7 +7,12 @@ square root is exact), gradients and lr powers of two and var on a grid of 2**-7
 float32's 24 bits, so every partial sum var0 - sum(lr * g / sqrt(v)) is exact. The expected
 value is then independent of the order; it is computed in float64 and checked to be exactly
 representable in float32, and the variable must hold exactly those bits. A lost update, an
-update applied twice or a torn write changes them.
+update applied twice or a torn write changes them. Those inputs keep ms and mg constant, so a
+second locked test moves every slot: the same call (momentum, centered, rho < 1, weight
+decay, float32 and float16) from every thread and function, where every serial order is the
+same computation, against as many calls in a row on a copy: var, ms, mom and mg must have
+the same bits. (With use_locking=False that test fails: checked.) The threads start their
+loops together (a barrier).
 
 With use_locking=False nothing may crash and every element must end at var0 - k * step for a
 whole k in [0, n] (updates may be lost, never torn or garbage), and nothing outside the
@@ -75,9 +80,11 @@ def _check_exact(variables, state, expected_var):
 
 def _run_threads(target, n=THREADS):
     errors = []
+    start = threading.Barrier(n)  # the loops start together, so the calls overlap
 
     def wrapped(t):
         try:
+            start.wait(JOIN_TIMEOUT_S)
             target(t)
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             errors.append(e)
@@ -290,6 +297,101 @@ def test_graph_functions_from_threads_without_eager_calls(rng):
     _run_threads(lambda t: [run_k(many) for many in plan[t]], n=2)
     expected = op.state["var"] - sum(op.step_of(c) for per in plan for many in per for c in many)
     _check_exact(op.vars, op.state, expected)
+
+
+# ---- use_locking=True with every slot moving: the same call from everyone --------------------
+
+FULL = dict(lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=0.01,
+            weight_decay_mode="coupled")
+SLOTS = ("ms", "mom", "mg")
+
+
+class _Same:
+    """N copies of one call (momentum, centered, rho < 1, weight decay): every serial order
+    of identical calls is the same computation, so a locked concurrent run must end with the
+    bits of N calls made one after another, in var and in every slot. A lost, doubled or
+    torn read-modify-write of any of the four arrays changes them."""
+
+    SHAPES = {"dense": [(60_000,)], "sparse": [(3000, 8)], "sparse_copy_on_read": [(3000, 8)],
+              "multi": [(3000,), (50, 7), (1,), (70_000,)]}
+
+    def __init__(self, kind, rng, dtype):
+        self.kind, self.dtype = kind, dtype
+        self.inits = [{"var": rng.normal(size=s), "ms": rng.uniform(0.5, 1.5, s),
+                       "mom": rng.normal(scale=0.1, size=s), "mg": rng.normal(scale=0.1, size=s)}
+                      for s in self.SHAPES[kind]]
+        if kind.startswith("sparse"):
+            rows = self.SHAPES[kind][0][0]
+            self.indices = tf.constant(rng.integers(0, rows, 5000))  # duplicates included
+            self.grads = [tf.constant(rng.normal(size=(5000, 8)) * 10.0 ** rng.integers(
+                -4, 1, (5000, 1)), dtype)]
+        else:
+            self.grads = [tf.constant(rng.normal(size=s) * 10.0 ** rng.integers(-4, 1, s), dtype)
+                          for s in self.SHAPES[kind]]
+
+    def variables(self):
+        out = [{k: tf.Variable(v.astype(self.dtype.as_numpy_dtype)) for k, v in init.items()}
+               for init in self.inits]
+        if self.kind == "sparse_copy_on_read":
+            for v in out[0].values():
+                v.scatter_add(tf.IndexedSlices(tf.zeros((0, 8), self.dtype),
+                                               tf.zeros([0], tf.int64)))
+        return out
+
+    def apply(self, vs, use_locking=True):
+        """One call; `vs` holds variables or their handles."""
+        if self.kind == "multi":
+            ops.apply_rmsprop_x_multi([v["var"] for v in vs], [[v[k] for k in SLOTS] for v in vs],
+                                      self.grads, use_momentum=True, centered=True,
+                                      use_locking=use_locking, **FULL)
+        elif self.kind == "dense":
+            v = vs[0]
+            tf_rmsprop_ops.apply_rmsprop_x(v["var"], v["ms"], self.grads[0], mom=v["mom"],
+                                           mg=v["mg"], use_locking=use_locking, **FULL)
+        else:
+            v = vs[0]
+            tf_rmsprop_ops.sparse_apply_rmsprop_x(v["var"], v["ms"], self.grads[0], self.indices,
+                                                  mom=v["mom"], mg=v["mg"],
+                                                  use_locking=use_locking, **FULL)
+
+    def function(self, vs, k):
+        """k unordered calls in one tf.function (k separate handle arguments)."""
+        @tf.function(autograph=False)
+        def run(handle_sets):
+            for handles in handle_sets:
+                self.apply(handles)
+
+        handle_sets = [[{n: v.handle for n, v in d.items()} for d in vs] for _ in range(k)]
+        run.get_concrete_function(handle_sets)
+        return lambda: run(handle_sets)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("kind", OPS)
+def test_locked_identical_calls_move_every_slot_as_a_serial_run(kind, dtype, rng):
+    """THREADS threads, each 3 times: a tf.function of 4 unordered calls and an eager call
+    (60 calls), against 60 eager calls in a row on a second copy: the same bits in var, ms,
+    mom and mg."""
+    same = _Same(kind, rng, dtype)
+    shared, serial = same.variables(), same.variables()
+    k, repeats = 4, 3
+    run_k = same.function(shared, k)
+
+    def worker(_):
+        for _ in range(repeats):
+            run_k()
+            same.apply(shared)
+
+    _run_threads(worker)
+    for _ in range(THREADS * repeats * (k + 1)):
+        same.apply(serial)
+    for i, (got, want, init) in enumerate(zip(shared, serial, same.inits)):
+        for name in ("var",) + SLOTS:
+            w = want[name].numpy()
+            assert not np.array_equal(w.astype(np.float64), init[name].astype(
+                w.dtype).astype(np.float64)), f"test construction: {name} did not move"
+            np.testing.assert_array_equal(got[name].numpy(), w,
+                                          err_msg=f"variable {i}, {name}: not a serial result")
 
 
 # ---- use_locking=False: lost updates allowed, torn or stray writes not ------------------------
