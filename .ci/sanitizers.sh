@@ -12,8 +12,9 @@ PYTHON="${PYTHON:-python3}"
 CXX="${CXX:-g++}"
 
 echo "== sanitizers: building the op library with -fsanitize=address,undefined"
-make -s -j"${JOBS:-2}" PYTHON="$PYTHON" asan
+make -s -j"${JOBS:-2}" PYTHON="$PYTHON" asan asan-probe
 LIB="$(ls build-asan/_rmsprop_x_ops*.so)"
+PROBE="$PWD/build-asan/sanitizer_probe.so"
 
 # A copy of the package whose op library is the instrumented one (the checkout's own
 # package, and an editable install pointing at it, stay untouched).
@@ -26,8 +27,32 @@ cp "$LIB" "$WORK/pkg/tf_rmsprop_ops/"
 
 PRELOAD="$("$CXX" -print-file-name=libasan.so):$("$CXX" -print-file-name=libubsan.so)"
 # detect_leaks=0: TensorFlow and Python keep allocations until exit by design (not ours to
-# judge); everything else at ASan's defaults plus the checks below.
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:log_path=$WORK/reports/asan"
+# judge; tests/test_hygiene.py bounds our growth); everything else at ASan's defaults plus:
+SAN_COMMON_ASAN="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
+
+# First, the check itself can fail: planted faults (tests/sanitizer/probe.cc) in this setup
+# must be reported and must stop the process: the real dense span loop one element past its
+# arrays (ASan), and a signed overflow (UBSan).
+for probe in "0:heap-buffer-overflow" "1:signed integer overflow"; do
+  kind="${probe%%:*}"; expect="${probe#*:}"
+  mkdir -p "$WORK/probe$kind"
+  if ASAN_OPTIONS="$SAN_COMMON_ASAN:log_path=$WORK/probe$kind/asan" \
+     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/probe$kind/ubsan" \
+     LD_PRELOAD="$PRELOAD" "$PYTHON" -c \
+     "import ctypes; ctypes.CDLL('$PROBE').tf_rmsprop_ops_sanitizer_probe($kind, 2**30 + 1)" \
+     2>"$WORK/probe$kind/stderr"; then
+    echo "== sanitizers: the planted fault $kind ran to the end: the sanitizers are not working" >&2
+    exit 1
+  fi
+  if ! grep -qs "$expect" "$WORK/probe$kind"/*; then
+    echo "== sanitizers: the planted fault $kind was not reported as '$expect':" >&2
+    cat "$WORK/probe$kind"/* >&2 || true
+    exit 1
+  fi
+  echo "== sanitizers: planted fault $kind reported and stopped the process: $(grep -hm1 -E 'ERROR: AddressSanitizer|runtime error' "$WORK/probe$kind"/* | sed 's/^.*\(ERROR\|runtime\)/\1/' | cut -c1-90), at $(grep -hm1 '#0 ' "$WORK/probe$kind"/* | sed 's/^ *#0 0x[0-9a-f]* in //' | cut -c1-70)"
+done
+
+export ASAN_OPTIONS="$SAN_COMMON_ASAN:log_path=$WORK/reports/asan"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/reports/ubsan"
 # The tests that drive the kernels' memory accesses (every variant and dtype, bad input,
 # threads, random calls); test_numerics is mostly XLA compilation (not instrumented here).
@@ -46,11 +71,15 @@ print('== sanitizers: loaded', l.LIBRARY_PATH)" 2>&1 | grep -v "^WARNING\|^I0000
 echo "== sanitizers: $TESTS"
 status=0
 # shellcheck disable=SC2086
+set -o pipefail
 LD_PRELOAD="$PRELOAD" PYTHONPATH="$WORK/pkg" "$PYTHON" -m pytest -q -p no:cacheprovider $TESTS \
-  || status=$?
-if compgen -G "$WORK/reports/*" >/dev/null; then
+  2>&1 | tee "$WORK/pytest.log" || status=$?
+# Reports go to the log files, or (UBSan's, through ASan's runtime) to stderr.
+if compgen -G "$WORK/reports/*" >/dev/null \
+   || grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$WORK/pytest.log"; then
   echo "== sanitizers: REPORTS" >&2
-  cat "$WORK"/reports/* >&2
+  cat "$WORK"/reports/* >&2 || true
+  grep -E -A30 "ERROR: AddressSanitizer|runtime error:" "$WORK/pytest.log" | head -200 >&2 || true
   exit 1
 fi
 if [ "$status" != 0 ]; then

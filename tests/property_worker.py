@@ -4,8 +4,8 @@
     python tests/property_worker.py replay 'SPEC-JSON'
 
 FAMILY is one of dense (ApplyRMSpropX), sparse (SparseApplyRMSpropX), multi
-(ApplyRMSpropXMulti) or optimizer (tf_rmsprop_ops.RMSpropX). COUNT calls are generated from
-SEED; a share of them (TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE, default 0.02) is drawn by
+(ApplyRMSpropXMulti) or optimizer (tf_rmsprop_ops.RMSpropX and tf_rmsprop_ops.keras.RMSpropX). COUNT calls are generated from
+SEED; a share of them (TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE, default 0.1) is drawn by
 hypothesis (its boundary-seeking floats and integers), the rest by a seeded NumPy generator
 (hypothesis costs 1-2.5 ms per example here, as much as the call it generates). Both draw
 through the same generator, so every case is a JSON "spec" from which `replay` rebuilds the
@@ -67,6 +67,8 @@ from tensorflow.python.ops import resource_variable_ops  # noqa: E402
 import tf_rmsprop_ops  # noqa: E402
 from tf_rmsprop_ops import ops as tfx_ops  # noqa: E402
 from tf_rmsprop_ops import reference  # noqa: E402
+from tf_rmsprop_ops import keras as tfx_keras  # noqa: E402
+import keras  # noqa: E402
 from tf_rmsprop_ops._library import ops as raw  # noqa: E402
 
 np.seterr(all="ignore")  # NaN, inf and underflow are the point here: no warnings
@@ -296,6 +298,10 @@ def other_dtype(d, dtname):
     return d.choice([n for n in DTYPE_NAMES if n != dtname])
 
 
+def other_dtype_name(dtname):
+    return DTYPE_NAMES[(DTYPE_NAMES.index(dtname) + 1) % len(DTYPE_NAMES)]
+
+
 def slot_names(attrs):
     return ["ms"] + (["mom"] if attrs["use_momentum"] else []) + (["mg"] if attrs["centered"] else [])
 
@@ -490,8 +496,28 @@ def gen_optimizer(d):
         sparse = bool(shape) and shape[0] > 0 and d.boolean(0.25)
         variables.append(dict(dtype=d.choice(DTYPE_NAMES) if mixed else base, shape=shape,
                               sparse=sparse))
-    return dict(family="optimizer", ctor=ctor, variables=variables, steps=d.integer(2, 3),
-                grad=d.choice(["normal", "scaled", "zeros"], [80, 15, 5]), seed=d.seed())
+    steps = d.integer(2, 3)
+    fault = None
+    if d.boolean(0.4):  # one step of the trajectory goes wrong (or sets a bad value first)
+        kind = d.choice(OPTIMIZER_FAULTS)
+        setter = d.choice(list(SETTER_NAMES))
+        fault = dict(step=d.integer(1, steps), kind=kind, var=d.integer(0, len(variables) - 1),
+                     special=d.choice(["nan", "inf", "-inf"]), dtype=d.choice(DTYPE_NAMES),
+                     below=d.boolean(), setter=setter,
+                     value=d.choice([-1.0, -1e-3, math.nan, math.inf, -math.inf]
+                                    + ([1.5, 1.0 + 1e-6] if setter == "rho" else [])))
+    return dict(family="optimizer", keras=d.boolean(0.3), ctor=ctor, variables=variables,
+                steps=steps, grad=d.choice(["normal", "scaled", "zeros"], [80, 15, 5]),
+                fault=fault, seed=d.seed())
+
+
+# One step's fault in the optimizer family: a NaN/inf gradient element (accepted: it
+# propagates into that element only), a gradient of the wrong shape or dtype (ValueError naming
+# the variable; the Keras optimizer casts another dtype, as Keras does), an IndexedSlices index
+# outside the variable (InvalidArgumentError), or a setter given an invalid value (ValueError
+# naming it; the value and the next step unchanged).
+OPTIMIZER_FAULTS = ("grad_nonfinite", "grad_shape", "grad_dtype", "oob", "setter")
+SETTER_NAMES = ("learning_rate", "rho", "momentum", "epsilon", "weight_decay")
 
 
 GENERATORS = {"dense": gen_dense, "sparse": gen_sparse, "multi": gen_multi,
@@ -940,7 +966,8 @@ class Stats:
     def summary(self, seconds):
         c = self.c
         return dict(family=self.family, calls=c["calls"], hypothesis_calls=c["hypothesis_calls"],
-                    optimizer_apply_calls=c["apply_calls"],
+                    optimizer_apply_calls=c["apply_calls"], keras_cases=c["keras_cases"],
+                    module_cases=c["module_cases"],
                     succeeded_and_matched=c["matched"], rejected=c["rejected"],
                     rejected_but_state_changed=c["violation:state_changed"],
                     mismatches=c["violation:mismatch"], violations=c["violations"],
@@ -1572,8 +1599,10 @@ class OptimizerRunner(Runner):
         c = spec["ctor"]
         bad = optimizer_ctor_problems(c)
         st.problem_kinds.update(f"ctor:{b}" for b in bad)
+        cls = tfx_keras.RMSpropX if spec.get("keras") else tf_rmsprop_ops.RMSpropX
+        st.c["keras_cases" if spec.get("keras") else "module_cases"] += 1
         try:
-            opt = tf_rmsprop_ops.RMSpropX(**c)
+            opt = cls(**c)
         except ValueError as e:
             st.c["rejected"] += 1
             if not bad:
@@ -1602,7 +1631,8 @@ class OptimizerRunner(Runner):
         for k, vs in enumerate(spec["variables"]):
             dt = DTYPES[vs["dtype"]]
             init = dt.array(rng.uniform(-2, 2, vs["shape"]))
-            variables.append(tf.Variable(init, name=f"v{k}"))
+            variables.append(keras.Variable(init, dtype=dt.tf.name, name=f"v{k}")
+                             if spec.get("keras") else tf.Variable(init, name=f"v{k}"))
             dts.append(dt)
             states.append({"var": init, "ms": dt.array(np.full(vs["shape"], c["initial_scale"])),
                            "mom": dt.array(np.zeros(vs["shape"])) if use_momentum else None,
@@ -1620,28 +1650,69 @@ class OptimizerRunner(Runner):
                                      dtype=dts[k].name, expected=_preview(states[k][nm]),
                                      actual=_preview(actual))
                         states[k][nm] = actual  # go on from what the optimizer holds
+        fault = spec.get("fault")
         for step in range(1, spec["steps"] + 1):
+            fk = fault["kind"] if fault and fault["step"] == step else None
+            fvar = fault["var"] if fk else -1
+            if fk == "oob" and not spec["variables"][fvar]["sparse"]:
+                sparse_ids = [k for k, vs in enumerate(spec["variables"]) if vs["sparse"]]
+                fk, fvar = ("oob", sparse_ids[0]) if sparse_ids else ("grad_shape", fvar)
+            if fk:
+                st.problem_kinds[f"step:{fk}"] += 1
+            if fk == "setter":
+                self.bad_setter(spec, opt, fault["setter"], fault["value"])
+            problems = []
             grads, grad_args = [], []
             for k, vs in enumerate(spec["variables"]):
                 dt, shape = dts[k], tuple(vs["shape"])
+                mine = fk if k == fvar else None
                 scale = {"normal": 1.0, "scaled": 10.0 ** rng.uniform(-4, 4), "zeros": 0.0}[spec["grad"]]
                 if vs["sparse"]:
                     m = int(rng.integers(0, 2 * shape[0] + 1))
                     idx = rng.integers(0, shape[0], m)
+                    if mine == "oob":
+                        bad = -1 if fault["below"] else shape[0]
+                        idx = np.insert(idx, int(rng.integers(0, m + 1)), bad)
+                        m += 1
+                        # A step of several variables is checked whole first; one variable
+                        # goes straight to the op, whose check names the index.
+                        problems.append(Problem("oob", ["outside [0, rows)", "is not in [0, "]))
                     vals = dt.array(rng.uniform(-1, 1, (m,) + shape[1:]) * scale)
-                    grads.append((vals, idx))
-                    grad_args.append(tf.IndexedSlices(tf.constant(vals, dt.tf), tf.constant(idx),
+                else:
+                    idx = None
+                    vals = dt.array(rng.uniform(-1, 1, shape) * scale)
+                if mine == "grad_nonfinite" and vals.size:
+                    vals.reshape(-1)[int(rng.integers(0, vals.size))] = {
+                        "nan": math.nan, "inf": math.inf, "-inf": -math.inf}[fault["special"]]
+                grads.append((vals, idx))
+                values_dt = dt
+                if mine == "grad_dtype":
+                    values_dt = DTYPES[fault["dtype"]]
+                    if values_dt is dt:
+                        values_dt = DTYPES[other_dtype_name(dt.name)]
+                    passed_vals = values_dt.array(np.asarray(vals, np.float64))
+                    if spec.get("keras"):  # Keras casts the gradient to the variable's dtype
+                        grads[-1] = (dt.array(np.asarray(passed_vals, np.float64)), idx)
+                    else:
+                        problems.append(Problem("grad_dtype", [f"variable v{k}"]))
+                else:
+                    passed_vals = vals
+                if mine == "grad_shape":
+                    wrong = tuple(shape) + (2,)
+                    grad_args.append(tf.constant(dt.array(rng.uniform(-1, 1, wrong)), dt.tf))
+                    problems.append(Problem("grad_shape", [f"v{k}"]))
+                elif idx is not None:
+                    grad_args.append(tf.IndexedSlices(tf.constant(passed_vals, values_dt.tf),
+                                                      tf.constant(idx),
                                                       tf.constant(shape, tf.int64)))
                 else:
-                    g = dt.array(rng.uniform(-1, 1, shape) * scale)
-                    grads.append((g, None))
-                    grad_args.append(tf.constant(g, dt.tf))
+                    grad_args.append(tf.constant(passed_vals, values_dt.tf))
             before = [dict(s) for s in states]
             # What each op receives, as the variable's dtype holds it (lr: the optimizer's
             # float32 variable, cast); bias correction folds c = 1 - rho**t into them.
-            problems, hypers, herrs = [], [], []
+            hypers, herrs = [], []
             for k, dt in enumerate(dts):
-                h = dict(lr=float(dt.round(lr32)), rho=float(dt.round(c["rho"])),
+                h = dict(lr=float(dt.round(flushed_cast(lr32, dt))), rho=float(dt.round(c["rho"])),
                          momentum=float(dt.round(c["momentum"])), epsilon=float(dt.round(c["epsilon"])),
                          weight_decay=float(dt.round(c["weight_decay"] or 0.0)))
                 herr = {name: 2 * float(dt.ulp(v)) for name, v in h.items()}
@@ -1664,7 +1735,7 @@ class OptimizerRunner(Runner):
                     if attrs["weight_decay_mode"] == "decoupled":
                         folded["weight_decay"] = (f32(wd) / root, 0.5 * dc)
                     for name, (v, rel) in folded.items():
-                        r = float(dt.round(float(v)))
+                        r = float(dt.round(flushed_cast(float(v), dt)))
                         h[name] = r
                         herr[name] = 2 * float(dt.ulp(r)) + (rel + 2.0 ** -22) * abs(r)
                 hypers.append(h)
@@ -1715,6 +1786,29 @@ class OptimizerRunner(Runner):
             if not verdict.ok:
                 return
 
+    def bad_setter(self, spec, opt, name, value):
+        """A setter given an invalid value: ValueError naming it, the value unchanged."""
+        st = self.stats
+
+        def current():
+            v = getattr(opt, name)
+            return None if v is None else np.asarray(v, np.float64).tobytes()
+
+        was = current()
+        try:
+            setattr(opt, name, value)
+        except ValueError as e:
+            st.c["rejected"] += 1
+            if name not in str(e):
+                st.violation("message_missing_name", spec, message=str(e)[:400], expected=[name])
+        except Exception as e:  # noqa: BLE001 - any other error type breaks the contract
+            st.violation("wrong_error_type", spec, error=type(e).__name__, message=str(e)[:400],
+                         expected=[name])
+        else:
+            st.violation("accepted_invalid", spec, problems=[f"setter {name}={value!r}"])
+        if current() != was:
+            st.violation("state_changed", spec, variable=f"optimizer.{name}")
+
     @staticmethod
     def _unfolded(h, c, dt, lr32, attrs):
         """The hyperparameters for the reference (which applies bias correction itself).
@@ -1724,8 +1818,19 @@ class OptimizerRunner(Runner):
         if not c["bias_correction"]:
             return dict(h)
         rnd = np.float32 if dt.compute != dt.np else dt.round  # 16-bit: the float32 values
-        return dict(h, lr=float(rnd(lr32)), epsilon=float(rnd(c["epsilon"])),
-                    weight_decay=float(rnd(c["weight_decay"] or 0.0)))
+        unfolded = dict(lr=float(rnd(lr32)), epsilon=float(rnd(c["epsilon"])),
+                        weight_decay=float(rnd(c["weight_decay"] or 0.0)))
+        # A folded value the cast flushed to 0 (see flushed_cast) is 0 for the reference too.
+        return dict(h, **{n: 0.0 if h[n] == 0 else v for n, v in unfolded.items()})
+
+
+def flushed_cast(x, dt):
+    """A float32 tensor value (the learning-rate variable, a folded scalar) as tf.cast hands
+    it to an op of dtype `dt`: TensorFlow's CPU kernels run with denormals-are-zero, so a
+    float32 subnormal becomes (signed) 0 in any other dtype."""
+    if dt.name != "float32" and x != 0 and abs(x) < float(np.finfo(np.float32).tiny):
+        return math.copysign(0.0, x)
+    return x
 
 
 def check_sparse_opt(got, state, grad, indices, h, herr, attrs, dt, h_ref, bias_step, verdict, what):
@@ -1785,7 +1890,7 @@ def run_family(family, seed, count, trace_path=None):
     stats = Stats(family)
     runner = RUNNERS[family](stats)
     trace = Trace(trace_path)
-    share = float(os.environ.get("TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE", "0.02"))
+    share = float(os.environ.get("TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE", "0.1"))
     n_hyp = int(round(count * share))
     start = time.time()
     gen = GENERATORS[family]

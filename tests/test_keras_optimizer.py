@@ -129,15 +129,31 @@ def test_serialization_round_trip():
 
 
 def test_keras_adapter_checks_values_and_initial_scale_is_exact():
-    for kwargs in (dict(learning_rate=-1.0), dict(rho=1.5), dict(epsilon=float("nan")),
-                   dict(momentum=-0.5), dict(rho=1.0, bias_correction=True)):
-        with pytest.raises(ValueError):
+    nan, inf = float("nan"), float("inf")
+    for kwargs, name in ((dict(learning_rate=-1.0), "learning_rate"),
+                         (dict(learning_rate=nan), "learning_rate"),
+                         (dict(learning_rate=inf), "learning_rate"), (dict(rho=1.5), "rho"),
+                         (dict(rho=-0.1), "rho"), (dict(epsilon=nan), "epsilon"),
+                         (dict(epsilon=-1e-7), "epsilon"), (dict(momentum=-0.5), "momentum"),
+                         (dict(momentum=inf), "momentum"), (dict(weight_decay=-0.1), "weight_decay"),
+                         (dict(weight_decay=nan), "weight_decay"),
+                         (dict(rho=1.0, bias_correction=True), "bias_correction")):
+        with pytest.raises(ValueError, match=name):
             RMSpropX(**kwargs)
+    opt = RMSpropX(learning_rate=0.01, momentum=0.5, weight_decay=0.01, initial_scale=0.1)
+    var = keras.Variable(np.linspace(-1, 1, 3), dtype="float64")
+    opt.build([var])
+    for name, bad in (("rho", 2.0), ("rho", nan), ("momentum", -0.1), ("momentum", nan),
+                      ("epsilon", -1.0), ("epsilon", inf), ("weight_decay", -1.0),
+                      ("weight_decay", inf), ("learning_rate", -0.5), ("learning_rate", nan)):
+        before = float(np.asarray(getattr(opt, name)))
+        with pytest.raises(ValueError, match=name):
+            setattr(opt, name, bad)
+        assert float(np.asarray(getattr(opt, name))) == before, name  # unchanged
+    opt.rho, opt.momentum, opt.epsilon, opt.weight_decay = 1.0, 0.0, 0.0, 0.0  # valid edges
+    opt.learning_rate = 0.0
+    assert (opt.rho, opt.momentum, opt.epsilon, opt.weight_decay) == (1.0, 0.0, 0.0, 0.0)
     opt = RMSpropX(initial_scale=0.1)
-    with pytest.raises(ValueError, match="rho"):
-        opt.rho = 2.0
-    with pytest.raises(ValueError, match="learning_rate"):
-        opt.learning_rate = -0.5
     var = keras.Variable(np.zeros(3), dtype="float64")
     opt.build([var])
     assert opt.get_slot(var, "ms").numpy()[0] == np.float64(0.1)
@@ -179,6 +195,37 @@ def test_a_step_an_op_rejects_inside_tf_function_does_not_count(rng, mirrored):
     step(tf.constant([2, 3]))  # and the next good step counts
     assert int(opt.iterations.numpy()) == 2
     assert not np.array_equal(dense.numpy(), before[-1])
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("multi_tensor", [True, False], ids=["multi", "per_variable"])
+def test_a_bad_gradient_of_the_last_variable_rejects_the_whole_step(rng, multi_tensor, graph):
+    """Keras updates variable by variable; a bad index or shape in the last gradient was
+    found only after the first variables were updated (a half-applied step, found by the
+    property suite). Now every gradient is checked before any op runs, on both paths."""
+    first = keras.Variable(rng.uniform(-1, 1, 5).astype(np.float32), name="first")
+    half = keras.Variable(rng.uniform(-1, 1, 3).astype(np.float16), name="half")
+    table = keras.Variable(rng.uniform(-1, 1, (4, 2)).astype(np.float32), name="table")
+    opt = RMSpropX(learning_rate=0.1, momentum=0.5, multi_tensor=multi_tensor)
+    opt.build([first, half, table])
+
+    def state():
+        return [np.asarray(v.numpy()).copy() for v in opt.variables + [first, half, table]]
+
+    def apply(last):
+        opt.apply_gradients([(tf.ones(5), first), (tf.ones(3, tf.float16), half), (last, table)])
+
+    run = tf.function(apply) if graph else apply
+    before = state()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"table.*index outside \[0, rows\)"):
+        run(tf.IndexedSlices(tf.ones((2, 2)), tf.constant([1, 4]), tf.constant([4, 2])))
+    with pytest.raises(ValueError, match="variable table"):
+        apply(tf.ones((4, 3)))  # static shapes: rejected while tracing, too
+    for got, want in zip(state(), before):
+        np.testing.assert_array_equal(got, want)
+    assert int(opt.iterations.numpy()) == 0
+    apply(tf.IndexedSlices(tf.ones((2, 2)), tf.constant([1, 3]), tf.constant([4, 2])))
+    assert int(opt.iterations.numpy()) == 1 and not np.array_equal(first.numpy(), before[-3])
 
 
 def test_gradients_of_another_dtype_are_cast_as_keras_does(rng):

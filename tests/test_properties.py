@@ -1,7 +1,7 @@
-"""Property-based contract of the three ops and the optimizer (issue 17, item 1).
+"""Property-based contract of the three ops and both optimizers (issue 17, item 1).
 
 Random calls of ApplyRMSpropX (dense), SparseApplyRMSpropX (sparse), ApplyRMSpropXMulti
-(multi) and tf_rmsprop_ops.RMSpropX (optimizer): shapes (0-d, empty, odd, up to a few
+(multi), tf_rmsprop_ops.RMSpropX and tf_rmsprop_ops.keras.RMSpropX (optimizer): shapes (0-d, empty, odd, up to a few
 thousand elements, rarely one split between threads), all four dtypes, every attr,
 hyperparameters from 0, subnormal and huge to negative, NaN and inf, gradients with NaN/inf,
 indices with duplicates, negative, out of range and at the int32/int64 limits, and broken
@@ -21,8 +21,12 @@ and must never crash the process. Each family runs in its own worker process (al
 start together when the first test runs), so that a crash is a failure naming the family,
 the seed, the call in progress and the tail of the worker's stderr.
 
-Counts: TF_RMSPROP_OPS_PROPERTY_CALLS calls per op (default 10000; the optimizer gets 10%
-of that in constructor cases, each followed by 2-3 steps when valid: ~2300 calls). About 2.5 minutes on
+Counts: TF_RMSPROP_OPS_PROPERTY_CALLS calls per op (default 10000; the optimizer family
+gets 20% of that in cases, each a constructor call followed, when valid, by 2-3 steps; 30% of
+the cases use the Keras optimizer, 40% have one step go wrong: a NaN/inf gradient element, a
+gradient of the wrong shape or dtype, an out-of-range IndexedSlices index, or a setter given
+an invalid value). At the default count or more, every kind of broken call of a family must
+have been tried (EXPECTED_PROBLEMS). About 2.5 minutes on
 two cores by default. A long run, e.g. before a release:
 
     TF_RMSPROP_OPS_PROPERTY_CALLS=200000 python -m pytest -q tests/test_properties.py
@@ -32,7 +36,7 @@ TF_RMSPROP_TEST_SEED=<seed>), the summary and, per violation, a `replay` command
 reruns that one call: `python tests/property_worker.py replay '<spec>'`. One family alone:
 `python tests/property_worker.py sparse <seed> <count>`. Knobs of the worker (see its
 docstring): TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE (share of the calls drawn by
-hypothesis, default 0.02), TF_RMSPROP_OPS_PROPERTY_STRICT_SUBNORMALS=1 (results that only
+hypothesis, default 0.1), TF_RMSPROP_OPS_PROPERTY_STRICT_SUBNORMALS=1 (results that only
 match with subnormals flushed to zero are violations, not notes), and the sabotage switches
 that check the oracle is not vacuous: TF_RMSPROP_OPS_PROPERTY_SABOTAGE_LR=0.01 (the
 reference's lr 1% off: the suite must fail with mismatches) and
@@ -55,7 +59,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "property_worker.py")
 CALLS = int(os.environ.get("TF_RMSPROP_OPS_PROPERTY_CALLS", "10000"))
 COUNTS = {"dense": CALLS, "sparse": CALLS, "multi": CALLS,
-          "optimizer": max(50, CALLS // 10)}
+          "optimizer": max(50, CALLS // 5)}
+DEFAULT_COUNTS = {"dense": 10000, "sparse": 10000, "multi": 10000, "optimizer": 2000}
+_OP_PROBLEMS = {"hyper:lr", "hyper:rho", "hyper:momentum", "hyper:epsilon", "hyper:weight_decay",
+                "hyper_dtype", "hyper_nonscalar", "var_dtype", "grad_dtype", "grad_shape",
+                "slot_dtype", "slot_shape", "slot_count", "alias", "nesterov_without_momentum",
+                "uninitialised", "never_assigned", "destroyed"}
+EXPECTED_PROBLEMS = {
+    "dense": _OP_PROBLEMS | {"not_resource"},
+    "sparse": _OP_PROBLEMS | {"not_resource", "oob", "grad_rows", "grad_row_shape",
+                              "indices_rank", "grad_scalar", "scalar_var"},
+    "multi": _OP_PROBLEMS | {"duplicate_var", "var_as_slot", "grads_count", "slots_count",
+                             "shared_slot"},
+    "optimizer": {f"ctor:{n}" for n in ("learning_rate", "rho", "momentum", "epsilon",
+                                        "weight_decay", "epsilon_placement", "lr_placement",
+                                        "weight_decay_mode", "bias_correction")}
+                 | {f"step:{n}" for n in ("grad_nonfinite", "grad_shape", "grad_dtype", "oob",
+                                          "setter")},
+}
 # Seconds a worker may take: generous (the machine may be busy), growing with the count.
 TIMEOUT = {f: 240 + 0.04 * n * (3 if f == "optimizer" else 1) for f, n in COUNTS.items()}
 
@@ -153,9 +174,19 @@ def test_random_calls_keep_the_contract(family, workers):
     brief = {k: v for k, v in summary.items() if k not in ("first_violations", "note_examples")}
     brief["worker_wall_seconds"] = round(wall, 1)
     print(f"\n{family}: {json.dumps(brief)}\n(full summary: {summary_path})")
-    # Every family must have exercised both sides of the contract.
+    # Every family must have exercised both sides of the contract, and (at the default count
+    # or more) every kind of broken call it is meant to try: a generator change that drops a
+    # category fails here instead of silently testing less.
     assert summary["calls"] == w["count"], brief
     assert summary["succeeded_and_matched"] > 0 and summary["rejected"] > 0, brief
+    if w["count"] >= DEFAULT_COUNTS[family]:
+        missing = sorted(EXPECTED_PROBLEMS[family] - set(summary["problems_generated"]))
+        assert not missing, f"{family}: no call tried {missing}; {brief}"
+        if family == "optimizer":
+            assert summary["keras_cases"] > 0 and summary["module_cases"] > 0, brief
+    # The oracle decides (nearly) every element: elements whose bound cannot decide them
+    # (a denominator rounding may make 0) stay a small share.
+    assert summary["unverified_elements"] <= 0.1 * summary["checked_elements"], brief
     if summary["violations"]:
         shown = json.dumps(summary["first_violations"][:6], indent=1, default=str)
         pytest.fail(f"{family}: {summary['violations']} call(s) broke the contract "

@@ -79,20 +79,21 @@ def check_variable(var):
                          f"{getattr(var, 'name', '<variable>')} is {_dtype(var).name}")
 
 
-def check(grad, var):
-    """ValueError naming the variable when a gradient cannot belong to it (shape, dtype);
-    per-replica gradients are checked component by component."""
+def check(grad, var, check_dtype=True):
+    """ValueError naming the variable when a gradient cannot belong to it (shape, and dtype
+    unless `check_dtype=False`: Keras casts gradients); per-replica gradients are checked
+    component by component."""
     if isinstance(grad, tf.distribute.DistributedValues):
         for component in grad.values:
-            check(component, var)
+            check(component, var, check_dtype)
         return
     name = getattr(var, "name", "<variable>")
     var_dtype = _dtype(var)
     var_shape = tf.TensorShape(var.shape)
     values = _values(grad)
-    dtype = _dtype(values) if getattr(values, "dtype", None) is not None else None
-    if dtype is not None and dtype != var_dtype:
-        raise ValueError(f"Gradient of dtype {dtype.name} does not match variable {name} of "
+    grad_dtype = _dtype(values) if getattr(values, "dtype", None) is not None else None
+    if check_dtype and grad_dtype is not None and grad_dtype != var_dtype:
+        raise ValueError(f"Gradient of dtype {grad_dtype.name} does not match variable {name} of "
                          f"dtype {var_dtype.name}")
     if isinstance(grad, tf.IndexedSlices):
         row_shape, var_rows = grad.values.shape[1:], var_shape[1:]

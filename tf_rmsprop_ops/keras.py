@@ -150,17 +150,32 @@ class RMSpropX(keras.optimizers.Optimizer):
         _distribute.writes_wait_for(
             apply, [self._iterations, *(getattr(self, "_accumulated_gradients", None) or [])])
 
+    def apply(self, grads, trainable_variables=None):
+        """Keras' `apply`, after every gradient is checked against its variable's shape
+        (ValueError naming the variable), so that a bad pair is rejected before any part of
+        the step (Keras' accumulators, loss scaling, any update) runs."""
+        grads = list(grads)
+        variables = (list(trainable_variables) if trainable_variables is not None
+                     else list(self._trainable_variables))
+        if len(grads) == len(variables):  # else Keras raises its own error
+            for gradient, variable in zip(grads, variables):
+                if gradient is not None:
+                    _gradients.check(gradient, variable, check_dtype=False)
+        return super().apply(grads, trainable_variables)
+
     def update_step(self, gradient, variable, learning_rate):
         self._apply_items(self._items([gradient], [variable]), learning_rate)
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        """With `multi_tensor`, all variables of a step in one `strategy.extended.update` (per
-        device under MirroredStrategy, on that device's components), so that their dense
-        updates make one ApplyRMSpropXMulti call; Keras would update variable by variable."""
+        """All variables of a step in one `strategy.extended.update` (per device under
+        MirroredStrategy, on that device's components) and one `_apply.apply_updates`:
+        with `multi_tensor` their dense updates make one ApplyRMSpropXMulti call, and either
+        way the whole step is checked before any op runs (Keras updates variable by
+        variable: a bad index in the last variable's gradient would reject the step after
+        the others were updated)."""
         grads_and_vars = list(grads_and_vars)
-        if not self.multi_tensor or len(grads_and_vars) < 2:
-            return super()._distributed_tf_update_step(distribution, grads_and_vars,
-                                                       learning_rate)
+        if not grads_and_vars:
+            return
         grads = [g for g, _ in grads_and_vars]
         variables = [v for _, v in grads_and_vars]
 
