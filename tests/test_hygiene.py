@@ -56,7 +56,10 @@ def measured():
           f"(thread-local buffers ~{TABLE_BYTES_MB:.0f} MB), "
           f"{t['rss_after_huge_mb'] - t['rss_after_small_mb']:.1f} MB released after small "
           f"batches (RSS {t['rss_before_mb']:.1f} -> {t['rss_after_huge_mb']:.1f} -> "
-          f"{t['rss_after_small_mb']:.1f} MB)")
+          f"{t['rss_after_small_mb']:.1f} MB) per-cycle KB kept, ours/peer: "
+          f"keras {result['peers']['keras_ours_kb']:.1f}/{result['peers']['keras_peer_kb']:.1f}, "
+          f"traced {result['peers']['traced_ours_kb']:.1f}/"
+          f"{result['peers']['traced_peer_kb']:.1f}")
     return result
 
 
@@ -68,6 +71,17 @@ def test_build_update_delete_cycles_have_bounded_rss_growth(measured):
         f"of {WARMUP} (limit {GROWTH_LIMIT_MB} MB): {c}")
     # The cycles really update: the last one's raw op result against the reference.
     assert c["last_cycle_max_error"] < 1e-6, c
+
+
+def test_keras_and_traced_cycles_keep_no_more_than_their_peers(measured):
+    """Keras keeps memory per Keras variable and per optimizer, TensorFlow per traced
+    graph: those cycles cannot be flat, so ours are held to the peer doing the same in the
+    same process (Keras' RMSprop; tf.compat.v1's RMSProp in a fresh tf.function)."""
+    p = measured["peers"]
+    for what in ("keras", "traced"):
+        ours, peer = p[f"{what}_ours_kb"], p[f"{what}_peer_kb"]
+        assert ours <= peer + 2.0, (
+            f"{what} cycles: ours keep {ours:.1f} KB per cycle, the peer {peer:.1f} KB: {p}")
 
 
 def test_op_library_is_loaded_once(measured):

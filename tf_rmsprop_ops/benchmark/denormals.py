@@ -1,11 +1,12 @@
-"""Denormal case: the dense op (momentum, float32) with normal inputs vs subnormal ones.
+"""Denormal case: the ops (momentum, float32) with normal inputs vs subnormal ones.
 
 Subnormal numbers (below 1.2e-38 in float32) take a slow microcode path on x86 unless the
 thread flushes them (FTZ/DAZ). TensorFlow runs CPU kernels with flush-to-zero set, so the
-two should cost the same; this case measures it, both eagerly (the op runs on the calling
-thread for small tensors) and in a `tf.function`, and reports whether the outputs were
-flushed (`flushed`: no subnormal left in the updated slots). The gradient is subnormal at
-every step; the slots start subnormal and are flushed to zero by the first update.
+two should cost the same; this case measures it for the dense op eagerly (the op runs on the
+calling thread for small tensors), in a `tf.function` and compiled by XLA
+(`jit_compile=True`), and for the sparse op (every row once, in a `tf.function`), and
+reports whether the outputs were flushed (`flushed`: no subnormal left in the updated
+slots). The gradient is subnormal at every step; the slots start subnormal.
 """
 import numpy as np
 import tensorflow as tf
@@ -17,28 +18,42 @@ from tf_rmsprop_ops.benchmark.timing import median_ms
 TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
-def _step(rng, n, scale, in_function):
+ROW = 16  # the sparse case's table: [n / ROW, ROW], every row updated once per step
+
+
+def _step(rng, n, scale, mode):
     import tf_rmsprop_ops
 
+    shape = (n // ROW, ROW) if mode == "sparse" else (n,)
+
     def values():
-        return (rng.uniform(0.5, 1.0, n) * scale).astype(np.float32)
-    var = tf.Variable(rng.uniform(0.5, 1.0, n).astype(np.float32))
+        return (rng.uniform(0.5, 1.0, shape) * scale).astype(np.float32)
+    var = tf.Variable(rng.uniform(0.5, 1.0, shape).astype(np.float32))
     ms, mom = tf.Variable(values()), tf.Variable(values())
     grad = tf.constant(values())
+    indices = tf.constant(rng.permutation(shape[0]).astype(np.int64))
     # rho and momentum near 1 keep ms and mom at their (subnormal) scale step after step.
     hyper = dict(lr=1e-3, rho=0.999, momentum=0.999, epsilon=1e-7)
 
     def update():
-        tf_rmsprop_ops.apply_rmsprop_x(var, ms, grad, mom=mom, **hyper)
-    return (tf.function(update) if in_function else update), ms
+        if mode == "sparse":
+            tf_rmsprop_ops.sparse_apply_rmsprop_x(var, ms, grad, indices, mom=mom, **hyper)
+        else:
+            tf_rmsprop_ops.apply_rmsprop_x(var, ms, grad, mom=mom, **hyper)
+    if mode == "eager":
+        return update, ms
+    return tf.function(update, jit_compile=mode == "jit"), ms
+
+
+MODES = ("eager", "function", "jit", "sparse")
 
 
 def run(n, threads, repeats, rng):
     functions, slots = {}, {}
-    for mode in ("eager", "function"):
+    for mode in MODES:
         for label, scale in (("normal", 1.0), ("subnormal", 1e-39)):
             name = f"{mode}_{label}"
-            functions[name], slots[name] = _step(rng, n, scale, mode == "function")
+            functions[name], slots[name] = _step(rng, n, scale, mode)
     reads, writes = arrays_moved("momentum")
     probe = roofline.make_probe(n * 4, reads, writes, threads)
     times = median_ms({**functions, "roofline": probe}, repeats)
