@@ -71,7 +71,6 @@ print('== sanitizers: loaded', l.LIBRARY_PATH)" 2>&1 | grep -v "^WARNING\|^I0000
 echo "== sanitizers: $TESTS"
 status=0
 # shellcheck disable=SC2086
-set -o pipefail
 LD_PRELOAD="$PRELOAD" PYTHONPATH="$WORK/pkg" "$PYTHON" -m pytest -q -p no:cacheprovider $TESTS \
   2>&1 | tee "$WORK/pytest.log" || status=$?
 # Reports go to the log files, or (UBSan's, through ASan's runtime) to stderr.

@@ -298,10 +298,6 @@ def other_dtype(d, dtname):
     return d.choice([n for n in DTYPE_NAMES if n != dtname])
 
 
-def other_dtype_name(dtname):
-    return DTYPE_NAMES[(DTYPE_NAMES.index(dtname) + 1) % len(DTYPE_NAMES)]
-
-
 def slot_names(attrs):
     return ["ms"] + (["mom"] if attrs["use_momentum"] else []) + (["mg"] if attrs["centered"] else [])
 
@@ -501,8 +497,10 @@ def gen_optimizer(d):
     if d.boolean(0.4):  # one step of the trajectory goes wrong (or sets a bad value first)
         kind = d.choice(OPTIMIZER_FAULTS)
         setter = d.choice(list(SETTER_NAMES))
-        fault = dict(step=d.integer(1, steps), kind=kind, var=d.integer(0, len(variables) - 1),
-                     special=d.choice(["nan", "inf", "-inf"]), dtype=d.choice(DTYPE_NAMES),
+        fvar = d.integer(0, len(variables) - 1)
+        fault = dict(step=d.integer(1, steps), kind=kind, var=fvar,
+                     special=d.choice(["nan", "inf", "-inf"]),
+                     dtype=other_dtype(d, variables[fvar]["dtype"]),
                      below=d.boolean(), setter=setter,
                      value=d.choice([-1.0, -1e-3, math.nan, math.inf, -math.inf]
                                     + ([1.5, 1.0 + 1e-6] if setter == "rho" else [])))
@@ -1687,9 +1685,7 @@ class OptimizerRunner(Runner):
                 grads.append((vals, idx))
                 values_dt = dt
                 if mine == "grad_dtype":
-                    values_dt = DTYPES[fault["dtype"]]
-                    if values_dt is dt:
-                        values_dt = DTYPES[other_dtype_name(dt.name)]
+                    values_dt = DTYPES[fault["dtype"]]  # drawn different from dt
                     passed_vals = values_dt.array(np.asarray(vals, np.float64))
                     if spec.get("keras"):  # Keras casts the gradient to the variable's dtype
                         grads[-1] = (dt.array(np.asarray(passed_vals, np.float64)), idx)

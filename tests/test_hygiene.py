@@ -59,7 +59,9 @@ def measured():
           f"{t['rss_after_small_mb']:.1f} MB) per-cycle KB kept, ours/peer: "
           f"keras {result['peers']['keras_ours_kb']:.1f}/{result['peers']['keras_peer_kb']:.1f}, "
           f"traced {result['peers']['traced_ours_kb']:.1f}/"
-          f"{result['peers']['traced_peer_kb']:.1f}")
+          f"{result['peers']['traced_peer_kb']:.1f}; held by our Python code: keras "
+          f"{result['peers']['keras_ours_python_kb']:.2f} KB, traced "
+          f"{result['peers']['traced_ours_python_kb']:.2f} KB per cycle")
     return result
 
 
@@ -82,6 +84,12 @@ def test_keras_and_traced_cycles_keep_no_more_than_their_peers(measured):
         ours, peer = p[f"{what}_ours_kb"], p[f"{what}_peer_kb"]
         assert ours <= peer + 2.0, (
             f"{what} cycles: ours keep {ours:.1f} KB per cycle, the peer {peer:.1f} KB: {p}")
+        # What is kept is TensorFlow's and Keras': Python memory allocated by our own code
+        # and still held after the cycles stays below 0.05 KB per cycle.
+        python_kb = p[f"{what}_ours_python_kb"]
+        assert python_kb < 0.05, (
+            f"{what} cycles: {python_kb:.2f} KB per cycle allocated by tf_rmsprop_ops' own "
+            f"code is still held after the cycles: {p}")
 
 
 def test_op_library_is_loaded_once(measured):

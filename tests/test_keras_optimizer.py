@@ -228,6 +228,46 @@ def test_a_bad_gradient_of_the_last_variable_rejects_the_whole_step(rng, multi_t
     assert int(opt.iterations.numpy()) == 1 and not np.array_equal(first.numpy(), before[-3])
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "function"])
+def test_a_bad_index_leaves_keras_gradient_accumulators_alone(rng, graph):
+    """Keras adds each gradient to its accumulator before updating anything: the index
+    check runs first (eagerly, or as an Assert every op of the step waits for)."""
+    first = keras.Variable(rng.uniform(-1, 1, 3).astype(np.float32), name="first")
+    table = keras.Variable(rng.uniform(-1, 1, (4, 2)).astype(np.float32), name="table")
+    opt = RMSpropX(learning_rate=0.1, gradient_accumulation_steps=2)
+    opt.build([first, table])
+
+    def step(indices):
+        opt.apply_gradients([(tf.ones(3), first),
+                             (tf.IndexedSlices(tf.ones((1, 2)), indices, tf.constant([4, 2])),
+                              table)])
+
+    run = tf.function(step) if graph else step
+    before = first.numpy().copy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="index outside"):
+        run(tf.constant([7]))
+    assert int(opt._iterations.numpy()) == 0  # the calls (`iterations` counts updates)
+    for acc in opt._accumulated_gradients:
+        assert not np.any(acc.numpy()), "an accumulator changed in a rejected step"
+    run(tf.constant([3]))
+    np.testing.assert_array_equal(first.numpy(), before)  # accumulated, not applied
+    run(tf.constant([3]))  # the second accumulated call updates
+    assert int(opt._iterations.numpy()) == 2 and int(opt.iterations.numpy()) == 1
+    assert not np.array_equal(first.numpy(), before)
+
+
+def test_list_and_number_gradients_as_keras_accepts_them(rng):
+    init = rng.uniform(-1, 1, 3).astype(np.float32)
+    got = [keras.Variable(init), keras.Variable(np.float32(0.5))]
+    want = [keras.Variable(init), keras.Variable(np.float32(0.5))]
+    grads = [[1.0, -2.0, 0.25], 0.5]
+    RMSpropX(learning_rate=0.1).apply_gradients(zip(grads, got))
+    keras.optimizers.RMSprop(learning_rate=0.1).apply_gradients(zip(grads, want))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-6)
+        assert not np.array_equal(g.numpy(), init if g.shape else np.float32(0.5))
+
+
 def test_gradients_of_another_dtype_are_cast_as_keras_does(rng):
     """Keras' optimizers cast a gradient to its variable's dtype (a float64 NumPy array, a
     float16 tensor): the adapter does too, and matches keras.optimizers.RMSprop."""

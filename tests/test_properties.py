@@ -26,8 +26,8 @@ gets 20% of that in cases, each a constructor call followed, when valid, by 2-3 
 the cases use the Keras optimizer, 40% have one step go wrong: a NaN/inf gradient element, a
 gradient of the wrong shape or dtype, an out-of-range IndexedSlices index, or a setter given
 an invalid value). At the default count or more, every kind of broken call of a family must
-have been tried (EXPECTED_PROBLEMS). About 2.5 minutes on
-two cores by default. A long run, e.g. before a release:
+have been tried (EXPECTED_PROBLEMS). About 2 minutes on
+two cores by default (the four workers run at once). A long run, e.g. before a release:
 
     TF_RMSPROP_OPS_PROPERTY_CALLS=200000 python -m pytest -q tests/test_properties.py
 

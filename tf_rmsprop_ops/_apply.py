@@ -170,13 +170,13 @@ def _check_step_scalars(calls):
     return checks
 
 
-def _check_rows(items):
+def check_rows(pairs):
     """The sparse op rejects an index outside [0, rows), but only when it runs: in a step of
     several op calls the others could have written by then. So a step's IndexedSlices are
     checked first, whole (eager: InvalidArgumentError here; graph: Asserts every op waits
-    for). DTensor variables keep their own path."""
+    for). `pairs`: (gradient, variable). DTensor variables keep their own path."""
     checks = []
-    for grad, var, _, _ in items:
+    for grad, var in pairs:
         if not isinstance(grad, tf.IndexedSlices) or _dtensor.is_dvariable(var):
             continue
         indices = grad.indices
@@ -215,7 +215,7 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
         checks = _check_step_scalars([(dtype, scalars[structure])
                                       for dtype, structure in sorted(calls, key=repr)])
     if len(items) > 1:
-        checks += _check_rows(items)
+        checks += check_rows([(grad, var) for grad, var, _, _ in items])
     with tf.control_dependencies(checks):  # a graph step runs no op before every check passed
         for key, group in groups.items():
             if len(group) == 1:

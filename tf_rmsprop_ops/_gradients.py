@@ -100,6 +100,8 @@ def check(grad, var, check_dtype=True):
         if var_shape.rank == 0 or not row_shape.is_compatible_with(var_rows):
             raise ValueError(f"Gradient rows of shape {grad.values.shape} do not fit variable "
                              f"{name} of shape {var_shape}")
-    elif not tf.TensorShape(grad.shape).is_compatible_with(var_shape):
-        raise ValueError(f"Gradient of shape {grad.shape} does not match variable {name} of "
-                         f"shape {var_shape}")
+    else:
+        shape = tf.TensorShape(grad.shape if hasattr(grad, "shape") else np.shape(grad))
+        if not shape.is_compatible_with(var_shape):  # (a list or number has no .shape)
+            raise ValueError(f"Gradient of shape {shape} does not match variable {name} of "
+                             f"shape {var_shape}")

@@ -3,9 +3,10 @@ for `model.compile(optimizer=...)` and `model.fit`.
 
 A thin adapter: Keras' base optimizer keeps doing what it does (clipping, EMA, gradient
 accumulation, loss scaling and `LossScaleOptimizer`, `overwrite_with_gradient`, variable
-constraints, `jit_compile`, tf.distribute through `strategy.extended.update`), and
-`update_step` hands each variable, its slots and its gradient to `_apply.apply_updates`, the
-same place the `tf.Module` optimizer uses: dense gradients go to `ApplyRMSpropX`, the
+constraints, `jit_compile`, tf.distribute through `strategy.extended.update`); `apply` first
+checks every gradient against its variable (shape, index range), and one
+`strategy.extended.update` per step hands all variables, their slots and their gradients to
+`_apply.apply_updates`, the same place the `tf.Module` optimizer uses: dense gradients go to `ApplyRMSpropX`, the
 `IndexedSlices` of an `Embedding` layer to `SparseApplyRMSpropX` (never densified: only the
 looked-up rows and their slots change, where Keras' RMSprop decays every row).
 
@@ -151,17 +152,28 @@ class RMSpropX(keras.optimizers.Optimizer):
             apply, [self._iterations, *(getattr(self, "_accumulated_gradients", None) or [])])
 
     def apply(self, grads, trainable_variables=None):
-        """Keras' `apply`, after every gradient is checked against its variable's shape
-        (ValueError naming the variable), so that a bad pair is rejected before any part of
-        the step (Keras' accumulators, loss scaling, any update) runs."""
+        """Keras' `apply`, after every gradient is checked against its variable, so that a
+        bad pair is rejected before any part of the step (Keras' gradient accumulators,
+        any update) runs: a shape is a ValueError naming the variable; an `IndexedSlices`
+        index outside its variable an InvalidArgumentError (eagerly here; in a graph every
+        op of the step waits for the check)."""
         grads = list(grads)
         variables = (list(trainable_variables) if trainable_variables is not None
                      else list(self._trainable_variables))
+        if trainable_variables is not None and not self.built:
+            # As Keras' `apply` would, but before the checks: slots created under their
+            # control dependencies could not be lifted out of a tf.function (XLA fails).
+            with keras.name_scope(self.name, caller=self):
+                self.build(variables)
+            self.built = True
+        checks = []
         if len(grads) == len(variables):  # else Keras raises its own error
-            for gradient, variable in zip(grads, variables):
-                if gradient is not None:
-                    _gradients.check(gradient, variable, check_dtype=False)
-        return super().apply(grads, trainable_variables)
+            pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+            for gradient, variable in pairs:
+                _gradients.check(gradient, variable, check_dtype=False)
+            checks = _apply.check_rows(pairs)
+        with tf.control_dependencies(checks):
+            return super().apply(grads, trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
         self._apply_items(self._items([gradient], [variable]), learning_rate)

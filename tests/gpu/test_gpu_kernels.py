@@ -130,6 +130,60 @@ def test_dense_matches_reference(harness, rng, variant, dtype, disabled):
                                        atol=ATOL[dtype], err_msg=name)
 
 
+# Large gradients whose square the compute type holds: float16's maximum (its square
+# overflows half storage, not the float32 the kernel computes in); for float32 and bfloat16
+# (float32's range) and float64, large values whose square stays finite.
+LARGE = {"float16": 65504.0, "bfloat16": 1e18, "float32": 1e18, "float64": 1e150}
+
+
+@pytest.mark.parametrize("dtype", list(RTOL))
+@pytest.mark.parametrize("variant", VARIANTS[::7], ids=str)
+def test_nonfinite_and_extreme_gradients_follow_the_reference(harness, rng, variant, dtype):
+    """NaN and +-inf gradient elements propagate into their own element only; large
+    gradients (half: near its maximum, so g*g overflows the storage type but not float32)
+    give the reference's values, rounded to the storage type as the kernel stores them; and
+    subnormal gradients (the kernels are built without -ftz) follow the reference too."""
+    n = 517
+    state = _state(rng, (n,), dtype)
+    g = rng.normal(size=n)
+    kind = rng.integers(0, 5, size=n)  # 0 normal, 1 NaN, 2 +inf, 3 -inf, 4 large
+    kind[:5] = np.arange(5)  # every kind at least once
+    g = np.where(kind == 1, np.nan, np.where(kind == 2, np.inf, np.where(kind == 3, -np.inf, g)))
+    large = np.sign(g) * LARGE[dtype] * rng.uniform(0.25, 0.5, size=n)
+    g = np.where(kind == 4, large, g)
+    tiny = {"float16": 2.0 ** -14, "bfloat16": 2.0 ** -126, "float32": 2.0 ** -126,
+            "float64": 2.0 ** -1022}[dtype]  # the smallest normal of the storage type
+    g[5:15] = tiny * rng.uniform(0.01, 0.9, size=10) * np.sign(rng.normal(size=10))  # subnormal
+    grad = _rounded(g, dtype)
+    dev = {k: _to_device(v, dtype) for k, v in state.items()}
+    harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
+                  dev["mom"] if variant.momentum else None,
+                  dev["mg"] if variant.centered else None, n=n)
+    with np.errstate(all="ignore"):
+        want = reference.rmsprop_x_step(
+            state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
+            state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
+            epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
+            weight_decay_mode=variant.weight_decay_mode)
+    for name in ("var", "ms", "mom", "mg"):
+        got, canary_ok = _to_host(dev[name], dtype, n)
+        assert canary_ok, f"{name}: written past its end"
+        if want[name] is None:
+            continue
+        with np.errstate(all="ignore"):
+            expected = _rounded(want[name], dtype)  # the stored value (inf beyond the max)
+        finite = np.isfinite(expected)
+        # NaN where the reference is NaN, the same inf where it is inf, nowhere else.
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=name)
+        np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)],
+                                      err_msg=name)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=RTOL[dtype] * 4,
+                                   atol=ATOL[dtype], err_msg=name)
+    # A NaN gradient element poisons its own element of var, not its neighbours.
+    var, _ = _to_host(dev["var"], dtype, n)
+    assert np.isnan(var[1]) and np.all(np.isfinite(var[kind == 0]))
+
+
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", list(RTOL))
 @pytest.mark.parametrize("pattern", ["unique", "heavy_duplicates", "empty"])
