@@ -100,6 +100,15 @@ def _state(rng, shape, dtype):
     return {k: _rounded(v, dtype) for k, v in state.items()}
 
 
+def _reference_dense(state, grad, variant):
+    """The float64 reference step of `variant` (disabled slots: None)."""
+    return reference.rmsprop_x_step(
+        state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
+        state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
+        epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
+        weight_decay_mode=variant.weight_decay_mode)
+
+
 @pytest.mark.parametrize("disabled", ["null", "buffer"])
 @pytest.mark.parametrize("dtype", list(RTOL))
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
@@ -115,11 +124,7 @@ def test_dense_matches_reference(harness, rng, variant, dtype, disabled):
         return dev[name] if enabled or disabled == "buffer" else None
     harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
                   slot("mom", variant.momentum), slot("mg", variant.centered), n=n)
-    want = reference.rmsprop_x_step(
-        state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
-        state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
-        epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-        weight_decay_mode=variant.weight_decay_mode)
+    want = _reference_dense(state, grad, variant)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, n)
         assert canary_ok, f"{name}: written past its end"
@@ -160,11 +165,7 @@ def test_nonfinite_and_extreme_gradients_follow_the_reference(harness, rng, vari
                   dev["mom"] if variant.momentum else None,
                   dev["mg"] if variant.centered else None, n=n)
     with np.errstate(all="ignore"):
-        want = reference.rmsprop_x_step(
-            state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
-            state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
-            epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-            weight_decay_mode=variant.weight_decay_mode)
+        want = _reference_dense(state, grad, variant)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, n)
         assert canary_ok, f"{name}: written past its end"
@@ -255,11 +256,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="bu
     cupy.cuda.Device().synchronize()
     for i, n in enumerate(sizes):
         state = states[i]
-        want = reference.rmsprop_x_step(
-            state["var"], grads[i], state["ms"], state["mom"] if variant.momentum else None,
-            state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
-            epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-            weight_decay_mode=variant.weight_decay_mode)
+        want = _reference_dense(state, grads[i], variant)
         shift = 1 if i in misaligned else 0
         for name in ("var", "ms", "mom", "mg"):
             got, canary_ok = _to_host(dev[i][name][0], dtype, n + shift)
