@@ -256,6 +256,35 @@ def test_a_bad_index_leaves_keras_gradient_accumulators_alone(rng, graph):
     assert not np.array_equal(first.numpy(), before)
 
 
+def test_a_rejected_eager_step_leaves_the_loss_scale_counters(rng):
+    """Eagerly the step is rejected before LossScaleOptimizer's branch writes anything (by
+    our check, or by Keras' own finite check, which densifies the rows first): its step
+    counter and dynamic scale stay (in a tf.function nothing orders its writes after our
+    checks: docs/design.md)."""
+    a = keras.Variable(rng.uniform(-1, 1, 3).astype(np.float32))
+    table = keras.Variable(rng.uniform(-1, 1, (4, 2)).astype(np.float32), name="table")
+    opt = keras.optimizers.LossScaleOptimizer(RMSpropX(learning_rate=0.1),
+                                              dynamic_growth_steps=2)
+    opt.build([a, table])
+
+    def step(index):
+        opt.apply_gradients([(tf.ones(3), a), (tf.IndexedSlices(
+            tf.ones((1, 2)), tf.constant([index]), tf.constant([4, 2])), table)])
+
+    def counters():
+        return (int(opt.step_counter.numpy()), float(opt.dynamic_scale.numpy()),
+                int(opt.iterations.numpy()))
+
+    step(1)
+    before, values = counters(), [a.numpy().copy(), table.numpy().copy()]
+    with pytest.raises(tf.errors.InvalidArgumentError):  # (Keras' finite check may find it)
+        step(4)
+    assert counters() == before
+    np.testing.assert_array_equal(a.numpy(), values[0])
+    step(2)  # the next good step reaches dynamic_growth_steps: the scale doubles
+    assert counters() == (0, 2 * before[1], before[2] + 1)
+
+
 def test_list_and_number_gradients_as_keras_accepts_them(rng):
     init = rng.uniform(-1, 1, 3).astype(np.float32)
     got = [keras.Variable(init), keras.Variable(np.float32(0.5))]
