@@ -126,12 +126,8 @@ def check_cycles(rng, cycles, warmup):
             "last_cycle_max_error": float(np.max(np.abs(last - want)))}
 
 
-def _growth_per_cycle_kb(cycle, n, ours_python=False):
-    """RSS growth per cycle (KB) over n cycles, after n / 5 warm-up cycles; with
-    `ours_python`, also the Python memory still held after n / 4 more cycles that was
-    allocated in this package's own code (tracemalloc, by the allocating line: a cache or
-    registry of ours), in a second pass (tracemalloc's own records would count as RSS)."""
-    import tracemalloc
+def _growth_per_cycle_kb(cycle, n):
+    """RSS growth per cycle (KB) over n cycles, after n / 5 warm-up cycles."""
     for i in range(n // 5):
         cycle(i)
     gc.collect()
@@ -139,12 +135,17 @@ def _growth_per_cycle_kb(cycle, n, ours_python=False):
     for i in range(n):
         cycle(i)
     gc.collect()
-    growth = (rss() - before) / n / 1024
-    if not ours_python:
-        return growth
+    return (rss() - before) / n / 1024
+
+
+def _ours_python_kept_per_cycle_kb(cycle, n):
+    """The Python memory still held after n cycles that was allocated in this package's
+    own code (tracemalloc, by the allocating line: a cache or registry of ours). A pass of
+    its own: tracemalloc's records would count as RSS in _growth_per_cycle_kb."""
+    import tracemalloc
     tracemalloc.start()
     first = tracemalloc.take_snapshot()
-    for i in range(n // 4):
+    for i in range(n):
         cycle(i)
     gc.collect()
     last = tracemalloc.take_snapshot()
@@ -152,7 +153,7 @@ def _growth_per_cycle_kb(cycle, n, ours_python=False):
     package = os.sep + "tf_rmsprop_ops" + os.sep
     kept = sum(d.size_diff for d in last.compare_to(first, "filename")
                if package in d.traceback[0].filename)
-    return growth, kept / 1024 / (n // 4)
+    return kept / 1024 / n
 
 
 def check_peers(rng, n_keras, n_traced):
@@ -185,16 +186,16 @@ def check_peers(rng, n_keras, n_traced):
         return cycle
 
     out = {"keras_cycles": n_keras, "traced_cycles": n_traced}
-    out["keras_ours_kb"], out["keras_ours_python_kb"] = _growth_per_cycle_kb(
-        keras_cycle(lambda: tfx_keras.RMSpropX(learning_rate=0.01, momentum=0.5)), n_keras,
-        ours_python=True)
-    out["keras_peer_kb"] = _growth_per_cycle_kb(keras_cycle(
-        lambda: keras.optimizers.RMSprop(learning_rate=0.01, momentum=0.5)), n_keras)
-    out["traced_ours_kb"], out["traced_ours_python_kb"] = _growth_per_cycle_kb(
-        traced_cycle(lambda: RMSpropX(learning_rate=0.01, momentum=0.5)), n_traced,
-        ours_python=True)
-    out["traced_peer_kb"] = _growth_per_cycle_kb(traced_cycle(
-        lambda: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.5)), n_traced)
+    for what, n, ours, peer in (
+            ("keras", n_keras,
+             keras_cycle(lambda: tfx_keras.RMSpropX(learning_rate=0.01, momentum=0.5)),
+             keras_cycle(lambda: keras.optimizers.RMSprop(learning_rate=0.01, momentum=0.5))),
+            ("traced", n_traced,
+             traced_cycle(lambda: RMSpropX(learning_rate=0.01, momentum=0.5)),
+             traced_cycle(lambda: tf.compat.v1.train.RMSPropOptimizer(0.01, momentum=0.5)))):
+        out[f"{what}_ours_kb"] = _growth_per_cycle_kb(ours, n)
+        out[f"{what}_ours_python_kb"] = _ours_python_kept_per_cycle_kb(ours, n // 4)
+        out[f"{what}_peer_kb"] = _growth_per_cycle_kb(peer, n)
     return out
 
 

@@ -4,12 +4,12 @@
     python tests/property_worker.py replay 'SPEC-JSON'
 
 FAMILY is one of dense (ApplyRMSpropX), sparse (SparseApplyRMSpropX), multi
-(ApplyRMSpropXMulti) or optimizer (tf_rmsprop_ops.RMSpropX and tf_rmsprop_ops.keras.RMSpropX). COUNT calls are generated from
-SEED; a share of them (TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE, default 0.1) is drawn by
-hypothesis (its boundary-seeking floats and integers), the rest by a seeded NumPy generator
-(hypothesis costs 1-2.5 ms per example here, as much as the call it generates). Both draw
-through the same generator, so every case is a JSON "spec" from which `replay` rebuilds the
-exact call. The last line of stdout is `PROPERTY_SUMMARY {json}`; the exit status is 1 when a
+(ApplyRMSpropXMulti) or optimizer (tf_rmsprop_ops.RMSpropX and tf_rmsprop_ops.keras.RMSpropX).
+COUNT calls are generated from SEED; a share of them (TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE,
+default 0.1) is drawn by hypothesis (its boundary-seeking floats and integers), the rest by a
+seeded NumPy generator (hypothesis costs 1-5 ms per example here, as much as the call it
+generates). Both draw through the same generator, so every case is a JSON "spec" from which
+`replay` rebuilds the exact call. The last line of stdout is `PROPERTY_SUMMARY {json}`; the exit status is 1 when a
 call violated the contract, 0 otherwise. `--trace FILE` keeps the spec of the call in
 progress in FILE, so that a crash (signal, abort, CHECK failure) can be traced to its case.
 

@@ -1,8 +1,8 @@
 """Property-based contract of the three ops and both optimizers (issue 17, item 1).
 
 Random calls of ApplyRMSpropX (dense), SparseApplyRMSpropX (sparse), ApplyRMSpropXMulti
-(multi), tf_rmsprop_ops.RMSpropX and tf_rmsprop_ops.keras.RMSpropX (optimizer): shapes (0-d, empty, odd, up to a few
-thousand elements, rarely one split between threads), all four dtypes, every attr,
+(multi), tf_rmsprop_ops.RMSpropX and tf_rmsprop_ops.keras.RMSpropX (optimizer): shapes
+(0-d, empty, odd, up to a few thousand elements, rarely one split between threads), all four dtypes, every attr,
 hyperparameters from 0, subnormal and huge to negative, NaN and inf, gradients with NaN/inf,
 indices with duplicates, negative, out of range and at the int32/int64 limits, and broken
 calls: slots of the wrong shape, dtype or number, slots aliasing var or each other, a variable
@@ -26,8 +26,8 @@ gets 20% of that in cases, each a constructor call followed, when valid, by 2-3 
 the cases use the Keras optimizer, 40% have one step go wrong: a NaN/inf gradient element, a
 gradient of the wrong shape or dtype, an out-of-range IndexedSlices index, or a setter given
 an invalid value). At the default count or more, every kind of broken call of a family must
-have been tried (EXPECTED_PROBLEMS). About 2 minutes on
-two cores by default (the four workers run at once). A long run, e.g. before a release:
+have been tried (EXPECTED_PROBLEMS). About 2 minutes on two cores by default (the four
+workers run at once). A long run, e.g. before a release:
 
     TF_RMSPROP_OPS_PROPERTY_CALLS=200000 python -m pytest -q tests/test_properties.py
 

@@ -6,9 +6,10 @@ accumulation, loss scaling and `LossScaleOptimizer`, `overwrite_with_gradient`, 
 constraints, `jit_compile`, tf.distribute through `strategy.extended.update`); `apply` first
 checks every gradient against its variable (shape, index range), and one
 `strategy.extended.update` per step hands all variables, their slots and their gradients to
-`_apply.apply_updates`, the same place the `tf.Module` optimizer uses: dense gradients go to `ApplyRMSpropX`, the
-`IndexedSlices` of an `Embedding` layer to `SparseApplyRMSpropX` (never densified: only the
-looked-up rows and their slots change, where Keras' RMSprop decays every row).
+`_apply.apply_updates`, the same place the `tf.Module` optimizer uses: dense gradients go to
+`ApplyRMSpropX`, the `IndexedSlices` of an `Embedding` layer to `SparseApplyRMSpropX` (never
+densified: only the looked-up rows and their slots change, where Keras' RMSprop decays every
+row).
 
 Decoupled weight decay is fused into the op (Keras would make a separate pass before
 `update_step`; the result is the same, except that sparse updates decay only their rows).
