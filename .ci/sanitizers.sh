@@ -62,6 +62,7 @@ TESTS="$(for t in $TESTS; do printf '%s ' "$PWD/$t"; done)"
 
 # The package copy must be the one imported: run outside the checkout (Python puts the
 # working directory first on sys.path).
+ROOT="$PWD"
 cd "$WORK"
 LD_PRELOAD="$PRELOAD" PYTHONPATH="$WORK/pkg" "$PYTHON" -c "
 import tf_rmsprop_ops._library as l, sys
@@ -79,6 +80,20 @@ if compgen -G "$WORK/reports/*" >/dev/null \
   echo "== sanitizers: REPORTS" >&2
   cat "$WORK"/reports/* >&2 || true
   grep -E -A30 "ERROR: AddressSanitizer|runtime error:" "$WORK/pytest.log" | head -200 >&2 || true
+  exit 1
+fi
+
+# The CUDA kernels' code on the CPU emulation of CUDA (tests/gpu/emu/), built with ASan +
+# UBSan: reads past an array's end (the tests' canaries catch writes only).
+echo "== sanitizers: the CUDA kernels on the CPU emulation (tests/gpu/test_gpu_kernels.py)"
+GPU_HARNESS_BACKEND=emulated GPU_HARNESS_SANITIZE=address LD_PRELOAD="$PRELOAD" \
+  "$PYTHON" -m pytest -q -p no:cacheprovider "$ROOT/tests/gpu/test_gpu_kernels.py" \
+  2>&1 | tee "$WORK/pytest_gpu.log" || status=$?
+if compgen -G "$WORK/reports/*" >/dev/null \
+   || grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$WORK/pytest_gpu.log"; then
+  echo "== sanitizers: REPORTS (the emulated CUDA kernels)" >&2
+  cat "$WORK"/reports/* >&2 || true
+  grep -E -A30 "ERROR: AddressSanitizer|runtime error:" "$WORK/pytest_gpu.log" | head -200 >&2 || true
   exit 1
 fi
 if [ "$status" != 0 ]; then

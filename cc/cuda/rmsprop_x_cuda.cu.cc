@@ -50,17 +50,18 @@ cudaError_t Dense(const Coefficients<ComputeType<T>>& k, const T* grad, T* var, 
   if (Aligned16(grad) && Aligned16(var) && Aligned16(ms) && Aligned16(mom) && Aligned16(mg)) {
     const int64_t vecs = n / Vec<T>::kSize;
     if (vecs > 0) {
-      DenseVecKernel<kCentered, kMomentum, T><<<Blocks(vecs), kThreads, 0, stream>>>(
-          k, grad, var, ms, mom, mg, vecs);
+      const cudaError_t e = Launch(DenseVecKernel<kCentered, kMomentum, T>, Blocks(vecs),
+                                   kThreads, stream, k, grad, var, ms, mom, mg, vecs);
+      if (e != cudaSuccess) return e;
       done = vecs * Vec<T>::kSize;
     }
   }
   if (done < n) {  // the tail (or everything, unaligned)
-    DenseScalarKernel<kCentered, kMomentum, T><<<Blocks(n - done), kThreads, 0, stream>>>(
-        k, grad + done, var + done, ms + done, mom ? mom + done : nullptr,
-        mg ? mg + done : nullptr, n - done);
+    return Launch(DenseScalarKernel<kCentered, kMomentum, T>, Blocks(n - done), kThreads,
+                  stream, k, grad + done, var + done, ms + done, mom ? mom + done : nullptr,
+                  mg ? mg + done : nullptr, n - done);
   }
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 // ---- sparse -------------------------------------------------------------------------------
@@ -170,10 +171,9 @@ cudaError_t Rows(const Coefficients<ComputeType<T>>& k, const T* grad, const Wor
                  int64_t n, int64_t row_size, T* var, T* ms, T* mom, T* mg, cudaStream_t stream) {
   int threads = static_cast<int>(row_size < kThreads ? ((row_size + 31) / 32) * 32 : kThreads);
   const int blocks = static_cast<int>(n < kMaxBlocks ? n : kMaxBlocks);
-  RowsKernel<kCentered, kMomentum, T, Index><<<blocks, threads, 0, stream>>>(
-      k, grad, w.unique, w.lengths, w.offsets, w.sorted_positions, w.num_runs, row_size, var,
-      ms, mom, mg);
-  return cudaGetLastError();
+  return Launch(RowsKernel<kCentered, kMomentum, T, Index>, blocks, threads, stream, k, grad,
+                w.unique, w.lengths, w.offsets, w.sorted_positions, w.num_runs, row_size, var,
+                ms, mom, mg);
 }
 
 #define RMSPROPX_DISPATCH(FN, ...)                                              \
@@ -205,9 +205,10 @@ cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
   Workspace<Index> w(workspace, num_indices);
   cudaError_t e = cudaMemsetAsync(w.bad, 0xff, sizeof(unsigned long long), stream);
   if (e != cudaSuccess) return e;
-  CheckKernel<Index><<<Blocks(num_indices), kThreads, 0, stream>>>(indices, num_indices, rows,
-                                                                     w.bad);
-  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  if ((e = Launch(CheckKernel<Index>, Blocks(num_indices), kThreads, stream, indices,
+                  num_indices, rows, w.bad)) != cudaSuccess) {
+    return e;
+  }
   unsigned long long bad = 0;
   if ((e = cudaMemcpyAsync(&bad, w.bad, sizeof(bad), cudaMemcpyDeviceToHost, stream)) !=
       cudaSuccess) {
@@ -231,8 +232,7 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
   if (num_indices <= 0 || row_size <= 0) return cudaSuccess;
   Workspace<Index> w(workspace, num_indices);
   const int n = static_cast<int>(num_indices);
-  IotaKernel<<<Blocks(n), kThreads, 0, stream>>>(w.positions, n);
-  cudaError_t e = cudaGetLastError();
+  cudaError_t e = Launch(IotaKernel, Blocks(n), kThreads, stream, w.positions, n);
   if (e != cudaSuccess) return e;
   size_t bytes = w.temp_bytes;
   // Stable: equal indices keep their input order, so sums are deterministic (as on CPU).

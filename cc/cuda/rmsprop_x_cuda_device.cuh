@@ -18,7 +18,12 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 8192;  // grid-stride beyond this
+// Grid-stride beyond this many blocks. The CPU emulation (tests/gpu/emu/) lowers it, so that
+// the tests' small tensors take the grid-stride loops too.
+#ifndef RMSPROPX_CUDA_MAX_BLOCKS
+#define RMSPROPX_CUDA_MAX_BLOCKS 8192
+#endif
+constexpr int64_t kMaxBlocks = RMSPROPX_CUDA_MAX_BLOCKS;
 
 // Storage <-> compute conversions (the same rounding as the CPU loops: nearest even; a
 // bfloat16 NaN stays a quiet NaN).
@@ -98,6 +103,26 @@ __device__ __forceinline__ void UpdateVecAt(const Coefficients<ComputeType<T>>& 
 
 // Whether a pointer allows 128-bit accesses (null: a disabled slot, no constraint).
 bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Every kernel launch goes through here: `blocks` x `threads` of `kernel` on `stream` (no
+// dynamic shared memory), the arguments converted to the kernel's parameter types; returns
+// the launch's error. tests/gpu/emu/ supplies the other definition, for the CPU emulation
+// of the CUDA execution model that runs these kernels' code in CI (no GPU there).
+template <typename T> struct ParamOf { using type = T; };  // a non-deduced context
+#ifndef RMSPROPX_CUDA_EMULATION
+template <typename... Params>
+cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
+                   typename ParamOf<Params>::type... args) {
+  kernel<<<blocks, threads, 0, stream>>>(args...);
+  return cudaGetLastError();
+}
+#else
+template <typename... Params>
+cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
+                   typename ParamOf<Params>::type... args) {
+  return ::rmsprop_x_cuda_emu::Launch(kernel, blocks, threads, stream, args...);
+}
+#endif
 
 }  // namespace
 }  // namespace cuda

@@ -71,9 +71,9 @@ cudaError_t Multi(const Coefficients<ComputeType<T>>& k, const MultiTensor<T>* t
                       Aligned16(x.mom) && Aligned16(x.mg);
   };
   auto launch = [&]() {
-    MultiKernel<kCentered, kMomentum, T><<<blocks_in, kThreads, 0, stream>>>(k, a);
+    const int blocks = blocks_in;
     blocks_in = 0;
-    return cudaGetLastError();
+    return Launch(MultiKernel<kCentered, kMomentum, T>, blocks, kThreads, stream, k, a);
   };
   for (int64_t i = 0; i < count; ++i) {
     const MultiTensor<T>& x = tensors[i];

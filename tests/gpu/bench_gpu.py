@@ -23,7 +23,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # The harness and, two levels up, the checkout (tf_rmsprop_ops.reference, NumPy only): the
 # GPU machine runs this from a copy of the tree, with nothing installed.
 sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
-import build  # noqa: E402
 import gpu_lib  # noqa: E402
 from test_gpu_kernels import Variant  # noqa: E402
 
@@ -143,7 +142,7 @@ def main():
     if reason:
         raise SystemExit(f"bench_gpu: {reason}")
     import cupy
-    h = gpu_lib.Harness(build.build())
+    h = gpu_lib.open_harness("cuda")
     rng = np.random.default_rng(0)
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"]

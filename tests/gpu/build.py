@@ -1,6 +1,8 @@
 """Builds the TensorFlow-free GPU harness (tests/gpu/harness.cu.cc + cc/cuda/*.cu.cc) with
-nvcc into tests/gpu/build/libharness.so, for the architecture of the local GPU (or
-`--arch sm_XX`). Prints the library path."""
+nvcc into tests/gpu/build/libharness_sm_XX.so, for the architecture of the local GPU (or
+`--arch sm_XX`); or, with `--emulate`, with the host C++ compiler against the CPU emulation
+of CUDA in tests/gpu/emu/ (the same kernel sources; no GPU, no CUDA toolkit) into
+tests/gpu/build/libharness_emu.so. Prints the library path."""
 import argparse
 import os
 import shutil
@@ -25,6 +27,31 @@ def local_arch():
         return "sm_90"
 
 
+SOURCES = [os.path.join(HERE, "harness.cu.cc"),
+           os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda.cu.cc"),
+           os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda_multi.cu.cc")]
+HEADERS = [os.path.join(ROOT, "cc", p) for p in
+           ("rmsprop_x_update.h", "cuda/rmsprop_x_cuda.h", "cuda/rmsprop_x_cuda_device.cuh",
+            "cpu/rmsprop_x_cpu.h")]
+EMU = os.path.join(HERE, "emu")
+
+
+def _stale(lib, inputs):
+    return not os.path.exists(lib) or os.path.getmtime(lib) < max(map(os.path.getmtime, inputs))
+
+
+def _link_atomically(command, lib):
+    """Runs `command` writing a temporary file, then renames it to `lib` (a concurrent or
+    interrupted build never leaves a half-written library behind)."""
+    tmp = f"{lib}.{os.getpid()}.tmp"
+    try:
+        subprocess.check_call(command + ["-o", tmp])
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def build(arch=None, out_dir=os.path.join(HERE, "build")):
     compiler = nvcc()
     if compiler is None:
@@ -32,21 +59,56 @@ def build(arch=None, out_dir=os.path.join(HERE, "build")):
     arch = arch or local_arch()
     os.makedirs(out_dir, exist_ok=True)
     lib = os.path.join(out_dir, f"libharness_{arch}.so")
-    sources = [os.path.join(HERE, "harness.cu.cc"),
-               os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda.cu.cc"),
-               os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda_multi.cu.cc")]
-    headers = [os.path.join(ROOT, "cc", p) for p in
-               ("rmsprop_x_update.h", "cuda/rmsprop_x_cuda.h", "cuda/rmsprop_x_cuda_device.cuh",
-                "cpu/rmsprop_x_cpu.h")]
-    newest = max(os.path.getmtime(p) for p in sources + headers)
-    if not os.path.exists(lib) or os.path.getmtime(lib) < newest:
-        subprocess.check_call([compiler, "-std=c++17", "-O3", "--fmad=false", "-shared", "-Xcompiler", "-fPIC",
-                               f"-arch={arch}", "-I", ROOT, "-x", "cu", *sources, "-o", lib])
+    if _stale(lib, SOURCES + HEADERS):
+        _link_atomically([compiler, "-std=c++17", "-O3", "--fmad=false", "-shared",
+                          "-Xcompiler", "-fPIC", f"-arch={arch}", "-I", ROOT, "-x", "cu",
+                          *SOURCES], lib)
+    return lib
+
+
+def cxx():
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def ubsan_log(out_dir=os.path.join(HERE, "build")):
+    """The prefix of the emulated harness's UBSan reports (the process id is appended)."""
+    return os.path.join(out_dir, "ubsan")
+
+
+def build_emulated(out_dir=os.path.join(HERE, "build")):
+    """The harness on the CPU emulation of CUDA (tests/gpu/emu/cuda_emu.h says what it
+    models). Built with UBSan, whose reports gpu_lib turns into test errors: a misaligned
+    128-bit access (a GPU faults on it; x86 would not), an index out of an array's bounds, a
+    signed overflow in index arithmetic, a bad shift. No FMA contraction, as nvcc's
+    --fmad=false. At most 3 blocks per launch (a GPU build: 8192), so that the tests' small
+    tensors take the kernels' grid-stride loops.
+    With GPU_HARNESS_SANITIZE=address (.ci/sanitizers.sh: Python runs with the ASan runtime
+    preloaded), AddressSanitizer too, every report fatal: a read past an array's end, which
+    the tests' canaries (they catch writes) cannot see."""
+    compiler = cxx()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (g++ or $CXX)")
+    os.makedirs(out_dir, exist_ok=True)
+    asan = os.environ.get("GPU_HARNESS_SANITIZE") == "address"
+    lib = os.path.join(out_dir, "libharness_emu_asan.so" if asan else "libharness_emu.so")
+    sanitize = (["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                 "-fno-omit-frame-pointer"] if asan else ["-fsanitize=undefined"])
+    emu_headers = [os.path.join(d, f) for d, _, fs in os.walk(EMU) for f in fs]
+    if _stale(lib, SOURCES + HEADERS + emu_headers + [os.path.abspath(__file__)]):
+        _link_atomically([compiler, "-std=c++17", "-O1", "-g", "-shared", "-fPIC",
+                          "-ffp-contract=off", *sanitize,
+                          "-DRMSPROPX_CUDA_EMULATION", "-DRMSPROPX_CUDA_MAX_BLOCKS=3",
+                          f'-DRMSPROPX_EMU_UBSAN_LOG="{ubsan_log(out_dir)}"',
+                          "-I", EMU, "-I", ROOT, "-x", "c++", *SOURCES,
+                          os.path.join(EMU, "ubsan_options.cc")], lib)
     return lib
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default=None)
-    print(build(parser.parse_args().arch))
+    parser.add_argument("--emulate", action="store_true",
+                        help="the CPU emulation of CUDA (tests/gpu/emu/): no GPU, no nvcc")
+    args = parser.parse_args()
+    print(build_emulated() if args.emulate else build(args.arch))
     sys.exit(0)

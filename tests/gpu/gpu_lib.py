@@ -1,14 +1,22 @@
-"""ctypes bindings of the GPU harness (libharness: the CUDA launchers without TensorFlow),
-on CuPy arrays. `unavailable()` says why the GPU tests cannot run here (or None)."""
+"""ctypes bindings of the GPU harness (libharness: the CUDA launchers without TensorFlow).
+
+Two backends run the same kernel sources:
+  - "cuda": built with nvcc, on a GPU, arrays in CuPy device memory;
+  - "emulated": built with the host compiler against tests/gpu/emu/ (a CPU emulation of
+    the CUDA execution model, see cuda_emu.h), arrays in host memory (NumPy).
+`GPU_HARNESS_BACKEND` picks one; by default "cuda" where a GPU, CuPy and nvcc are present,
+else "emulated". `unavailable(backend)` says why a backend cannot run here (or None)."""
 import ctypes
+import os
 
 import numpy as np
 
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 WD_MODES = {"none": 0, "decoupled": 1, "coupled": 2}
+BACKENDS = ("cuda", "emulated")
 
 
-def unavailable():
+def _cuda_unavailable():
     try:
         import cupy
     except ImportError as e:
@@ -24,9 +32,111 @@ def unavailable():
     return None
 
 
+def backend():
+    """The backend this process tests: $GPU_HARNESS_BACKEND, else cuda where it can run."""
+    chosen = os.environ.get("GPU_HARNESS_BACKEND")
+    if chosen:
+        if chosen not in BACKENDS:
+            raise ValueError(f"GPU_HARNESS_BACKEND must be one of {BACKENDS}, got {chosen!r}")
+        return chosen
+    return "cuda" if _cuda_unavailable() is None else "emulated"
+
+
+def unavailable(which="cuda"):
+    if which == "cuda":
+        return _cuda_unavailable()
+    import build
+    if build.cxx() is None:
+        return "no C++ compiler (g++ or $CXX) for the CPU emulation"
+    return None
+
+
+class HostArray(np.ndarray):
+    """The emulated backend's "device" array: host memory with CuPy's `.data.ptr` and
+    `.get()`. Slices are views (their pointer is their first element's address)."""
+
+    class _Pointer:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    @property
+    def data(self):
+        return HostArray._Pointer(self.ctypes.data if self.size else 0)
+
+    def get(self):
+        return np.array(self.view(np.ndarray), copy=True)
+
+
+class HostArrays:
+    """The few CuPy calls the tests make, on host memory."""
+
+    @staticmethod
+    def asarray(a):
+        return np.array(a, copy=True).view(HostArray)
+
+    @staticmethod
+    def empty(shape, dtype):
+        a = np.empty(shape, dtype)
+        a.view(np.uint8)[...] = 0xA5  # poison, like memory nobody wrote
+        return a.view(HostArray)
+
+    @staticmethod
+    def synchronize():
+        pass
+
+
+class CupyArrays:
+    @staticmethod
+    def asarray(a):
+        import cupy
+        return cupy.asarray(a)
+
+    @staticmethod
+    def empty(shape, dtype):
+        import cupy
+        return cupy.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def synchronize():
+        import cupy
+        cupy.cuda.Device().synchronize()
+
+
+class UBSanReports:
+    """The emulated harness's UBSan log of this process: a call after which it grew raises
+    with the new reports (the emulated kernel did something a GPU would fault on or that is
+    undefined)."""
+
+    def __init__(self, prefix):
+        self.path = f"{prefix}.{os.getpid()}"
+        self.seen = self._size()
+
+    def _size(self):
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def __call__(self, what):
+        size = self._size()
+        if size > self.seen:
+            with open(self.path, errors="replace") as f:
+                f.seek(self.seen)
+                report = f.read()
+            self.seen = size
+            raise AssertionError(f"{what}: UBSan in the emulated kernels:\n{report}")
+
+
+def open_harness(which):
+    """The harness library of `which` backend, built if needed, and its array module."""
+    import build
+    if which == "cuda":
+        return Harness(build.build(), CupyArrays())
+    return Harness(build.build_emulated(), HostArrays(), UBSanReports(build.ubsan_log()))
+
+
 class Harness:
-    def __init__(self, path):
+    def __init__(self, path, arrays, after_call=None):
         self.lib = ctypes.CDLL(path)
+        self.arrays = arrays  # asarray / empty / synchronize on this backend's memory
+        self.after_call = after_call or (lambda what: None)
         p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self.lib.rx_dense.argtypes = [i] * 7 + [p] * 6 + [i64, p]
         self.lib.rx_sparse_workspace_bytes.argtypes = [i, i64]
@@ -67,18 +177,18 @@ class Harness:
             err = self.lib.rx_dense(*args)
             if err:
                 raise RuntimeError(f"rx_dense: CUDA error {err}")
+            self.after_call("rx_dense")
         return launch
 
     def sparse(self, dtype, variant, hyper, grad, indices, rows, row_size, var, ms, mom=None,
                mg=None, workspace=None, stream=0):
-        import cupy
         if indices.dtype not in (np.int32, np.int64):
             raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
         index_dtype = 0 if indices.dtype == np.int32 else 1
         n = int(indices.size)
         if workspace is None:
-            workspace = cupy.empty(max(1, self.lib.rx_sparse_workspace_bytes(index_dtype, n)),
-                                   dtype=cupy.int8)
+            workspace = self.arrays.empty(
+                max(1, self.lib.rx_sparse_workspace_bytes(index_dtype, n)), np.int8)
         hp, keep = self._hyper(hyper)
         bad_offset, bad_value = ctypes.c_int64(-1), ctypes.c_int64(0)
         err = self.lib.rx_sparse(DTYPES[dtype], index_dtype, *self._flags(variant), hp,
@@ -89,10 +199,11 @@ class Harness:
         del keep
         if err:
             raise RuntimeError(f"rx_sparse: CUDA error {err}")
+        self.after_call("rx_sparse")
         return None if bad_offset.value < 0 else (bad_offset.value, bad_value.value)
 
     def multi(self, dtype, variant, hyper, grads, vars_, ms, mom=None, mg=None, stream=0):
-        """One multi-tensor launch sequence over lists of CuPy arrays (mom/mg: lists or None)."""
+        """One multi-tensor launch sequence over lists of arrays (mom/mg: lists or None)."""
         self.prepare_multi(dtype, variant, hyper, grads, vars_, ms, mom, mg, stream)()
 
     def prepare_multi(self, dtype, variant, hyper, grads, vars_, ms, mom=None, mg=None,
@@ -116,4 +227,5 @@ class Harness:
             err = self.lib.rx_multi(*args)
             if err:
                 raise RuntimeError(f"rx_multi: CUDA error {err}")
+            self.after_call("rx_multi")
         return launch

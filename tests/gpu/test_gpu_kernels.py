@@ -1,7 +1,12 @@
-"""The CUDA kernels without TensorFlow (tests/gpu/harness.cu.cc via ctypes, CuPy arrays)
-against the float64 reference: every variant and dtype, dense, multi-tensor and sparse (heavy
-duplicates, empty batches, out-of-range indices: reported, nothing written), and canaries
-after every array (nothing written outside it). Skipped, with the reason, without a GPU."""
+"""The CUDA kernels without TensorFlow (tests/gpu/harness.cu.cc via ctypes) against the
+float64 reference: every variant and dtype, dense, multi-tensor and sparse (heavy duplicates,
+empty batches, out-of-range indices: reported, nothing written), and canaries after every
+array (nothing written outside it).
+
+On a GPU (CuPy arrays) where there is one; elsewhere, as in CI, the same kernel sources run on
+the CPU emulation of CUDA (tests/gpu/emu/cuda_emu.h: what it shows and what only a GPU can).
+`GPU_HARNESS_BACKEND=cuda|emulated` chooses; GPU_HARNESS_REQUIRED=1 makes a missing GPU an
+error rather than a fallback."""
 import dataclasses
 import itertools
 import os
@@ -18,10 +23,11 @@ import gpu_lib  # noqa: E402
 
 from tf_rmsprop_ops import reference  # noqa: E402  (NumPy only: no TensorFlow needed)
 
-REASON = gpu_lib.unavailable()
+BACKEND = "cuda" if os.environ.get("GPU_HARNESS_REQUIRED") else gpu_lib.backend()
+REASON = gpu_lib.unavailable(BACKEND)
 if REASON is not None and os.environ.get("GPU_HARNESS_REQUIRED"):
     raise RuntimeError(f"GPU harness required but unavailable: {REASON}")
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness: {REASON}")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness ({BACKEND}): {REASON}")
 
 RTOL = {"float32": 1e-6, "float64": 1e-12, "float16": 1e-3, "bfloat16": 8e-3}
 # Absolute floor: rounding of O(1) intermediates (cancellation in var - upd, 0.9*mg + 0.1*g).
@@ -52,10 +58,18 @@ VARIANTS = [Variant(c, m != "off", m == "nesterov", e, l, w)
 HYPER = dict(lr=0.01, rho=0.9, momentum=0.8, epsilon=1e-4, weight_decay=0.03)
 
 
+_HARNESS = []
+
+
+def _harness():
+    if not _HARNESS:
+        _HARNESS.append(gpu_lib.open_harness(BACKEND))
+    return _HARNESS[0]
+
+
 @pytest.fixture(scope="module")
 def harness():
-    import build
-    return gpu_lib.Harness(build.build())
+    return _harness()
 
 
 CANARY_VALUE = -1536.0  # exact in every dtype; an update computed from it is something else
@@ -71,8 +85,7 @@ def _bits(x, dtype):
 
 def _to_device(x, dtype):
     """A device array holding x in `dtype` followed by CANARY poison elements."""
-    import cupy
-    return cupy.asarray(np.concatenate([_bits(x, dtype).ravel(),
+    return _harness().arrays.asarray(np.concatenate([_bits(x, dtype).ravel(),
                                         _bits(np.full(CANARY, CANARY_VALUE), dtype)]))
 
 
@@ -135,6 +148,40 @@ def test_dense_matches_reference(harness, rng, variant, dtype, disabled):
                                        atol=ATOL[dtype], err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", list(RTOL))
+@pytest.mark.parametrize("misaligned", ["grad", "var", "ms", "mom", "mg"])
+@pytest.mark.parametrize("op", ["dense", "multi"])
+def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned, dtype):
+    """The 128-bit path needs every array 16-byte aligned: one array one element into its
+    buffer (a TensorFlow slice can start anywhere) must send the whole tensor down the scalar
+    path. On a GPU a misaligned 128-bit access faults; the emulation's UBSan aborts on it."""
+    variant = Variant(True, True, False, "inside_sqrt", "inside_momentum", "decoupled")
+    n = 2000 + int(rng.integers(0, 37))  # more than the emulation's 3 x 256 threads
+    state = _state(rng, (n,), dtype)
+    grad = _rounded(rng.normal(size=n) * 10.0 ** rng.uniform(-4, 0, size=n), dtype)
+    buffers, views = {}, {}
+    for name, value in [("grad", grad)] + list(state.items()):
+        shift = 1 if name == misaligned else 0
+        buffers[name] = _to_device(np.concatenate([np.ones(shift), value]), dtype)
+        views[name] = buffers[name][shift:shift + n]
+    if op == "dense":
+        harness.dense(dtype, variant, HYPER, views["grad"], views["var"], views["ms"],
+                      views["mom"], views["mg"], n=n)
+    else:
+        harness.multi(dtype, variant, HYPER, *[[views[k]] for k in
+                                               ("grad", "var", "ms", "mom", "mg")])
+    harness.arrays.synchronize()
+    want = _reference_dense(state, grad, variant)
+    for name in ("var", "ms", "mom", "mg"):
+        shift = 1 if name == misaligned else 0
+        got, canary_ok = _to_host(buffers[name], dtype, n + shift)
+        assert canary_ok, f"{name}: written past its end"
+        if shift:
+            assert got[0] == 1.0, f"{name}: the element before the tensor was written"
+        np.testing.assert_allclose(got[shift:], want[name], rtol=RTOL[dtype],
+                                   atol=ATOL[dtype], err_msg=name)
+
+
 # Large gradients whose square the compute type holds: float16's maximum (its square
 # overflows half storage, not the float32 the kernel computes in); for float32 and bfloat16
 # (float32's range) and float64, large values whose square stays finite.
@@ -189,8 +236,8 @@ def test_nonfinite_and_extreme_gradients_follow_the_reference(harness, rng, vari
 @pytest.mark.parametrize("dtype", list(RTOL))
 @pytest.mark.parametrize("pattern", ["unique", "heavy_duplicates", "empty"])
 def test_sparse_matches_reference(harness, rng, pattern, dtype, index_dtype):
-    import cupy
-    rows, dim = 300, 33
+    # Rows of 33 elements (a block of 64 threads) and of 300 (256 threads, some take two).
+    rows, dim = 300, (300 if pattern == "heavy_duplicates" else 33)
     variant = Variant(True, True, False, "inside_sqrt", "inside_momentum", "decoupled")
     count = {"unique": 120, "heavy_duplicates": 500, "empty": 0}[pattern]
     indices = (rng.permutation(rows)[:count] if pattern == "unique"
@@ -198,7 +245,7 @@ def test_sparse_matches_reference(harness, rng, pattern, dtype, index_dtype):
     state = _state(rng, (rows, dim), dtype)
     grad = _rounded(rng.normal(size=(count, dim)), dtype)
     dev = {k: _to_device(v, dtype) for k, v in state.items()}
-    bad = harness.sparse(dtype, variant, HYPER, _to_device(grad, dtype), cupy.asarray(indices),
+    bad = harness.sparse(dtype, variant, HYPER, _to_device(grad, dtype), harness.arrays.asarray(indices),
                          rows, dim, dev["var"], dev["ms"], dev["mom"], dev["mg"])
     assert bad is None
     want = reference.sparse_rmsprop_x_step(state["var"], grad, indices, state["ms"],
@@ -215,14 +262,13 @@ def test_sparse_matches_reference(harness, rng, pattern, dtype, index_dtype):
 @pytest.mark.parametrize("bad_index", [-1, 300, 2**31 - 1])
 def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad_index,
                                                                index_dtype):
-    import cupy
     rows, dim = 300, 4
     indices = np.array([3, 7, bad_index, 9, -5], index_dtype)
     variant = Variant(False, False, False, "inside_sqrt", "inside_momentum", "none")
     state = _state(rng, (rows, dim), "float32")
     dev = {k: _to_device(v, "float32") for k, v in state.items()}
     bad = harness.sparse("float32", variant, HYPER, _to_device(rng.normal(size=(5, dim)), "float32"),
-                         cupy.asarray(indices), rows, dim, dev["var"], dev["ms"])
+                         harness.arrays.asarray(indices), rows, dim, dev["var"], dev["ms"])
     assert bad == (2, bad_index)  # the first bad offset and its value
     for name in ("var", "ms"):
         np.testing.assert_array_equal(_to_host(dev[name], "float32", rows * dim)[0],
@@ -234,7 +280,6 @@ def test_out_of_range_index_is_reported_and_nothing_is_written(harness, rng, bad
 def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="buffer"):
     """Updates tensors of `sizes` in one multi call; each compared with the reference and
     its canaries. Tensors in `misaligned` start 1 element into their buffer (scalar path)."""
-    import cupy
     states, grads, dev = [], [], []
     for i, n in enumerate(sizes):
         state = _state(rng, (n,), dtype)
@@ -253,7 +298,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="bu
         return view(name) if enabled or disabled == "buffer" else None
     harness.multi(dtype, variant, HYPER, view("grad"), view("var"), view("ms"),
                   slots("mom", variant.momentum), slots("mg", variant.centered))
-    cupy.cuda.Device().synchronize()
+    harness.arrays.synchronize()
     for i, n in enumerate(sizes):
         state = states[i]
         want = _reference_dense(state, grads[i], variant)
@@ -297,7 +342,6 @@ def test_multi_equals_one_dense_launch_per_tensor_bit_for_bit(harness, rng, vari
     # The optimizers' multi_tensor switch promises the same bits either way. The multi run
     # gets tensor 0 one element into its buffer (its scalar path) and the dense run gets it
     # aligned (the 128-bit path): an element's bits must not depend on the path.
-    import cupy
     sizes = [70001, 5, 65536 * 2 + 3, 1000]
     runs, seed = [], int(rng.integers(2**31))
     for multi in (True, False):
@@ -319,7 +363,7 @@ def test_multi_equals_one_dense_launch_per_tensor_bit_for_bit(harness, rng, vari
             for t, n in zip(views, sizes):
                 harness.dense(dtype, variant, HYPER, t["grad"], t["var"], t["ms"], t["mom"],
                               t["mg"], n=n)
-        cupy.cuda.Device().synchronize()
+        harness.arrays.synchronize()
         runs.append([{k: a.get() for k, a in t.items()} for t in views])
     for i, (a, b) in enumerate(zip(*runs)):
         for k in a:

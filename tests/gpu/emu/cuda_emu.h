@@ -1,0 +1,123 @@
+// A CPU emulation of the parts of CUDA that cc/cuda/ uses, for CI machines without a GPU:
+// tests/gpu/build.py --emulate compiles the real cc/cuda/*.cu.cc with g++ against these
+// headers (cuda_runtime_api.h, cuda_fp16.h, cuda_bf16.h, cub/device/*.cuh all come here), and
+// tests/gpu/test_gpu_kernels.py then runs the kernels' own code on host memory.
+//
+// The execution model: a launch runs every (block, thread) of its grid one after another,
+// blocks in a shuffled order (a different one per launch) and threads last to first. The
+// kernels use no shared memory and no barriers, so every such order is a schedule a GPU may
+// choose: an element that two threads update is updated twice and one that no thread covers
+// not at all, and the reference comparisons see both. What this cannot show: real
+// concurrency (data races between threads), the hardware's memory system and speed, nvcc's
+// code generation, and CUB's own kernels (modelled here by their documented results). Those
+// need a GPU (tests/gpu/run_on_device.sh).
+#ifndef TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
+#define TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
+
+#ifndef RMSPROPX_CUDA_EMULATION
+#error "tests/gpu/emu/ is the CPU emulation of CUDA: build with -DRMSPROPX_CUDA_EMULATION"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+
+// ---- the language ----------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 { unsigned int x = 1, y = 1, z = 1; };
+
+// The built-in variables: set by the emulated launch for each thread it runs.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+template <typename T>
+inline T min(T a, T b) { return b < a ? b : a; }
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;  // one thread at a time: atomic by construction
+  if (v < old) *p = v;
+  return old;
+}
+inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// ---- the runtime API -----------------------------------------------------------------------
+// The error codes keep CUDA's values.
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+typedef struct CUstream_st* cudaStream_t;  // "device" memory is host memory; one stream
+
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }  // launches return theirs
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
+                                   cudaStream_t = nullptr) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+namespace rmsprop_x_cuda_emu {
+
+// The launch: CUDA's limits checked as the runtime does (a bad configuration is an error,
+// nothing runs), then every thread of the grid.
+template <typename... Params, typename... Args>
+cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t,
+                   const Args&... args) {
+  static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel arguments over CUDA's 4 KB");
+  if (blocks < 1 || threads < 1 || threads > 1024) return cudaErrorInvalidConfiguration;
+  static thread_local uint64_t launches = 0;
+  const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
+  // Blocks in the order offset, offset + stride, ... (mod blocks): stride coprime to blocks.
+  const uint64_t n = static_cast<uint64_t>(blocks);
+  uint64_t stride = (seed >> 17) % n | 1;
+  while (std::gcd(stride, n) != 1) stride += 2;
+  const uint64_t offset = (seed >> 41) % n;
+  gridDim = dim3{static_cast<unsigned>(blocks), 1, 1};
+  blockDim = dim3{static_cast<unsigned>(threads), 1, 1};
+  for (uint64_t j = 0; j < n; ++j) {
+    blockIdx = uint3{static_cast<unsigned>((offset + j * stride) % n), 0, 0};
+    for (int t = threads - 1; t >= 0; --t) {
+      threadIdx = uint3{static_cast<unsigned>(t), 0, 0};
+      kernel(args...);
+    }
+  }
+  return cudaSuccess;
+}
+
+// CUB's temporary storage: the emulated algorithms ask for `bytes` and poison all of it
+// before use (CUB uses its temporaries as scratch), so a workspace whose temporaries overlap
+// another of its arrays corrupts that array here as it would on a GPU.
+inline cudaError_t Temporaries(void* temp, size_t& bytes, size_t needed) {
+  if (temp == nullptr) {
+    bytes = needed;
+    return cudaSuccess;
+  }
+  if (bytes < needed) return cudaErrorInvalidValue;
+  std::memset(temp, 0xCD, needed);
+  return cudaSuccess;
+}
+
+}  // namespace rmsprop_x_cuda_emu
+
+#endif  // TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
