@@ -75,13 +75,19 @@ def ubsan_log(out_dir=os.path.join(HERE, "build")):
     return os.path.join(out_dir, "ubsan")
 
 
+def sanitized():
+    """Whether the emulated harness is the ASan build (GPU_HARNESS_SANITIZE=address)."""
+    return os.environ.get("GPU_HARNESS_SANITIZE") == "address"
+
+
 def build_emulated(out_dir=os.path.join(HERE, "build")):
     """The harness on the CPU emulation of CUDA (tests/gpu/emu/cuda_emu.h says what it
     models). Built with UBSan, whose reports gpu_lib turns into test errors: a misaligned
     128-bit access (a GPU faults on it; x86 would not), an index out of an array's bounds, a
     signed overflow in index arithmetic, a bad shift. No FMA contraction, as nvcc's
     --fmad=false. At most 3 blocks per launch (a GPU build: 8192), so that the tests' small
-    tensors take the kernels' grid-stride loops.
+    tensors take the kernels' grid-stride loops, and multi-tensor chunks of 1024 elements
+    (65536), so that tensors of hundreds of chunks stay small.
     With GPU_HARNESS_SANITIZE=address (.ci/sanitizers.sh: Python runs with the ASan runtime
     preloaded), AddressSanitizer too, every report fatal: a read past an array's end, which
     the tests' canaries (they catch writes) cannot see."""
@@ -89,7 +95,7 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++ or $CXX)")
     os.makedirs(out_dir, exist_ok=True)
-    asan = os.environ.get("GPU_HARNESS_SANITIZE") == "address"
+    asan = sanitized()
     lib = os.path.join(out_dir, "libharness_emu_asan.so" if asan else "libharness_emu.so")
     sanitize = (["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                  "-fno-omit-frame-pointer"] if asan else ["-fsanitize=undefined"])
@@ -98,6 +104,7 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
         _link_atomically([compiler, "-std=c++17", "-O1", "-g", "-shared", "-fPIC",
                           "-ffp-contract=off", *sanitize,
                           "-DRMSPROPX_CUDA_EMULATION", "-DRMSPROPX_CUDA_MAX_BLOCKS=3",
+                          "-DRMSPROPX_CUDA_MULTI_CHUNK=1024",
                           f'-DRMSPROPX_EMU_UBSAN_LOG="{ubsan_log(out_dir)}"',
                           "-I", EMU, "-I", ROOT, "-x", "c++", *SOURCES,
                           os.path.join(EMU, "ubsan_options.cc")], lib)

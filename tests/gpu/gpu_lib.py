@@ -124,19 +124,40 @@ class UBSanReports:
             raise AssertionError(f"{what}: UBSan in the emulated kernels:\n{report}")
 
 
+# The emulated backend's stream: not null, as TensorFlow's never is (the emulation rejects a
+# null stream: code that dropped its caller's stream fails there).
+EMULATED_STREAM = 0x5EED0
+
+
 def open_harness(which):
     """The harness library of `which` backend, built if needed, and its array module."""
     import build
     if which == "cuda":
         return Harness(build.build(), CupyArrays())
-    return Harness(build.build_emulated(), HostArrays(), UBSanReports(build.ubsan_log()))
+    path = build.build_emulated()
+    if build.sanitized():  # ASan's run: UBSAN_OPTIONS sends reports elsewhere and halts
+        return Harness(path, HostArrays(), default_stream=EMULATED_STREAM)
+    reports = UBSanReports(build.ubsan_log())
+    harness = Harness(path, HostArrays(), reports, default_stream=EMULATED_STREAM)
+    # The check can fail: a planted misaligned 128-bit load must reach the log.
+    harness.lib.rx_emu_ubsan_selftest()
+    try:
+        reports("the planted misaligned load")
+    except AssertionError as e:
+        if "misaligned" not in str(e):
+            raise
+    else:
+        raise RuntimeError("UBSan's log did not receive the planted misaligned load: the "
+                           "emulated harness cannot report its kernels' undefined behaviour")
+    return harness
 
 
 class Harness:
-    def __init__(self, path, arrays, after_call=None):
+    def __init__(self, path, arrays, after_call=None, default_stream=0):
         self.lib = ctypes.CDLL(path)
         self.arrays = arrays  # asarray / empty / synchronize on this backend's memory
         self.after_call = after_call or (lambda what: None)
+        self.default_stream = default_stream
         p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self.lib.rx_dense.argtypes = [i] * 7 + [p] * 6 + [i64, p]
         self.lib.rx_sparse_workspace_bytes.argtypes = [i, i64]
@@ -144,6 +165,11 @@ class Harness:
         self.lib.rx_sparse.argtypes = [i] * 8 + [p] * 3 + [i64, i64, i64] + [p] * 5 + [
             ctypes.POINTER(i64), ctypes.POINTER(i64), p]
         self.lib.rx_multi.argtypes = [i] * 7 + [p, i64] + [p] * 7
+        self.lib.rx_multi_chunk.restype = i64
+        self.multi_chunk = int(self.lib.rx_multi_chunk())  # elements per multi-tensor chunk
+
+    def _stream(self, stream):
+        return ctypes.c_void_p(self.default_stream if stream is None else stream)
 
     @staticmethod
     def _flags(variant):
@@ -162,26 +188,27 @@ class Harness:
     def _ptr(a):
         return None if a is None else ctypes.c_void_p(a.data.ptr)
 
-    def dense(self, dtype, variant, hyper, grad, var, ms, mom=None, mg=None, n=None, stream=0):
+    def dense(self, dtype, variant, hyper, grad, var, ms, mom=None, mg=None, n=None,
+              stream=None):
         self.prepare_dense(dtype, variant, hyper, grad, var, ms, mom, mg, n, stream)()
 
     def prepare_dense(self, dtype, variant, hyper, grad, var, ms, mom=None, mg=None, n=None,
-                      stream=0):
+                      stream=None):
         """A zero-argument callable making that launch, its arguments built once."""
         hp, keep = self._hyper(hyper)
         args = (DTYPES[dtype], *self._flags(variant), hp, self._ptr(grad), self._ptr(var),
                 self._ptr(ms), self._ptr(mom), self._ptr(mg),
-                int(n if n is not None else var.size), ctypes.c_void_p(stream))
+                int(n if n is not None else var.size), self._stream(stream))
 
         def launch(keep=keep):  # the hyperparameter array lives as long as it does
             err = self.lib.rx_dense(*args)
+            self.after_call("rx_dense")
             if err:
                 raise RuntimeError(f"rx_dense: CUDA error {err}")
-            self.after_call("rx_dense")
         return launch
 
     def sparse(self, dtype, variant, hyper, grad, indices, rows, row_size, var, ms, mom=None,
-               mg=None, workspace=None, stream=0):
+               mg=None, workspace=None, stream=None):
         if indices.dtype not in (np.int32, np.int64):
             raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
         index_dtype = 0 if indices.dtype == np.int32 else 1
@@ -195,19 +222,19 @@ class Harness:
                                  self._ptr(grad), self._ptr(indices), n, int(rows),
                                  int(row_size), self._ptr(var), self._ptr(ms), self._ptr(mom),
                                  self._ptr(mg), self._ptr(workspace), ctypes.byref(bad_offset),
-                                 ctypes.byref(bad_value), ctypes.c_void_p(stream))
+                                 ctypes.byref(bad_value), self._stream(stream))
         del keep
+        self.after_call("rx_sparse")
         if err:
             raise RuntimeError(f"rx_sparse: CUDA error {err}")
-        self.after_call("rx_sparse")
         return None if bad_offset.value < 0 else (bad_offset.value, bad_value.value)
 
-    def multi(self, dtype, variant, hyper, grads, vars_, ms, mom=None, mg=None, stream=0):
+    def multi(self, dtype, variant, hyper, grads, vars_, ms, mom=None, mg=None, stream=None):
         """One multi-tensor launch sequence over lists of arrays (mom/mg: lists or None)."""
         self.prepare_multi(dtype, variant, hyper, grads, vars_, ms, mom, mg, stream)()
 
     def prepare_multi(self, dtype, variant, hyper, grads, vars_, ms, mom=None, mg=None,
-                      stream=0):
+                      stream=None):
         """A zero-argument callable making that launch sequence, its argument arrays built
         once (the benchmark times the launches, not Python marshalling 5 x N pointers)."""
         count = len(vars_)
@@ -221,11 +248,11 @@ class Harness:
         lists = [pointers(x) for x in (grads, vars_, ms, mom, mg)]
         sizes = (ctypes.c_int64 * count)(*[int(v.size) for v in vars_])
         args = (DTYPES[dtype], *self._flags(variant), hp, count, *[p for p, _ in lists],
-                ctypes.cast(sizes, ctypes.c_void_p), ctypes.c_void_p(stream))
+                ctypes.cast(sizes, ctypes.c_void_p), self._stream(stream))
 
         def launch(keep=(keep, lists, sizes)):  # the ctypes arrays live as long as it does
             err = self.lib.rx_multi(*args)
+            self.after_call("rx_multi")
             if err:
                 raise RuntimeError(f"rx_multi: CUDA error {err}")
-            self.after_call("rx_multi")
         return launch

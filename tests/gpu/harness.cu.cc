@@ -71,6 +71,9 @@ int Multi(const Variant& v, const double* h, int64_t count, void* const* grads,
 
 extern "C" {
 
+// The multi-tensor kernel's chunk (elements), for tests that cut tensors at chunk bounds.
+int64_t rx_multi_chunk() { return cuda::kMultiChunk; }
+
 // Multi-tensor: arrays of `count` device pointers (mom / mg null arrays when off) and sizes.
 int rx_multi(int dtype, int centered, int momentum, int nesterov, int eps_outside,
              int lr_outside, int wd_mode, const double* hyper, int64_t count,

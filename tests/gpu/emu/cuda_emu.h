@@ -4,13 +4,15 @@
 // tests/gpu/test_gpu_kernels.py then runs the kernels' own code on host memory.
 //
 // The execution model: a launch runs every (block, thread) of its grid one after another,
-// blocks in a shuffled order (a different one per launch) and threads last to first. The
+// blocks in a shuffled order (a different one for each launch of a thread) and threads last
+// to first. The
 // kernels use no shared memory and no barriers, so every such order is a schedule a GPU may
 // choose: an element that two threads update is updated twice and one that no thread covers
 // not at all, and the reference comparisons see both. What this cannot show: real
 // concurrency (data races between threads), the hardware's memory system and speed, nvcc's
-// code generation, and CUB's own kernels (modelled here by their documented results). Those
-// need a GPU (tests/gpu/run_on_device.sh).
+// code generation, and CUB's own kernels (modelled here by their documented results); nor
+// host versus device memory (both are host memory here) or __launch_bounds__ (ignored).
+// Those need a GPU (tests/gpu/run_on_device.sh).
 #ifndef TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
 #define TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
 
@@ -55,6 +57,7 @@ enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidResourceHandle = 400,
 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -63,30 +66,46 @@ enum cudaMemcpyKind {
   cudaMemcpyDeviceToDevice = 3,
   cudaMemcpyDefault = 4,
 };
-typedef struct CUstream_st* cudaStream_t;  // "device" memory is host memory; one stream
+// "Device" memory is host memory, and there is one stream. The emulated harness passes a
+// non-null stream (tests/gpu/gpu_lib.py), as TensorFlow always does, and every call that
+// does work requires one: code that dropped its caller's stream (CUDA's default is the null
+// stream, which would race with TensorFlow's) fails here instead of passing.
+typedef struct CUstream_st* cudaStream_t;
+
+namespace rmsprop_x_cuda_emu {
+inline cudaError_t Stream(cudaStream_t stream) {
+  return stream == nullptr ? cudaErrorInvalidResourceHandle : cudaSuccess;
+}
+}  // namespace rmsprop_x_cuda_emu
 
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }  // launches return theirs
-inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
-                                   cudaStream_t = nullptr) {
+                                   cudaStream_t stream) {
+  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return rmsprop_x_cuda_emu::Stream(stream);
+}
 
 namespace rmsprop_x_cuda_emu {
+
+inline thread_local uint64_t launches = 0;  // every launch gets its own block order
 
 // The launch: CUDA's limits checked as the runtime does (a bad configuration is an error,
 // nothing runs), then every thread of the grid.
 template <typename... Params, typename... Args>
-cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t,
+cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
                    const Args&... args) {
   static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel arguments over CUDA's 4 KB");
+  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
   if (blocks < 1 || threads < 1 || threads > 1024) return cudaErrorInvalidConfiguration;
-  static thread_local uint64_t launches = 0;
   const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
   // Blocks in the order offset, offset + stride, ... (mod blocks): stride coprime to blocks.
   const uint64_t n = static_cast<uint64_t>(blocks);
@@ -108,11 +127,12 @@ cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStrea
 // CUB's temporary storage: the emulated algorithms ask for `bytes` and poison all of it
 // before use (CUB uses its temporaries as scratch), so a workspace whose temporaries overlap
 // another of its arrays corrupts that array here as it would on a GPU.
-inline cudaError_t Temporaries(void* temp, size_t& bytes, size_t needed) {
-  if (temp == nullptr) {
+inline cudaError_t Temporaries(void* temp, size_t& bytes, size_t needed, cudaStream_t stream) {
+  if (temp == nullptr) {  // the size query: no work, no stream needed
     bytes = needed;
     return cudaSuccess;
   }
+  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
   if (bytes < needed) return cudaErrorInvalidValue;
   std::memset(temp, 0xCD, needed);
   return cudaSuccess;

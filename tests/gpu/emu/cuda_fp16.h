@@ -1,6 +1,6 @@
 // CPU emulation (tests/gpu/emu/cuda_emu.h): the half-precision intrinsics cc/cuda/ uses, as
 // IEEE conversions (round to nearest even, subnormals kept: the kernels are built without
-// -ftz), through the compiler's _Float16.
+// -ftz), through the compiler's _Float16, and a NaN becomes the GPU's canonical one.
 #ifndef TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_FP16_H_
 #define TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_FP16_H_
 #include <cstring>
@@ -16,6 +16,7 @@ inline float __half2float(__half h) {
   return static_cast<float>(f);
 }
 inline __half __float2half_rn(float x) {
+  if (x != x) return __half{0x7fff};  // the GPU's cvt.rn.f16.f32: the canonical NaN
   const _Float16 f = static_cast<_Float16>(x);
   __half h;
   std::memcpy(&h.x, &f, 2);

@@ -15,11 +15,12 @@ struct DeviceRadixSort {
   static cudaError_t SortPairs(void* temp, size_t& bytes, const K* keys_in, K* keys_out,
                                const V* values_in, V* values_out, NumItemsT num_items,
                                int begin_bit = 0, int end_bit = sizeof(K) * 8,
-                               cudaStream_t = nullptr) {
+                               cudaStream_t stream = nullptr) {
     using U = std::make_unsigned_t<K>;
     struct Pair { U digits; K key; V value; };
     const size_t n = num_items > 0 ? static_cast<size_t>(num_items) : 0;
-    const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, sizeof(Pair) * n + 256);
+    const cudaError_t e =
+        rmsprop_x_cuda_emu::Temporaries(temp, bytes, sizeof(Pair) * n + 256, stream);
     if (e != cudaSuccess || temp == nullptr) return e;
     if (begin_bit < 0 || end_bit > static_cast<int>(sizeof(K) * 8) || begin_bit >= end_bit) {
       return cudaErrorInvalidValue;

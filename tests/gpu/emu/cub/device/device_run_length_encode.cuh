@@ -11,8 +11,8 @@ struct DeviceRunLengthEncode {
             typename NumItemsT>
   static cudaError_t Encode(void* temp, size_t& bytes, In in, UniqueOut unique_out,
                             LengthsOut lengths_out, NumRunsOut num_runs_out, NumItemsT num_items,
-                            cudaStream_t = nullptr) {
-    const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, 1024);
+                            cudaStream_t stream = nullptr) {
+    const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, 1024, stream);
     if (e != cudaSuccess || temp == nullptr) return e;
     long long runs = 0;
     for (long long i = 0; i < static_cast<long long>(num_items); ++i) {

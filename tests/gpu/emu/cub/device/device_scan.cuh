@@ -10,8 +10,8 @@ namespace cub {
 struct DeviceScan {
   template <typename T, typename NumItemsT>
   static cudaError_t ExclusiveSum(void* temp, size_t& bytes, const T* in, T* out,
-                                  NumItemsT num_items, cudaStream_t = nullptr) {
-    const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, 1024);
+                                  NumItemsT num_items, cudaStream_t stream = nullptr) {
+    const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, 1024, stream);
     if (e != cudaSuccess || temp == nullptr) return e;
     using U = std::make_unsigned_t<T>;
     U sum = 0;
