@@ -69,33 +69,31 @@ import tf_rmsprop_ops._library as l, sys
 assert l.LIBRARY_PATH.startswith('$WORK/pkg/'), l.LIBRARY_PATH
 print('== sanitizers: loaded', l.LIBRARY_PATH)" 2>&1 | grep -v "^WARNING\|^I0000\|oneDNN\|cpu_feature\|To enable"
 
+# Reports go to the log files, or (UBSan's, through ASan's runtime) to stderr: any fails.
+fail_on_reports() {  # $1: the pytest log, $2: what ran
+  if compgen -G "$WORK/reports/*" >/dev/null \
+     || grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$1"; then
+    echo "== sanitizers: REPORTS ($2)" >&2
+    cat "$WORK"/reports/* >&2 || true
+    grep -E -A30 "ERROR: AddressSanitizer|runtime error:" "$1" | head -200 >&2 || true
+    exit 1
+  fi
+}
+
 echo "== sanitizers: $TESTS"
 status=0
 # shellcheck disable=SC2086
 LD_PRELOAD="$PRELOAD" PYTHONPATH="$WORK/pkg" "$PYTHON" -m pytest -q -p no:cacheprovider $TESTS \
   2>&1 | tee "$WORK/pytest.log" || status=$?
-# Reports go to the log files, or (UBSan's, through ASan's runtime) to stderr.
-if compgen -G "$WORK/reports/*" >/dev/null \
-   || grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$WORK/pytest.log"; then
-  echo "== sanitizers: REPORTS" >&2
-  cat "$WORK"/reports/* >&2 || true
-  grep -E -A30 "ERROR: AddressSanitizer|runtime error:" "$WORK/pytest.log" | head -200 >&2 || true
-  exit 1
-fi
+fail_on_reports "$WORK/pytest.log" "the op library"
 
 # The CUDA kernels' code on the CPU emulation of CUDA (tests/gpu/emu/), built with ASan +
-# UBSan: reads past an array's end (the tests' canaries catch writes only).
+# UBSan, every array its own allocation: also reads past an array's end.
 echo "== sanitizers: the CUDA kernels on the CPU emulation (tests/gpu/test_gpu_kernels.py)"
 GPU_HARNESS_BACKEND=emulated GPU_HARNESS_SANITIZE=address LD_PRELOAD="$PRELOAD" \
   "$PYTHON" -m pytest -q -p no:cacheprovider "$ROOT/tests/gpu/test_gpu_kernels.py" \
   2>&1 | tee "$WORK/pytest_gpu.log" || status=$?
-if compgen -G "$WORK/reports/*" >/dev/null \
-   || grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$WORK/pytest_gpu.log"; then
-  echo "== sanitizers: REPORTS (the emulated CUDA kernels)" >&2
-  cat "$WORK"/reports/* >&2 || true
-  grep -E -A30 "ERROR: AddressSanitizer|runtime error:" "$WORK/pytest_gpu.log" | head -200 >&2 || true
-  exit 1
-fi
+fail_on_reports "$WORK/pytest_gpu.log" "the emulated CUDA kernels"
 if [ "$status" != 0 ]; then
   echo "== sanitizers: the tests failed under the sanitizers (exit $status)" >&2
   exit "$status"
