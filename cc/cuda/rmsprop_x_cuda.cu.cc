@@ -69,6 +69,15 @@ cudaError_t Dense(const Coefficients<ComputeType<T>>& k, const T* grad, T* var, 
 constexpr size_t kAlign = 256;
 size_t Up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
+// The key bits the radix sort needs: those of the largest valid index, rows - 1 (the
+// indices are checked first). Each 8 bits fewer is one pass fewer over the pairs.
+template <typename Index>
+int KeyBits(int64_t rows) {
+  int bits = 1;
+  while (bits < static_cast<int>(sizeof(Index) * 8) && (int64_t{1} << bits) < rows) ++bits;
+  return bits;
+}
+
 // Workspace layout: [bad offset][sorted keys][positions][sorted positions][unique keys]
 // [run lengths][run offsets][number of runs][CUB temporaries].
 template <typename Index>
@@ -84,12 +93,15 @@ struct Workspace {
   void* temp;
   size_t temp_bytes;
 
-  static size_t CubBytes(int64_t n) {
+  // The sort's temporaries are asked for with the bit range it will sort (CUB's needs
+  // depend on the number of passes).
+  static size_t CubBytes(int64_t n, int64_t rows) {
     size_t sort = 0, rle = 0, scan = 0;
     cub::DeviceRadixSort::SortPairs(nullptr, sort, static_cast<const Index*>(nullptr),
                                     static_cast<Index*>(nullptr),
                                     static_cast<const int32_t*>(nullptr),
-                                    static_cast<int32_t*>(nullptr), static_cast<int>(n));
+                                    static_cast<int32_t*>(nullptr), static_cast<int>(n), 0,
+                                    KeyBits<Index>(rows));
     cub::DeviceRunLengthEncode::Encode(nullptr, rle, static_cast<const Index*>(nullptr),
                                        static_cast<Index*>(nullptr),
                                        static_cast<int32_t*>(nullptr),
@@ -99,13 +111,14 @@ struct Workspace {
     size_t m = sort > rle ? sort : rle;
     return m > scan ? m : scan;
   }
-  static size_t Bytes(int64_t n) {
+  static size_t Bytes(int64_t n, int64_t rows) {
     const size_t idx = Up(sizeof(Index) * (n > 0 ? n : 1));
     const size_t i32 = Up(sizeof(int32_t) * (n > 0 ? n : 1));
     return Up(sizeof(unsigned long long)) + 2 * idx + 4 * i32 + Up(sizeof(int32_t)) +
-           Up(CubBytes(n));
+           Up(CubBytes(n, rows));
   }
-  Workspace(void* base, int64_t n) {
+  // SparseCheck uses only `bad` (rows: 0, no temporaries asked for).
+  Workspace(void* base, int64_t n, int64_t rows) {
     char* p = static_cast<char*>(base);
     const size_t idx = Up(sizeof(Index) * (n > 0 ? n : 1));
     const size_t i32 = Up(sizeof(int32_t) * (n > 0 ? n : 1));
@@ -118,7 +131,7 @@ struct Workspace {
     offsets = reinterpret_cast<int32_t*>(p); p += i32;
     num_runs = reinterpret_cast<int32_t*>(p); p += Up(sizeof(int32_t));
     temp = p;
-    temp_bytes = Up(CubBytes(n));
+    temp_bytes = rows > 0 ? Up(CubBytes(n, rows)) : 0;
   }
 };
 
@@ -192,8 +205,8 @@ cudaError_t LaunchDense(const Variant& variant, const Coefficients<ComputeType<T
 }
 
 template <typename Index>
-size_t SparseWorkspaceBytes(int64_t num_indices) {
-  return Workspace<Index>::Bytes(num_indices);
+size_t SparseWorkspaceBytes(int64_t num_indices, int64_t rows) {
+  return Workspace<Index>::Bytes(num_indices, rows);
 }
 
 template <typename Index>
@@ -202,7 +215,7 @@ cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
                         cudaStream_t stream) {
   *bad_offset_host = -1;
   if (num_indices <= 0) return cudaSuccess;
-  Workspace<Index> w(workspace, num_indices);
+  Workspace<Index> w(workspace, num_indices, 0);
   cudaError_t e = cudaMemsetAsync(w.bad, 0xff, sizeof(unsigned long long), stream);
   if (e != cudaSuccess) return e;
   if ((e = Launch(CheckKernel<Index>, Blocks(num_indices), kThreads, stream, indices,
@@ -227,17 +240,17 @@ cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
 template <typename T, typename Index>
 cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<T>>& k,
                          const T* grad, const Index* indices, int64_t num_indices,
-                         int64_t row_size, T* var, T* ms, T* mom, T* mg, void* workspace,
-                         cudaStream_t stream) {
+                         int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
+                         void* workspace, cudaStream_t stream) {
   if (num_indices <= 0 || row_size <= 0) return cudaSuccess;
-  Workspace<Index> w(workspace, num_indices);
+  Workspace<Index> w(workspace, num_indices, rows);
   const int n = static_cast<int>(num_indices);
   cudaError_t e = Launch(IotaKernel, Blocks(n), kThreads, stream, w.positions, n);
   if (e != cudaSuccess) return e;
   size_t bytes = w.temp_bytes;
   // Stable: equal indices keep their input order, so sums are deterministic (as on CPU).
   if ((e = cub::DeviceRadixSort::SortPairs(w.temp, bytes, indices, w.keys, w.positions,
-                                           w.sorted_positions, n, 0, sizeof(Index) * 8,
+                                           w.sorted_positions, n, 0, KeyBits<Index>(rows),
                                            stream)) != cudaSuccess) {
     return e;
   }
@@ -260,18 +273,18 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
                                       const T*, T*, T*, T*, T*, int64_t, cudaStream_t);      \
   template cudaError_t SparseUpdate<T, int32_t>(                                             \
       const Variant&, const Coefficients<ComputeType<T>>&, const T*, const int32_t*, int64_t, \
-      int64_t, T*, T*, T*, T*, void*, cudaStream_t);                                          \
+      int64_t, int64_t, T*, T*, T*, T*, void*, cudaStream_t);                                 \
   template cudaError_t SparseUpdate<T, int64_t>(                                             \
       const Variant&, const Coefficients<ComputeType<T>>&, const T*, const int64_t*, int64_t, \
-      int64_t, T*, T*, T*, T*, void*, cudaStream_t);
+      int64_t, int64_t, T*, T*, T*, T*, void*, cudaStream_t);
 RMSPROPX_INSTANTIATE(float)
 RMSPROPX_INSTANTIATE(double)
 RMSPROPX_INSTANTIATE(Half)
 RMSPROPX_INSTANTIATE(BFloat16)
 #undef RMSPROPX_INSTANTIATE
 
-template size_t SparseWorkspaceBytes<int32_t>(int64_t);
-template size_t SparseWorkspaceBytes<int64_t>(int64_t);
+template size_t SparseWorkspaceBytes<int32_t>(int64_t, int64_t);
+template size_t SparseWorkspaceBytes<int64_t>(int64_t, int64_t);
 template cudaError_t SparseCheck<int32_t>(const int32_t*, int64_t, int64_t, void*, int64_t*,
                                           int32_t*, cudaStream_t);
 template cudaError_t SparseCheck<int64_t>(const int64_t*, int64_t, int64_t, void*, int64_t*,

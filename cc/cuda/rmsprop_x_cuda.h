@@ -62,16 +62,17 @@ cudaError_t LaunchMulti(const Variant& variant, const Coefficients<ComputeType<T
 // Sparse: `indices` [num_indices] name rows of var ([rows, row_size]); `grad` is
 // [num_indices, row_size]. Duplicated indices are summed (in input order, deterministic)
 // and applied once; rows not named are untouched. Deduplication runs on the device: a
-// stable radix sort of (index, position), run boundaries, then one pass over the unique
-// rows (work proportional to num_indices * row_size).
+// stable radix sort of (index, position) over the index bits that can vary (those of
+// rows - 1: 20 for a million rows, where the type has 32 or 64), run boundaries, then one
+// pass over the unique rows (work proportional to num_indices * row_size).
 //
 // Two phases so that a bad index writes nothing:
 //   1. SparseCheck: finds the first index outside [0, rows), writes its offset (or -1) to
 //      *bad_offset_host after synchronising `stream` (the only host sync).
 //   2. SparseUpdate: sorts and updates; call it only when the check found nothing.
-// `workspace` holds SparseWorkspaceBytes(num_indices) bytes of device memory.
+// `workspace` holds SparseWorkspaceBytes(num_indices, rows) bytes of device memory.
 template <typename Index>
-size_t SparseWorkspaceBytes(int64_t num_indices);
+size_t SparseWorkspaceBytes(int64_t num_indices, int64_t rows);
 
 template <typename Index>
 cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
@@ -81,8 +82,8 @@ cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
 template <typename T, typename Index>
 cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<T>>& k,
                          const T* grad, const Index* indices, int64_t num_indices,
-                         int64_t row_size, T* var, T* ms, T* mom, T* mg, void* workspace,
-                         cudaStream_t stream);
+                         int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
+                         void* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace tf_rmsprop_ops

@@ -122,7 +122,7 @@ def sparse_case(h, rows, dim, count, rng):
     table = {k: cupy.random.random((rows, dim), dtype=cupy.float32) + 0.1 for k in ("var", "ms", "mom")}
     indices = cupy.asarray(rng.integers(0, rows, size=count).astype(np.int64))
     grad = cupy.random.standard_normal((count, dim), dtype=cupy.float32)
-    ws = cupy.empty(h.lib.rx_sparse_workspace_bytes(1, count), cupy.int8)
+    ws = cupy.empty(h.lib.rx_sparse_workspace_bytes(1, count, rows), cupy.int8)
     ours = timed(lambda: h.sparse("float32", MOMENTUM, HYPER, grad, indices, rows, dim,
                                   table["var"], table["ms"], table["mom"], workspace=ws))
     unique = int(cupy.unique(indices).size)

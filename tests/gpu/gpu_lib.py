@@ -160,7 +160,7 @@ class Harness:
         self.default_stream = default_stream
         p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self.lib.rx_dense.argtypes = [i] * 7 + [p] * 6 + [i64, p]
-        self.lib.rx_sparse_workspace_bytes.argtypes = [i, i64]
+        self.lib.rx_sparse_workspace_bytes.argtypes = [i, i64, i64]
         self.lib.rx_sparse_workspace_bytes.restype = i64
         self.lib.rx_sparse.argtypes = [i] * 8 + [p] * 3 + [i64, i64, i64] + [p] * 5 + [
             ctypes.POINTER(i64), ctypes.POINTER(i64), p]
@@ -215,7 +215,8 @@ class Harness:
         n = int(indices.size)
         if workspace is None:
             workspace = self.arrays.empty(
-                max(1, self.lib.rx_sparse_workspace_bytes(index_dtype, n)), np.int8)
+                max(1, self.lib.rx_sparse_workspace_bytes(index_dtype, n, int(rows))),
+                np.int8)
         hp, keep = self._hyper(hyper)
         bad_offset, bad_value = ctypes.c_int64(-1), ctypes.c_int64(0)
         err = self.lib.rx_sparse(DTYPES[dtype], index_dtype, *self._flags(variant), hp,

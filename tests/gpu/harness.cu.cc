@@ -48,7 +48,8 @@ int Sparse(const Variant& v, const double* h, void* grad, void* indices, int64_t
   *bad_value = static_cast<int64_t>(value);
   if (e != 0 || *bad_offset >= 0) return e;
   return cuda::SparseUpdate<T, Index>(v, Coeffs<T>(v, h), static_cast<const T*>(grad),
-                                      static_cast<const Index*>(indices), num_indices, row_size,
+                                      static_cast<const Index*>(indices), num_indices, rows,
+                                      row_size,
                                       static_cast<T*>(var), static_cast<T*>(ms),
                                       static_cast<T*>(mom), static_cast<T*>(mg), workspace, s);
 }
@@ -103,9 +104,10 @@ int rx_dense(int dtype, int centered, int momentum, int nesterov, int eps_outsid
   return -1;
 }
 
-int64_t rx_sparse_workspace_bytes(int index_dtype, int64_t num_indices) {
-  return static_cast<int64_t>(index_dtype == 0 ? cuda::SparseWorkspaceBytes<int32_t>(num_indices)
-                                               : cuda::SparseWorkspaceBytes<int64_t>(num_indices));
+int64_t rx_sparse_workspace_bytes(int index_dtype, int64_t num_indices, int64_t rows) {
+  return static_cast<int64_t>(index_dtype == 0
+                                  ? cuda::SparseWorkspaceBytes<int32_t>(num_indices, rows)
+                                  : cuda::SparseWorkspaceBytes<int64_t>(num_indices, rows));
 }
 
 // Checks the indices, then (when all are in range) updates. *bad_offset is the first bad

@@ -188,6 +188,50 @@ def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned
                                    atol=ATOL[dtype], err_msg=name)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("centered", [False, True])
+def test_dense_matches_torch_rmsprop(harness, rng, centered, momentum, weight_decay):
+    """The peer: torch.optim.RMSprop (float64, on the CPU) over 4 steps from its own initial
+    state (zero slots), against the float32 kernel in the variant that is PyTorch's form
+    (tf_rmsprop_ops.presets "pytorch": epsilon outside the sqrt, lr outside the momentum,
+    L2 weight decay). A tenth of the gradients are ~1e-7, where epsilon (1e-8) matters."""
+    torch = pytest.importorskip("torch")
+    n, steps = 3001, 4
+    variant = Variant(centered, momentum > 0, False, "outside_sqrt",
+                      "outside_momentum" if momentum > 0 else "inside_momentum",
+                      "coupled" if weight_decay else "none")
+    hyper = dict(lr=0.01, rho=0.99, momentum=momentum, epsilon=1e-8, weight_decay=weight_decay)
+    var0 = _rounded(rng.normal(size=n), "float32")
+    param = torch.tensor(var0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.RMSprop([param], lr=hyper["lr"], alpha=hyper["rho"], eps=1e-8,
+                              weight_decay=weight_decay, momentum=momentum, centered=centered)
+    dev = {"var": _to_device(var0, "float32")}
+    for name in ("ms", "mom", "mg"):
+        dev[name] = _to_device(np.zeros(n), "float32")
+    for _ in range(steps):
+        scale = np.where(rng.uniform(size=n) < 0.1, 1e-7, 1e-3)
+        grad = _rounded(rng.normal(size=n) * scale, "float32")
+        param.grad = torch.tensor(grad, dtype=torch.float64)
+        opt.step()
+        harness.dense("float32", variant, hyper, _to_device(grad, "float32"), dev["var"],
+                      dev["ms"], dev["mom"] if variant.momentum else None,
+                      dev["mg"] if centered else None, n=n)
+    state = opt.state[param]
+    want = {"var": param.detach().numpy(), "ms": state["square_avg"].numpy(),
+            "mom": state["momentum_buffer"].numpy() if momentum else None,
+            "mg": state["grad_avg"].numpy() if centered else None}
+    for name, expected in want.items():
+        if expected is None:
+            continue
+        got, canary_ok = _to_host(dev[name], "float32", n)
+        assert canary_ok, f"{name}: written past its end"
+        # The slots' own scales: ms ~ g^2 (down to 1e-16), mom and mg ~ 1e-3 or less.
+        scale = np.max(np.abs(expected))
+        np.testing.assert_allclose(got, expected, rtol=4 * RTOL["float32"],
+                                   atol=4 * ATOL["float32"] * scale, err_msg=name)
+
+
 # Large gradients whose square the compute type holds: float16's maximum (its square
 # overflows half storage, not the float32 the kernel computes in); for float32 and bfloat16
 # (float32's range) and float64, large values whose square stays finite.
@@ -258,8 +302,10 @@ def test_sparse_matches_reference(harness, rng, variant, pattern, dtype, index_d
     # Rows of 33 elements (a block of 64 threads) and of 300 (256 threads, some take two).
     rows, dim = 300, (300 if pattern == "heavy_duplicates" else 33)
     count = {"unique": 120, "heavy_duplicates": 500, "empty": 0}[pattern]
+    # Heavy duplicates of five rows, two pairs of which share their low 8 bits (1 and 257,
+    # 43 and 299): a sort on too few key bits would interleave them and split their runs.
     indices = (rng.permutation(rows)[:count] if pattern == "unique"
-               else rng.integers(0, 5, size=count)).astype(index_dtype)
+               else rng.choice([1, 257, 43, 299, 150], size=count)).astype(index_dtype)
     state = _state(rng, (rows, dim), dtype)
     grad = _rounded(rng.normal(size=(count, dim)), dtype)
     dev = {k: _to_device(v, dtype) for k, v in state.items()}

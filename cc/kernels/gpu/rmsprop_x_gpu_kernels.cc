@@ -43,7 +43,8 @@ struct SparseLaunch<GPUDevice, T, Index> {
   static absl::Status Run(tensorflow::OpKernelContext* ctx, const SparseArgs<T, Index>& a) {
     if (a.num_indices == 0) return absl::OkStatus();
     tensorflow::Tensor workspace;
-    const int64_t bytes = static_cast<int64_t>(cuda::SparseWorkspaceBytes<Index>(a.num_indices));
+    const int64_t bytes =
+        static_cast<int64_t>(cuda::SparseWorkspaceBytes<Index>(a.num_indices, a.rows));
     TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
                                           &workspace));
     void* ws = workspace.flat<int8_t>().data();
@@ -59,7 +60,7 @@ struct SparseLaunch<GPUDevice, T, Index> {
     }
     const StatePointers<T>& s = a.state;
     return CudaStatus(cuda::SparseUpdate(a.variant, a.k, a.grad, a.indices, a.num_indices,
-                                         a.row_size, s.var, s.ms, s.mom, s.mg, ws,
+                                         a.rows, a.row_size, s.var, s.ms, s.mom, s.mg, ws,
                                          StreamOf(ctx)),
                       "SparseApplyRMSpropX CUDA kernels");
   }
