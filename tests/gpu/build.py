@@ -89,8 +89,10 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
     tensors take the kernels' grid-stride loops, and multi-tensor chunks of 1024 elements
     (65536), so that tensors of hundreds of chunks stay small.
     With GPU_HARNESS_SANITIZE=address (.ci/sanitizers.sh: Python runs with the ASan runtime
-    preloaded), AddressSanitizer too, every report fatal: a read past an array's end, which
-    the tests' canaries (they catch writes) cannot see."""
+    preloaded), AddressSanitizer too, every report fatal, and the arrays ordinary heap
+    memory (RMSPROPX_EMU_PLAIN_MEMORY) rather than the emulation's device pages: ASan then
+    sees a read past an array's exact end, which the tests' canaries (they catch writes)
+    cannot."""
     compiler = cxx()
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++ or $CXX)")
@@ -98,7 +100,8 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
     asan = sanitized()
     lib = os.path.join(out_dir, "libharness_emu_asan.so" if asan else "libharness_emu.so")
     sanitize = (["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                 "-fno-omit-frame-pointer"] if asan else ["-fsanitize=undefined"])
+                 "-fno-omit-frame-pointer", "-DRMSPROPX_EMU_PLAIN_MEMORY"]
+                if asan else ["-fsanitize=undefined"])
     emu_headers = [os.path.join(d, f) for d, _, fs in os.walk(EMU) for f in fs]
     if _stale(lib, SOURCES + HEADERS + emu_headers + [os.path.abspath(__file__)]):
         _link_atomically([compiler, "-std=c++17", "-O1", "-g", "-shared", "-fPIC",
@@ -107,7 +110,8 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
                           "-DRMSPROPX_CUDA_MULTI_CHUNK=1024",
                           f'-DRMSPROPX_EMU_UBSAN_LOG="{ubsan_log(out_dir)}"',
                           "-I", EMU, "-I", ROOT, "-x", "c++", *SOURCES,
-                          os.path.join(EMU, "ubsan_options.cc")], lib)
+                          os.path.join(EMU, "ubsan_options.cc"),
+                          os.path.join(EMU, "device_memory.cc")], lib)
     return lib
 
 

@@ -85,6 +85,90 @@ class HostArrays:
         pass
 
 
+class EmulatedDeviceArray(np.ndarray):
+    """The emulated backend's device array: pages of the emulation's device memory
+    (tests/gpu/emu/device_memory.cc), which the host cannot read or write. Like a CuPy array:
+    `.data.ptr`, and `.get()` copies to the host. Slices are views of the same allocation."""
+
+    def __array_finalize__(self, obj):
+        self._allocation = getattr(obj, "_allocation", None)
+
+    def __repr__(self):  # without reading the pages (pytest shows arguments in tracebacks)
+        return f"<device array {self.dtype}{list(self.shape)} at {self.ctypes.data:#x}>"
+
+    __str__ = __repr__
+
+    @property
+    def data(self):
+        return HostArray._Pointer(self.ctypes.data if self.size else 0)
+
+    def get(self):
+        out = np.empty(self.shape, self.dtype)
+        if self.size:
+            if not self.flags.c_contiguous:
+                raise ValueError("get(): a contiguous view only")
+            lib = self._allocation.lib
+            err = lib.rx_emu_memcpy(out.ctypes.data, self.ctypes.data, self.nbytes, 2)
+            if err:
+                raise RuntimeError(f"rx_emu_memcpy (device to host): CUDA error {err}")
+        return out
+
+
+class _DeviceAllocation:
+    def __init__(self, lib, nbytes):
+        self.lib = lib
+        self.ptr = lib.rx_emu_malloc(max(1, nbytes))
+        if not self.ptr:
+            raise MemoryError(f"rx_emu_malloc({nbytes}) failed")
+
+    def __del__(self):
+        self.lib.rx_emu_free(self.ptr)
+
+
+class EmulatedDeviceArrays:
+    """The few CuPy calls the tests make, on the emulation's device memory: the host touches
+    it only through the emulated cudaMemcpy / cudaMemset."""
+
+    def __init__(self, lib):
+        self.lib = lib
+        p, size = ctypes.c_void_p, ctypes.c_size_t
+        lib.rx_emu_malloc.argtypes, lib.rx_emu_malloc.restype = [size], p
+        lib.rx_emu_free.argtypes = [p]
+        lib.rx_emu_memcpy.argtypes = [p, p, size, ctypes.c_int]
+        lib.rx_emu_memset.argtypes = [p, ctypes.c_int, size]
+
+    def _allocate(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        shape = (shape,) if np.isscalar(shape) else tuple(shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        allocation = _DeviceAllocation(self.lib, nbytes)
+        # A NumPy view of the pages without reading them (the host may not).
+        raw = (ctypes.c_char * max(1, nbytes)).from_address(allocation.ptr)
+        a = np.frombuffer(raw, np.uint8, count=nbytes).view(dtype).reshape(shape)
+        a = a.view(EmulatedDeviceArray)
+        a._allocation = allocation
+        return a
+
+    def asarray(self, a):
+        a = np.ascontiguousarray(a)
+        out = self._allocate(a.shape, a.dtype)
+        if a.nbytes:
+            err = self.lib.rx_emu_memcpy(out.ctypes.data, a.ctypes.data, a.nbytes, 1)
+            if err:
+                raise RuntimeError(f"rx_emu_memcpy (host to device): CUDA error {err}")
+        return out
+
+    def empty(self, shape, dtype):
+        out = self._allocate(shape, dtype)
+        if out.nbytes:
+            self.lib.rx_emu_memset(out.ctypes.data, 0xA5, out.nbytes)  # like unwritten memory
+        return out
+
+    @staticmethod
+    def synchronize():
+        pass
+
+
 class CupyArrays:
     @staticmethod
     def asarray(a):
@@ -135,10 +219,12 @@ def open_harness(which):
     if which == "cuda":
         return Harness(build.build(), CupyArrays())
     path = build.build_emulated()
-    if build.sanitized():  # ASan's run: UBSAN_OPTIONS sends reports elsewhere and halts
+    if build.sanitized():  # ASan's run: UBSAN_OPTIONS sends reports elsewhere and halts;
+        # heap arrays, so that ASan knows where each one ends
         return Harness(path, HostArrays(), default_stream=EMULATED_STREAM)
     reports = UBSanReports(build.ubsan_log())
-    harness = Harness(path, HostArrays(), reports, default_stream=EMULATED_STREAM)
+    harness = Harness(path, None, reports, default_stream=EMULATED_STREAM)
+    harness.arrays = EmulatedDeviceArrays(harness.lib)
     # The check can fail: a planted misaligned 128-bit load must reach the log.
     harness.lib.rx_emu_ubsan_selftest()
     try:

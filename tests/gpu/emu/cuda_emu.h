@@ -11,7 +11,8 @@
 // not at all, and the reference comparisons see both. What this cannot show: real
 // concurrency (data races between threads), the hardware's memory system and speed, nvcc's
 // code generation, and CUB's own kernels (modelled here by their documented results); nor
-// host versus device memory (both are host memory here) or __launch_bounds__ (ignored).
+// __launch_bounds__ (ignored). Device memory is host pages the host cannot touch outside
+// the emulated device's work (device_memory.cc).
 // Those need a GPU (tests/gpu/run_on_device.sh).
 #ifndef TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
 #define TF_RMSPROP_OPS_TESTS_GPU_EMU_CUDA_EMU_H_
@@ -24,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 // ---- the language ----------------------------------------------------------------------
 #define __global__
@@ -76,17 +78,57 @@ namespace rmsprop_x_cuda_emu {
 inline cudaError_t Stream(cudaStream_t stream) {
   return stream == nullptr ? cudaErrorInvalidResourceHandle : cudaSuccess;
 }
+
+// Device memory (device_memory.cc): pages the host cannot touch outside a DeviceScope, the
+// span of the emulated device's work. IsDevice: [p, p + bytes) lies in one allocation.
+// RangeScope: only the allocation holding [p, p + bytes) (a copy or memset; nothing if it is
+// host memory).
+#ifndef RMSPROPX_EMU_PLAIN_MEMORY
+struct DeviceScope {
+  DeviceScope();
+  ~DeviceScope();
+};
+class RangeScope {
+ public:
+  RangeScope(const void* p, size_t bytes);
+  ~RangeScope();
+
+ private:
+  uintptr_t base_ = 0;
+  size_t bytes_ = 0;
+};
+bool IsDevice(const void* p, size_t bytes);
+#else  // the ASan build: ordinary heap arrays
+struct DeviceScope {};
+struct RangeScope {
+  RangeScope(const void*, size_t) {}
+};
+inline bool IsDevice(const void*, size_t) { return true; }
+#endif
 }  // namespace rmsprop_x_cuda_emu
 
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }  // launches return theirs
 inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
   if (stream == nullptr) return cudaErrorInvalidResourceHandle;
+  if (!rmsprop_x_cuda_emu::IsDevice(p, bytes)) return cudaErrorInvalidValue;
+  rmsprop_x_cuda_emu::RangeScope scope(p, bytes);
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
-                                   cudaStream_t stream) {
+// The direction must match the pointers (cudaMemcpyDefault: any).
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes,
+                                   cudaMemcpyKind kind, cudaStream_t stream) {
   if (stream == nullptr) return cudaErrorInvalidResourceHandle;
+#ifndef RMSPROPX_EMU_PLAIN_MEMORY
+  using rmsprop_x_cuda_emu::IsDevice;
+  const bool from_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  const bool to_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  if (kind != cudaMemcpyDefault &&
+      (IsDevice(src, bytes) != from_device || IsDevice(dst, bytes) != to_device)) {
+    return cudaErrorInvalidValue;
+  }
+#endif
+  rmsprop_x_cuda_emu::RangeScope from(src, bytes), to(dst, bytes);
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
@@ -98,14 +140,27 @@ namespace rmsprop_x_cuda_emu {
 
 inline thread_local uint64_t launches = 0;  // every launch gets its own block order
 
+// A kernel's pointer argument must be null or point into device memory.
+template <typename Arg>
+bool DeviceArgument(const Arg& arg) {
+  if constexpr (std::is_pointer_v<Arg>) {
+    return arg == nullptr || IsDevice(arg, 1);
+  } else {
+    return true;
+  }
+}
+
 // The launch: CUDA's limits checked as the runtime does (a bad configuration is an error,
-// nothing runs), then every thread of the grid.
+// nothing runs), pointer arguments checked (a host pointer: cudaErrorInvalidValue, where a
+// GPU would fault), then every thread of the grid, with device memory accessible.
 template <typename... Params, typename... Args>
 cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
                    const Args&... args) {
   static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel arguments over CUDA's 4 KB");
   if (stream == nullptr) return cudaErrorInvalidResourceHandle;
   if (blocks < 1 || threads < 1 || threads > 1024) return cudaErrorInvalidConfiguration;
+  if (!(DeviceArgument(args) && ...)) return cudaErrorInvalidValue;
+  DeviceScope scope;
   const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
   // Blocks in the order offset, offset + stride, ... (mod blocks): stride coprime to blocks.
   const uint64_t n = static_cast<uint64_t>(blocks);
@@ -133,7 +188,7 @@ inline cudaError_t Temporaries(void* temp, size_t& bytes, size_t needed, cudaStr
     return cudaSuccess;
   }
   if (stream == nullptr) return cudaErrorInvalidResourceHandle;
-  if (bytes < needed) return cudaErrorInvalidValue;
+  if (bytes < needed || !IsDevice(temp, needed)) return cudaErrorInvalidValue;
   std::memset(temp, 0xCD, needed);
   return cudaSuccess;
 }

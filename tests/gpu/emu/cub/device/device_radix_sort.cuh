@@ -19,6 +19,7 @@ struct DeviceRadixSort {
     using U = std::make_unsigned_t<K>;
     struct Pair { U digits; K key; V value; };
     const size_t n = num_items > 0 ? static_cast<size_t>(num_items) : 0;
+    rmsprop_x_cuda_emu::DeviceScope scope;  // the device's work: its memory accessible
     const cudaError_t e =
         rmsprop_x_cuda_emu::Temporaries(temp, bytes, sizeof(Pair) * n + 256, stream);
     if (e != cudaSuccess || temp == nullptr) return e;

@@ -12,6 +12,7 @@ struct DeviceRunLengthEncode {
   static cudaError_t Encode(void* temp, size_t& bytes, In in, UniqueOut unique_out,
                             LengthsOut lengths_out, NumRunsOut num_runs_out, NumItemsT num_items,
                             cudaStream_t stream = nullptr) {
+    rmsprop_x_cuda_emu::DeviceScope scope;  // the device's work: its memory accessible
     const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, 1024, stream);
     if (e != cudaSuccess || temp == nullptr) return e;
     long long runs = 0;

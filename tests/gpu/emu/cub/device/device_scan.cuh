@@ -11,6 +11,7 @@ struct DeviceScan {
   template <typename T, typename NumItemsT>
   static cudaError_t ExclusiveSum(void* temp, size_t& bytes, const T* in, T* out,
                                   NumItemsT num_items, cudaStream_t stream = nullptr) {
+    rmsprop_x_cuda_emu::DeviceScope scope;  // the device's work: its memory accessible
     const cudaError_t e = rmsprop_x_cuda_emu::Temporaries(temp, bytes, 1024, stream);
     if (e != cudaSuccess || temp == nullptr) return e;
     using U = std::make_unsigned_t<T>;
