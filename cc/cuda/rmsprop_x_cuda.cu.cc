@@ -78,7 +78,7 @@ int KeyBits(int64_t rows) {
   return bits;
 }
 
-// Workspace layout: [bad offset][sorted keys][positions][sorted positions][unique keys]
+// Workspace layout: [bad offset][sorted keys][unique keys][positions][sorted positions]
 // [run lengths][run offsets][number of runs][CUB temporaries].
 template <typename Index>
 struct Workspace {
