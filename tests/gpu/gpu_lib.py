@@ -3,7 +3,8 @@
 Two backends run the same kernel sources:
   - "cuda": built with nvcc, on a GPU, arrays in CuPy device memory;
   - "emulated": built with the host compiler against tests/gpu/emu/ (a CPU emulation of
-    the CUDA execution model, see cuda_emu.h), arrays in host memory (NumPy).
+    the CUDA execution model, see cuda_emu.h), arrays in the emulation's device memory
+    (pages the host cannot touch; ordinary heap arrays in the ASan build).
 `GPU_HARNESS_BACKEND` picks one; by default "cuda" where a GPU, CuPy and nvcc are present,
 else "emulated". `unavailable(backend)` says why a backend cannot run here (or None)."""
 import ctypes
@@ -52,8 +53,9 @@ def unavailable(which="cuda"):
 
 
 class HostArray(np.ndarray):
-    """The emulated backend's "device" array: host memory with CuPy's `.data.ptr` and
-    `.get()`. Slices are views (their pointer is their first element's address)."""
+    """The ASan build's "device" array: heap memory (ASan bounds each array exactly) with
+    CuPy's `.data.ptr` and `.get()`. Slices are views (their pointer is their first
+    element's address)."""
 
     class _Pointer:
         def __init__(self, ptr):
@@ -68,7 +70,7 @@ class HostArray(np.ndarray):
 
 
 class HostArrays:
-    """The few CuPy calls the tests make, on host memory."""
+    """The few CuPy calls the tests make, on heap memory (the ASan build)."""
 
     @staticmethod
     def asarray(a):

@@ -192,10 +192,18 @@ def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("centered", [False, True])
 def test_dense_matches_torch_rmsprop(harness, rng, centered, momentum, weight_decay):
-    """The peer: torch.optim.RMSprop (float64, on the CPU) over 4 steps from its own initial
-    state (zero slots), against the float32 kernel in the variant that is PyTorch's form
+    """The peer: torch.optim.RMSprop (on the CPU) over 4 steps from its own initial state
+    (zero slots), against the float32 kernel in the variant that is PyTorch's form
     (tf_rmsprop_ops.presets "pytorch": epsilon outside the sqrt, lr outside the momentum,
-    L2 weight decay). A tenth of the gradients are ~1e-7, where epsilon (1e-8) matters."""
+    L2 weight decay). A tenth of the gradients are ~1e-7, where epsilon (1e-8) matters.
+
+    Float32 alone is ill-conditioned in places (L2 weight decay cancelling the gradient,
+    momentum sums cancelling): PyTorch's own float32 run strays up to ~1e-4 from its float64
+    run there, and two float32 computations in different orders can stray further from each
+    other than either does from float64 (seen: 1 element in 3001, 2 seeds in 40). So an
+    element may differ from the float64 peer by a few float32 roundings plus the float32
+    peer's own deviation (x4), and at most 0.2% of the elements by more. A different formula
+    (epsilon inside the sqrt, lr inside the momentum) moves most of them."""
     torch = pytest.importorskip("torch")
     n, steps = 3001, 4
     variant = Variant(centered, momentum > 0, False, "outside_sqrt",
@@ -203,33 +211,47 @@ def test_dense_matches_torch_rmsprop(harness, rng, centered, momentum, weight_de
                       "coupled" if weight_decay else "none")
     hyper = dict(lr=0.01, rho=0.99, momentum=momentum, epsilon=1e-8, weight_decay=weight_decay)
     var0 = _rounded(rng.normal(size=n), "float32")
-    param = torch.tensor(var0, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.RMSprop([param], lr=hyper["lr"], alpha=hyper["rho"], eps=1e-8,
-                              weight_decay=weight_decay, momentum=momentum, centered=centered)
+    peers = {}
+    for dtype in (torch.float64, torch.float32):
+        param = torch.tensor(var0, dtype=dtype, requires_grad=True)
+        peers[dtype] = param, torch.optim.RMSprop(
+            [param], lr=hyper["lr"], alpha=hyper["rho"], eps=1e-8, weight_decay=weight_decay,
+            momentum=momentum, centered=centered)
     dev = {"var": _to_device(var0, "float32")}
     for name in ("ms", "mom", "mg"):
         dev[name] = _to_device(np.zeros(n), "float32")
     for _ in range(steps):
         scale = np.where(rng.uniform(size=n) < 0.1, 1e-7, 1e-3)
         grad = _rounded(rng.normal(size=n) * scale, "float32")
-        param.grad = torch.tensor(grad, dtype=torch.float64)
-        opt.step()
+        for dtype, (param, opt) in peers.items():
+            param.grad = torch.tensor(grad, dtype=dtype)
+            opt.step()
         harness.dense("float32", variant, hyper, _to_device(grad, "float32"), dev["var"],
                       dev["ms"], dev["mom"] if variant.momentum else None,
                       dev["mg"] if centered else None, n=n)
-    state = opt.state[param]
-    want = {"var": param.detach().numpy(), "ms": state["square_avg"].numpy(),
-            "mom": state["momentum_buffer"].numpy() if momentum else None,
-            "mg": state["grad_avg"].numpy() if centered else None}
+
+    def peer_state(dtype):
+        param, opt = peers[dtype]
+        state = opt.state[param]
+        return {"var": param.detach(), "ms": state["square_avg"],
+                "mom": state["momentum_buffer"] if momentum else None,
+                "mg": state["grad_avg"] if centered else None}
+    want, want32 = peer_state(torch.float64), peer_state(torch.float32)
     for name, expected in want.items():
         if expected is None:
             continue
+        expected = expected.numpy()
+        spread = np.abs(want32[name].double().numpy() - expected)  # float32's own error
         got, canary_ok = _to_host(dev[name], "float32", n)
         assert canary_ok, f"{name}: written past its end"
         # The slots' own scales: ms ~ g^2 (down to 1e-16), mom and mg ~ 1e-3 or less.
-        scale = np.max(np.abs(expected))
-        np.testing.assert_allclose(got, expected, rtol=4 * RTOL["float32"],
-                                   atol=4 * ATOL["float32"] * scale, err_msg=name)
+        bound = (4 * ATOL["float32"] * np.max(np.abs(expected))
+                 + 4 * RTOL["float32"] * np.abs(expected) + 4 * spread)
+        bad = np.abs(got - expected) > bound
+        assert bad.sum() <= n // 500, (
+            f"{name}: {bad.sum()} of {n} elements beyond the bound; first at "
+            f"{np.argmax(bad)}: ours {got[bad][0]!r}, torch float64 {expected[bad][0]!r}, "
+            f"torch float32 {want32[name].double().numpy()[bad][0]!r}")
 
 
 # Large gradients whose square the compute type holds: float16's maximum (its square
