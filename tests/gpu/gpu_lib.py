@@ -87,10 +87,11 @@ class HostArrays:
         pass
 
 
-class EmulatedDeviceArray(np.ndarray):
+class EmulatedDeviceArray(HostArray):
     """The emulated backend's device array: pages of the emulation's device memory
     (tests/gpu/emu/device_memory.cc), which the host cannot read or write. Like a CuPy array:
-    `.data.ptr`, and `.get()` copies to the host. Slices are views of the same allocation."""
+    `.data.ptr` (HostArray's), and `.get()` copies to the host through the emulated
+    cudaMemcpy. Slices are views of the same allocation."""
 
     def __array_finalize__(self, obj):
         self._allocation = getattr(obj, "_allocation", None)
@@ -99,10 +100,6 @@ class EmulatedDeviceArray(np.ndarray):
         return f"<device array {self.dtype}{list(self.shape)} at {self.ctypes.data:#x}>"
 
     __str__ = __repr__
-
-    @property
-    def data(self):
-        return HostArray._Pointer(self.ctypes.data if self.size else 0)
 
     def get(self):
         out = np.empty(self.shape, self.dtype)

@@ -92,6 +92,15 @@ def _to_device(x, dtype):
                                         _bits(np.full(CANARY, CANARY_VALUE), dtype)]))
 
 
+def _shifted_to_device(value, dtype, shift, lead=0.0):
+    """(buffer, view): a device buffer of `shift` elements of `lead`, then `value`, then the
+    canaries; the view is `value`'s part only (a tensor that starts `shift` elements into its
+    allocation, as a TensorFlow slice can)."""
+    n = np.size(value)
+    buf = _to_device(np.concatenate([np.full(shift, lead), np.ravel(value)]), dtype)
+    return buf, buf[shift:shift + n]
+
+
 def _to_host(a, dtype, n):
     host = a.get()
     canary_ok = np.array_equal(host[n:].view(np.uint8),
@@ -168,8 +177,7 @@ def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned
     buffers, views = {}, {}
     for name, value in [("grad", grad)] + list(state.items()):
         shift = 1 if name == misaligned else 0
-        buffers[name] = _to_device(np.concatenate([np.ones(shift), value]), dtype)
-        views[name] = buffers[name][shift:shift + n]
+        buffers[name], views[name] = _shifted_to_device(value, dtype, shift, lead=1.0)
     if op == "dense":
         harness.dense(dtype, variant, HYPER, views["grad"], views["var"], views["ms"],
                       views["mom"], views["mg"], n=n)
@@ -417,8 +425,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="bu
         shift = 1 if i in misaligned else 0
         arrays = {}
         for name, value in [("grad", grad)] + list(state.items()):
-            buf = _to_device(np.concatenate([np.zeros(shift), value]) if shift else value, dtype)
-            arrays[name] = (buf, buf[shift:shift + n])  # the view excludes the canaries
+            arrays[name] = _shifted_to_device(value, dtype, shift)  # the view excludes the canaries
         states.append(state)
         grads.append(grad)
         dev.append(arrays)
@@ -496,8 +503,7 @@ def test_multi_equals_one_dense_launch_per_tensor_bit_for_bit(harness, rng, vari
             state["grad"] = _rounded(r.normal(size=n), dtype)
             tensor = {}
             for k, v in state.items():
-                buf = _to_device(np.concatenate([np.zeros(shift), v]) if shift else v, dtype)
-                tensor[k] = buf[shift:shift + n]
+                tensor[k] = _shifted_to_device(v, dtype, shift)[1]
             views.append(tensor)
         if multi:
             harness.multi(dtype, variant, HYPER, *[[t[k] for t in views]
