@@ -47,7 +47,12 @@ else
 endif
 CUDA_OBJECTS = $(CUDA_SOURCES:%.cu.cc=$(BUILD_DIR)/obj/%.cu.o)
 GPU_OBJECTS = $(if $(BUILD_GPU),$(CUDA_OBJECTS) $(GPU_GLUE_SOURCES:%.cc=$(BUILD_DIR)/obj/%.o),)
-GPU_LFLAGS = $(if $(BUILD_GPU),-L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl -lpthread,)
+# The CUDA runtime of the nvcc that compiled the kernels, linked statically and private to
+# this library (--exclude-libs). It comes before TensorFlow's libraries on the link line:
+# libtensorflow_framework.so.2 exports its own CUDA runtime (another CUDA version), and
+# without that order the kernels' registration and launch calls would bind to it.
+CUDART_PRIVATE = -Wl,--exclude-libs,libcudart_static.a
+GPU_LFLAGS = $(if $(BUILD_GPU),-L$(CUDA_HOME)/lib64 -lcudart_static $(CUDART_PRIVATE) -lrt -ldl -lpthread,)
 
 # The benchmark's bandwidth probe: TensorFlow-free, loaded with ctypes.
 PROBE = $(dir $(OUT))_stream_probe.so
@@ -79,7 +84,7 @@ check-flags:
 
 $(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) $(GPU_OBJECTS) | check-flags
 	@mkdir -p $(dir $@)
-	$(CXX) -shared -o $@ $^ $(TF_LFLAGS) $(GPU_LFLAGS)
+	$(CXX) -shared -o $@ $^ $(GPU_LFLAGS) $(TF_LFLAGS)
 
 $(BUILD_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc
 	@mkdir -p $(dir $@)

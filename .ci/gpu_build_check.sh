@@ -16,14 +16,13 @@ VENV="$(bash .ci/gpu_venv.sh)"
 BUILD="$PWD/build-gpu"
 echo "== building the GPU-enabled op library (GPU=1) in $BUILD"
 make -j2 GPU=1 PYTHON="$VENV/bin/python" BUILD_DIR="$BUILD" OUT="$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" \
-  "$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" gpu-status
+  "$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" "$BUILD/pkg/tf_rmsprop_ops/_build_info.py" gpu-status
 
 # A copy of the package with that library in it.
 PKG="$BUILD/pkg/tf_rmsprop_ops"
 find tf_rmsprop_ops -name '*.py' -not -name '_build_info.py' | while read -r f; do
   mkdir -p "$BUILD/pkg/$(dirname "$f")"; cp "$f" "$BUILD/pkg/$f"
 done
-"$VENV/bin/python" -c "import tensorflow as tf; print('TF_VERSION = \"%s\"' % tf.__version__)" > "$PKG/_build_info.py"
 
 ROOT="$PWD"
 cd "$BUILD"  # so that `import tf_rmsprop_ops` finds the copy, not the checkout's package
@@ -35,6 +34,16 @@ import tf_rmsprop_ops
 print("loaded", tf_rmsprop_ops.LIBRARY_PATH)
 assert "build-gpu" in tf_rmsprop_ops.LIBRARY_PATH
 assert tf.sysconfig.get_build_info()["is_cuda_build"]
+print("GPU kernels:", tf_rmsprop_ops.GPU_KERNELS)
+assert tf_rmsprop_ops.GPU_KERNELS.startswith("ON ("), tf_rmsprop_ops.GPU_KERNELS
+# The kernels' CUDA runtime (nvcc's, static) is private to the library: no CUDA runtime
+# symbol exported, and none left undefined (it would bind to the other CUDA runtime that
+# libtensorflow_framework.so.2 exports).
+import subprocess
+dynamic = subprocess.run(["nm", "-D", tf_rmsprop_ops.LIBRARY_PATH], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+cuda = [line.split() for line in dynamic if line.split()[-1].startswith(("cuda", "__cuda"))]
+assert not cuda, cuda[:10]
 for op in ("ApplyRMSpropX", "SparseApplyRMSpropX", "ApplyRMSpropXMulti"):
     devices = {k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}
     print(f"{op}: kernels for {sorted(devices)}")
@@ -44,7 +53,8 @@ PY
 
 echo "== CPU op tests with the GPU-enabled library"
 PYTHONPATH="$BUILD/pkg" TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  "$ROOT/tests/test_dense_op.py" "$ROOT/tests/test_sparse_op.py" "$ROOT/tests/test_errors.py"
+  "$ROOT/tests/test_dense_op.py" "$ROOT/tests/test_sparse_op.py" "$ROOT/tests/test_errors.py" \
+  "$ROOT/tests/test_library.py"
 cd "$ROOT"
 
 echo "== the TensorFlow-free GPU harness compiles (sm_90)"

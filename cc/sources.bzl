@@ -34,6 +34,7 @@ HEADERS = [
     "cc/kernels/rmsprop_x_kernel_util.h",
     "cc/kernels/rmsprop_x_shells.h",
     "cc/kernels/rmsprop_x_multi_shell.h",
+    "cc/kernels/index_error.h",
     "cc/kernels/unique_rows.h",
     "cc/xla/rmsprop_x_xla_math.h",
 ]

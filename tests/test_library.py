@@ -32,6 +32,38 @@ def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
         _library._library_path()
 
 
+def test_gpu_kernel_status_is_the_builds(monkeypatch):
+    """tf_rmsprop_ops.GPU_KERNELS is what `make` recorded (pip hides its output)."""
+    assert tf_rmsprop_ops.GPU_KERNELS == _build_info.GPU_KERNELS
+    assert re.match(r"(ON|OFF) \(.+\)$", _build_info.GPU_KERNELS)
+    # This machine's TensorFlow is a CPU build: the library cannot have GPU kernels.
+    assert tf.test.is_built_with_cuda() == _build_info.GPU_KERNELS.startswith("ON")
+
+
+@pytest.mark.parametrize("cuda_build, gpus, status, warns", [
+    (True, ["GPU:0"], "OFF (no nvcc at /usr/local/cuda/bin/nvcc; )", True),
+    (True, [], "OFF (no nvcc at /usr/local/cuda/bin/nvcc; )", False),  # no GPU to miss
+    (False, ["GPU:0"], "OFF (GPU=0)", False),  # TensorFlow cannot use the GPU either
+    (True, ["GPU:0"], "ON (nvcc /usr/local/cuda/bin/nvcc, ...)", False),
+])
+def test_a_visible_gpu_without_gpu_kernels_warns_at_import(monkeypatch, cuda_build, gpus,
+                                                           status, warns):
+    monkeypatch.setattr(tf.test, "is_built_with_cuda", lambda: cuda_build)
+    asked = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: asked.append(kind) or gpus)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _library._warn_if_gpus_without_kernels(status)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if warns:
+        assert len(messages) == 1 and status in messages[0], messages
+        assert "TF_RMSPROP_OPS_GPU=1 pip install" in messages[0]
+    else:
+        assert messages == []
+    assert asked in ([], ["GPU"])
+
+
 def test_ops_are_registered_once_with_tensorflow():
     assert {"ApplyRMSpropX", "SparseApplyRMSpropX"} <= set(dir(_library.ops))
     # Loading again (e.g. a second import path) must not fail or re-register.

@@ -21,6 +21,7 @@ _LAZY = {
     "sparse_apply_rmsprop_x": "tf_rmsprop_ops.ops",
     "apply_rmsprop_x_indexed_slices": "tf_rmsprop_ops.ops",
     "LIBRARY_PATH": "tf_rmsprop_ops._library",
+    "GPU_KERNELS": "tf_rmsprop_ops._library",
     "reference": "tf_rmsprop_ops.reference",
     "presets": "tf_rmsprop_ops.presets",
     "keras": "tf_rmsprop_ops.keras",

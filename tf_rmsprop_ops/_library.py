@@ -75,5 +75,32 @@ def _load(path=None):
             f"Rebuild: {REBUILD_COMMAND}.") from e
 
 
+def _gpu_kernels():
+    try:
+        from tf_rmsprop_ops import _build_info
+    except ImportError:
+        return "unknown (a hand-built library without build info)"
+    return getattr(_build_info, "GPU_KERNELS", "unknown (build info without it)")
+
+
+def _warn_if_gpus_without_kernels(status):
+    """A CUDA build of TensorFlow that sees a GPU, with a library built without GPU kernels:
+    our ops cannot run on the GPU's variables (TensorFlow fails to place them). Say so at
+    import, with the build's reason, instead of leaving it to a placement error."""
+    import warnings
+    if not status.startswith("OFF") or not tf.test.is_built_with_cuda():
+        return
+    if tf.config.list_physical_devices("GPU"):
+        warnings.warn(
+            f"tf_rmsprop_ops: TensorFlow sees a GPU, but this op library was built without "
+            f"GPU kernels: {status}. Its ops will not run on GPU variables. Rebuild against "
+            f"the full `tensorflow` wheel with nvcc at $CUDA_HOME/bin/nvcc (CUDA_HOME defaults "
+            f"to /usr/local/cuda): TF_RMSPROP_OPS_GPU=1 {REBUILD_COMMAND}.", RuntimeWarning,
+            stacklevel=2)
+
+
 ops = _load()
 LIBRARY_PATH = _library_path()
+# "ON (...)" or "OFF (why)": whether `make` built the CUDA kernels into this library.
+GPU_KERNELS = _gpu_kernels()
+_warn_if_gpus_without_kernels(GPU_KERNELS)

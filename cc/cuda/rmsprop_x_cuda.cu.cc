@@ -206,6 +206,7 @@ cudaError_t LaunchDense(const Variant& variant, const Coefficients<ComputeType<T
 
 template <typename Index>
 size_t SparseWorkspaceBytes(int64_t num_indices, int64_t rows) {
+  if (num_indices > kMaxSparseIndices) return 0;
   return Workspace<Index>::Bytes(num_indices, rows);
 }
 
@@ -242,11 +243,15 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
                          const T* grad, const Index* indices, int64_t num_indices,
                          int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
                          void* workspace, cudaStream_t stream) {
+  if (num_indices > kMaxSparseIndices) return cudaErrorInvalidValue;
   if (num_indices <= 0 || row_size <= 0) return cudaSuccess;
   Workspace<Index> w(workspace, num_indices, rows);
   const int n = static_cast<int>(num_indices);
   cudaError_t e = Launch(IotaKernel, Blocks(n), kThreads, stream, w.positions, n);
   if (e != cudaSuccess) return e;
+  // The scan below runs over all n lengths; those past the number of runs must be zeros
+  // (then every offset is defined and the int32 sum stays <= n).
+  if ((e = cudaMemsetAsync(w.lengths, 0, sizeof(int32_t) * n, stream)) != cudaSuccess) return e;
   size_t bytes = w.temp_bytes;
   // Stable: equal indices keep their input order, so sums are deterministic (as on CPU).
   if ((e = cub::DeviceRadixSort::SortPairs(w.temp, bytes, indices, w.keys, w.positions,
@@ -260,7 +265,7 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
     return e;
   }
   bytes = w.temp_bytes;
-  // Runs past num_runs hold garbage lengths; their offsets are never read.
+  // Offsets past num_runs (lengths zeroed above) are never read.
   if ((e = cub::DeviceScan::ExclusiveSum(w.temp, bytes, w.lengths, w.offsets, n, stream)) !=
       cudaSuccess) {
     return e;

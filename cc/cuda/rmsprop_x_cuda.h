@@ -71,6 +71,11 @@ cudaError_t LaunchMulti(const Variant& variant, const Coefficients<ComputeType<T
 //      *bad_offset_host after synchronising `stream` (the only host sync).
 //   2. SparseUpdate: sorts and updates; call it only when the check found nothing.
 // `workspace` holds SparseWorkspaceBytes(num_indices, rows) bytes of device memory.
+// At most kMaxSparseIndices indices (CUB's item counts and the positions are int32):
+// beyond it SparseWorkspaceBytes returns 0 and SparseUpdate cudaErrorInvalidValue, before
+// touching anything.
+constexpr int64_t kMaxSparseIndices = 2147483647;
+
 template <typename Index>
 size_t SparseWorkspaceBytes(int64_t num_indices, int64_t rows);
 

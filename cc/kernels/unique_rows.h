@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "cc/cpu/rmsprop_x_cpu.h"
+#include "cc/kernels/index_error.h"
 
 namespace tf_rmsprop_ops {
 
@@ -56,9 +56,7 @@ absl::Status UniqueRows::Find(const Index* indices, int64_t n, int64_t num_rows)
   for (int64_t i = 0; i < n; ++i) {
     const Index index = indices[i];
     if (index < 0 || index >= num_rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "indices[", i, "] = ", index, " is not in [0, ", num_rows,
-          "): every index must name a row of var. Nothing was updated."));
+      return IndexNotARowError(i, static_cast<int64_t>(index), num_rows);
     }
     // Fibonacci hashing: the top bits of a multiplication spread consecutive rows.
     uint64_t s = (static_cast<uint64_t>(index) * 0x9E3779B97F4A7C15ull) >> shift;

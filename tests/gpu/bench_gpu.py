@@ -24,7 +24,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # GPU machine runs this from a copy of the tree, with nothing installed.
 sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 import gpu_lib  # noqa: E402
-from test_gpu_kernels import Variant  # noqa: E402
+from gpu_lib import Variant  # noqa: E402
 
 HYPER = dict(lr=1e-3, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0)
 MOMENTUM = Variant(False, True, False, "inside_sqrt", "inside_momentum", "none")

@@ -8,6 +8,7 @@ Two backends run the same kernel sources:
 `GPU_HARNESS_BACKEND` picks one; by default "cuda" where a GPU, CuPy and nvcc are present,
 else "emulated". `unavailable(backend)` says why a backend cannot run here (or None)."""
 import ctypes
+import dataclasses
 import os
 
 import numpy as np
@@ -15,6 +16,22 @@ import numpy as np
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 WD_MODES = {"none": 0, "decoupled": 1, "coupled": 2}
 BACKENDS = ("cuda", "emulated")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """The structural options of one kernel instantiation (the hyperparameters are values)."""
+    centered: bool
+    momentum: bool
+    nesterov: bool
+    epsilon_placement: str
+    lr_placement: str
+    weight_decay_mode: str
+
+    def __str__(self):
+        return "-".join([("centered" if self.centered else "plain"),
+                         ("nesterov" if self.nesterov else "momentum" if self.momentum else "nomom"),
+                         self.epsilon_placement, self.lr_placement, self.weight_decay_mode])
 
 
 def _cuda_unavailable():
@@ -177,7 +194,9 @@ class CupyArrays:
     @staticmethod
     def empty(shape, dtype):
         import cupy
-        return cupy.empty(shape, dtype=dtype)
+        a = cupy.empty(shape, dtype=dtype)
+        a.reshape(-1).view(cupy.uint8).fill(0xA5)  # poison, like the other backends
+        return a
 
     @staticmethod
     def synchronize():
@@ -247,6 +266,7 @@ class Harness:
         self.lib.rx_dense.argtypes = [i] * 7 + [p] * 6 + [i64, p]
         self.lib.rx_sparse_workspace_bytes.argtypes = [i, i64, i64]
         self.lib.rx_sparse_workspace_bytes.restype = i64
+        self.lib.rx_sparse_update_count_only.argtypes = [i, i64, i64]
         self.lib.rx_sparse.argtypes = [i] * 8 + [p] * 3 + [i64, i64, i64] + [p] * 5 + [
             ctypes.POINTER(i64), ctypes.POINTER(i64), p]
         self.lib.rx_multi.argtypes = [i] * 7 + [p, i64] + [p] * 7

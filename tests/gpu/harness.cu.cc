@@ -110,6 +110,21 @@ int64_t rx_sparse_workspace_bytes(int index_dtype, int64_t num_indices, int64_t 
                                   : cuda::SparseWorkspaceBytes<int64_t>(num_indices, rows));
 }
 
+// SparseUpdate alone, with null arrays and workspace: only for the index-count limit (a
+// count beyond kMaxSparseIndices must be refused before anything is touched).
+int rx_sparse_update_count_only(int index_dtype, int64_t num_indices, int64_t rows) {
+  const Variant v = MakeVariant(0, 0, 0, 0, 0, 0);
+  const double h[5] = {0.01, 0.9, 0.0, 1e-7, 0.0};
+  const auto k = Coeffs<float>(v, h);
+  return index_dtype == 0
+             ? cuda::SparseUpdate<float, int32_t>(v, k, nullptr, nullptr, num_indices, rows, 1,
+                                                  nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                  nullptr)
+             : cuda::SparseUpdate<float, int64_t>(v, k, nullptr, nullptr, num_indices, rows, 1,
+                                                  nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                  nullptr);
+}
+
 // Checks the indices, then (when all are in range) updates. *bad_offset is the first bad
 // index's offset, or -1.
 int rx_sparse(int dtype, int index_dtype, int centered, int momentum, int nesterov,

@@ -13,12 +13,15 @@ tail -20 "$OUT/build.txt"
 [ "$status" -eq 0 ] || { echo "build failed ($status)"; exit "$status"; }
 # Full log written as it runs (kept if the run is cut short); -rfEs: FAILED lines too
 # (pyproject's addopts -rs alone replaces pytest's default -rfE).
-GPU_HARNESS_REQUIRED=1 python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider \
-  tests/gpu/test_gpu_kernels.py > "$OUT/tests.txt" 2>&1
+# Each stage is bounded (TESTS_S, BENCH_S) so that a slow or hung test run cannot take the
+# benchmark's share of the one call (timeout's exit 124 says which stage ran out).
+GPU_HARNESS_REQUIRED=1 timeout -k 10 "${TESTS_S:-240}" python3 -m pytest -q -rfEs --tb=short \
+  -p no:cacheprovider tests/gpu/test_gpu_kernels.py > "$OUT/tests.txt" 2>&1
 tests=$?
 echo "pytest exit $tests"
 tail -40 "$OUT/tests.txt"
-python3 tests/gpu/bench_gpu.py --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench.txt"
+timeout -k 10 "${BENCH_S:-180}" python3 tests/gpu/bench_gpu.py --json "$OUT/bench_gpu.json" \
+  2>&1 | tee "$OUT/bench.txt"
 bench=$?
 # The run fails if the tests or the benchmark did (the bench runs after failing tests too:
 # its numbers are still worth having from the one run).

@@ -10,6 +10,7 @@
 #define EIGEN_USE_GPU
 
 #include "cc/cuda/rmsprop_x_cuda.h"
+#include "cc/kernels/index_error.h"
 #include "cc/kernels/rmsprop_x_multi_shell.h"
 #include "cc/kernels/rmsprop_x_shells.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -54,9 +55,7 @@ struct SparseLaunch<GPUDevice, T, Index> {
                                                     &bad_offset, &bad_value, StreamOf(ctx)),
                                   "SparseApplyRMSpropX index check"));
     if (bad_offset >= 0) {  // the same error as on the CPU; nothing was written
-      return absl::InvalidArgumentError(absl::StrCat(
-          "indices[", bad_offset, "] = ", bad_value, " is not in [0, ", a.rows,
-          "): every index must name a row of var. Nothing was updated."));
+      return IndexNotARowError(bad_offset, static_cast<int64_t>(bad_value), a.rows);
     }
     const StatePointers<T>& s = a.state;
     return CudaStatus(cuda::SparseUpdate(a.variant, a.k, a.grad, a.indices, a.num_indices,
