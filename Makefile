@@ -30,8 +30,10 @@ CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCHS ?= $(call SOURCES,CUDA_ARCHS)
 # --fmad=false: as -ffp-contract=off on the CPU (cc/sources.bzl), the same bits wherever a
-# tensor is cut into vector body, scalar tail or chunks.
-NVCC_FLAGS = -std=c++17 -O3 --fmad=false -Xcompiler -fPIC -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+# tensor is cut into vector body, scalar tail or chunks. -fvisibility=hidden: the kernels,
+# their launchers and CUB's per-device caches stay inside the library (the glue links them
+# statically), so no other CUB in the process shares them.
+NVCC_FLAGS = -std=c++17 -O3 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 CUDA_SOURCES := $(call SOURCES,CUDA_SOURCES)
 GPU_GLUE_SOURCES := $(call SOURCES,GPU_GLUE_SOURCES)
 TF_CUDA_INCLUDE ?= $(shell $(call TF_QUERY,3))

@@ -44,6 +44,10 @@ dynamic = subprocess.run(["nm", "-D", tf_rmsprop_ops.LIBRARY_PATH], capture_outp
                          text=True, check=True).stdout.splitlines()
 cuda = [line.split() for line in dynamic if line.split()[-1].startswith(("cuda", "__cuda"))]
 assert not cuda, cuda[:10]
+# Nor CUB's (its per-device caches): the .cu objects are compiled -fvisibility=hidden.
+cub = [line.split() for line in dynamic if "cub" in line.split()[-1].lower()
+       and len(line.split()) == 3]
+assert not cub, cub[:10]
 for op in ("ApplyRMSpropX", "SparseApplyRMSpropX", "ApplyRMSpropXMulti"):
     devices = {k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}
     print(f"{op}: kernels for {sorted(devices)}")

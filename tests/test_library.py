@@ -36,21 +36,24 @@ def test_gpu_kernel_status_is_the_builds(monkeypatch):
     """tf_rmsprop_ops.GPU_KERNELS is what `make` recorded (pip hides its output)."""
     assert tf_rmsprop_ops.GPU_KERNELS == _build_info.GPU_KERNELS
     assert re.match(r"(ON|OFF) \(.+\)$", _build_info.GPU_KERNELS)
-    # This machine's TensorFlow is a CPU build: the library cannot have GPU kernels.
-    assert tf.test.is_built_with_cuda() == _build_info.GPU_KERNELS.startswith("ON")
+    if _build_info.GPU_KERNELS.startswith("ON"):  # GPU kernels need a CUDA build of TF
+        assert tf.test.is_built_with_cuda()
+    if not tf.test.is_built_with_cuda():
+        assert "not a CUDA build" in _build_info.GPU_KERNELS or "GPU=0" in _build_info.GPU_KERNELS
 
 
-@pytest.mark.parametrize("cuda_build, gpus, status, warns", [
-    (True, ["GPU:0"], "OFF (no nvcc at /usr/local/cuda/bin/nvcc; )", True),
-    (True, [], "OFF (no nvcc at /usr/local/cuda/bin/nvcc; )", False),  # no GPU to miss
-    (False, ["GPU:0"], "OFF (GPU=0)", False),  # TensorFlow cannot use the GPU either
-    (True, ["GPU:0"], "ON (nvcc /usr/local/cuda/bin/nvcc, ...)", False),
+@pytest.mark.parametrize("cuda_build, gpu, status, warns", [
+    (True, True, "OFF (no nvcc at /usr/local/cuda/bin/nvcc; )", True),
+    (True, False, "OFF (no nvcc at /usr/local/cuda/bin/nvcc; )", False),  # no GPU to miss
+    (False, True, "OFF (GPU=0)", False),  # TensorFlow cannot use the GPU either
+    (True, True, "ON (nvcc /usr/local/cuda/bin/nvcc, ...)", False),
 ])
-def test_a_visible_gpu_without_gpu_kernels_warns_at_import(monkeypatch, cuda_build, gpus,
-                                                           status, warns):
+def test_a_gpu_without_gpu_kernels_warns_at_import(monkeypatch, cuda_build, gpu, status, warns):
     monkeypatch.setattr(tf.test, "is_built_with_cuda", lambda: cuda_build)
-    asked = []
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: asked.append(kind) or gpus)
+    monkeypatch.setattr(_library, "_nvidia_driver_present", lambda: gpu)
+    # Without initialising CUDA: no device query at import.
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda *a: pytest.fail("the import check queried devices"))
     import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -61,7 +64,6 @@ def test_a_visible_gpu_without_gpu_kernels_warns_at_import(monkeypatch, cuda_bui
         assert "TF_RMSPROP_OPS_GPU=1 pip install" in messages[0]
     else:
         assert messages == []
-    assert asked in ([], ["GPU"])
 
 
 def test_ops_are_registered_once_with_tensorflow():

@@ -83,20 +83,27 @@ def _gpu_kernels():
     return getattr(_build_info, "GPU_KERNELS", "unknown (build info without it)")
 
 
+def _nvidia_driver_present():
+    """An NVIDIA driver is loaded (Linux), without initialising CUDA in this process (that
+    would cost time at import and leave forked children unable to use CUDA)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
 def _warn_if_gpus_without_kernels(status):
-    """A CUDA build of TensorFlow that sees a GPU, with a library built without GPU kernels:
-    our ops cannot run on the GPU's variables (TensorFlow fails to place them). Say so at
-    import, with the build's reason, instead of leaving it to a placement error."""
+    """A CUDA build of TensorFlow on a machine with an NVIDIA GPU, with a library built
+    without GPU kernels: our ops cannot run on the GPU's variables (TensorFlow fails to place
+    them). Say so at import, with the build's reason, instead of leaving it to a placement
+    error. (A standard `warnings` filter silences it.)"""
     import warnings
     if not status.startswith("OFF") or not tf.test.is_built_with_cuda():
         return
-    if tf.config.list_physical_devices("GPU"):
+    if _nvidia_driver_present():
         warnings.warn(
-            f"tf_rmsprop_ops: TensorFlow sees a GPU, but this op library was built without "
-            f"GPU kernels: {status}. Its ops will not run on GPU variables. Rebuild against "
-            f"the full `tensorflow` wheel with nvcc at $CUDA_HOME/bin/nvcc (CUDA_HOME defaults "
-            f"to /usr/local/cuda): TF_RMSPROP_OPS_GPU=1 {REBUILD_COMMAND}.", RuntimeWarning,
-            stacklevel=2)
+            f"tf_rmsprop_ops: this machine has an NVIDIA GPU, but this op library was built "
+            f"without GPU kernels: {status}. Its ops will not run on GPU variables. Rebuild "
+            f"against the full `tensorflow` wheel with nvcc at $CUDA_HOME/bin/nvcc (CUDA_HOME "
+            f"defaults to /usr/local/cuda): TF_RMSPROP_OPS_GPU=1 {REBUILD_COMMAND}.",
+            RuntimeWarning, stacklevel=2)
 
 
 ops = _load()

@@ -215,6 +215,7 @@ cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
                         void* workspace, int64_t* bad_offset_host, Index* bad_value_host,
                         cudaStream_t stream) {
   *bad_offset_host = -1;
+  if (num_indices > kMaxSparseIndices) return cudaErrorInvalidValue;
   if (num_indices <= 0) return cudaSuccess;
   Workspace<Index> w(workspace, num_indices, 0);
   cudaError_t e = cudaMemsetAsync(w.bad, 0xff, sizeof(unsigned long long), stream);

@@ -72,8 +72,8 @@ cudaError_t LaunchMulti(const Variant& variant, const Coefficients<ComputeType<T
 //   2. SparseUpdate: sorts and updates; call it only when the check found nothing.
 // `workspace` holds SparseWorkspaceBytes(num_indices, rows) bytes of device memory.
 // At most kMaxSparseIndices indices (CUB's item counts and the positions are int32):
-// beyond it SparseWorkspaceBytes returns 0 and SparseUpdate cudaErrorInvalidValue, before
-// touching anything.
+// beyond it SparseWorkspaceBytes returns 0, and SparseCheck and SparseUpdate return
+// cudaErrorInvalidValue before touching anything.
 constexpr int64_t kMaxSparseIndices = 2147483647;
 
 template <typename Index>

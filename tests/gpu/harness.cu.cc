@@ -111,7 +111,8 @@ int64_t rx_sparse_workspace_bytes(int index_dtype, int64_t num_indices, int64_t 
 }
 
 // SparseUpdate alone, with null arrays and workspace: only for the index-count limit (a
-// count beyond kMaxSparseIndices must be refused before anything is touched).
+// count beyond kMaxSparseIndices must be refused before anything is touched; rx_sparse
+// with null arrays shows the same of SparseCheck).
 int rx_sparse_update_count_only(int index_dtype, int64_t num_indices, int64_t rows) {
   const Variant v = MakeVariant(0, 0, 0, 0, 0, 0);
   const double h[5] = {0.01, 0.9, 0.0, 1e-7, 0.0};

@@ -46,6 +46,10 @@ struct SparseLaunch<GPUDevice, T, Index> {
     tensorflow::Tensor workspace;
     const int64_t bytes =
         static_cast<int64_t>(cuda::SparseWorkspaceBytes<Index>(a.num_indices, a.rows));
+    if (bytes == 0) {  // the shell has refused this already; never launch without a workspace
+      return absl::InvalidArgumentError(absl::StrCat(
+          "more than ", cuda::kMaxSparseIndices, " indices (", a.num_indices, ")"));
+    }
     TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
                                           &workspace));
     void* ws = workspace.flat<int8_t>().data();
