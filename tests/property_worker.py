@@ -748,6 +748,7 @@ class Verdict:
         self.ok = True
         self.ftz_only = 0
         self.unverified = 0
+        self.checked = 0
         self.overflow_elements = 0
         self.lost_var = 0
         self.detail = None
@@ -769,6 +770,7 @@ def check_step(got, state, grad, hyper, attrs, dt, center, grad_err=0.0, hyper_e
         ok, ovf = _judge_elements(got[n], center[n], strict[n], dt)
         ok = ok | lost
         verdict.unverified += int(np.count_nonzero(np.broadcast_to(strict[n][2], ok.shape)))
+        verdict.checked += int(ok.size)
         if not ok.all():
             bad[n] = (ok, ovf)
     if not bad:
@@ -972,6 +974,8 @@ class Stats:
                     violation_kinds={k[10:]: v for k, v in c.items() if k.startswith("violation:")},
                     notes={k[5:]: v for k, v in c.items() if k.startswith("note:")},
                     unverified_elements=c["unverified_elements"], checked_elements=c["checked_elements"],
+                    verdict_calls=c["verdict_calls"],
+                    mostly_unverified_calls=c["mostly_unverified_calls"],
                     problems_generated=dict(self.problem_kinds), seconds=round(seconds, 1),
                     cpu_seconds=round(time.process_time(), 1),
                     first_violations=self.violations, note_examples=dict(self.notes))
@@ -1102,6 +1106,9 @@ class Runner:
     def record_verdict(self, spec, v):
         st = self.stats
         st.c["unverified_elements"] += v.unverified
+        st.c["verdict_calls"] += 1
+        if v.checked and 2 * v.unverified > v.checked:
+            st.c["mostly_unverified_calls"] += 1
         if v.ftz_only:
             st.note("ftz_only", spec, elements=v.ftz_only)
         if v.lost_var:
