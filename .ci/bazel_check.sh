@@ -5,11 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install_bazel.sh
+BAZEL="$(command -v bazelisk || command -v bazel-4)"
+# The Bazel server (pip_pkg.sh's and the tests') would idle for hours after CI: stop it.
+trap '"$BAZEL" shutdown > /dev/null 2>&1 || true' EXIT
 WHEELS="$(mktemp -d)"
 echo "== pip_pkg.sh $WHEELS"
 bash pip_pkg.sh "$WHEELS"
 echo "== Bazel py_test of the op tests"
-"$(command -v bazelisk || command -v bazel-4)" test //tests:test_dense_op //tests:test_sparse_op
+"$BAZEL" test //tests:test_dense_op //tests:test_sparse_op
 
 TF_VERSION="$(python3 -c 'import tensorflow as tf; print(tf.__version__)')"
 SMOKE_VENV="$(mktemp -d)/venv"
