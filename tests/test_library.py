@@ -32,7 +32,7 @@ def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
         _library._library_path()
 
 
-def test_gpu_kernel_status_is_the_builds(monkeypatch):
+def test_gpu_kernel_status_is_the_builds():
     """tf_rmsprop_ops.GPU_KERNELS is what `make` recorded (pip hides its output)."""
     assert tf_rmsprop_ops.GPU_KERNELS == _build_info.GPU_KERNELS
     assert re.match(r"(ON|OFF) \(.+\)$", _build_info.GPU_KERNELS)

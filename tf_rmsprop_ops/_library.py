@@ -25,12 +25,20 @@ def _library_path():
     return candidates[0]
 
 
-def _check_tensorflow_version():
+def _build_info():
+    """The module `make` writes beside the library, or None (a hand-built library)."""
     try:
-        from tf_rmsprop_ops import _build_info
+        from tf_rmsprop_ops import _build_info as info
     except ImportError:
+        return None
+    return info
+
+
+def _check_tensorflow_version():
+    info = _build_info()
+    if info is None:
         return  # a hand-built library without build info: nothing to compare against
-    built, running = _build_info.TF_VERSION, tf.__version__
+    built, running = info.TF_VERSION, tf.__version__
     if built and built != running:
         raise ImportError(
             f"tf_rmsprop_ops was built against TensorFlow {built}, but TensorFlow {running} is "
@@ -76,11 +84,10 @@ def _load(path=None):
 
 
 def _gpu_kernels():
-    try:
-        from tf_rmsprop_ops import _build_info
-    except ImportError:
+    info = _build_info()
+    if info is None:
         return "unknown (a hand-built library without build info)"
-    return getattr(_build_info, "GPU_KERNELS", "unknown (build info without it)")
+    return getattr(info, "GPU_KERNELS", "unknown (build info without it)")
 
 
 def _nvidia_driver_present():

@@ -7,7 +7,6 @@ On a GPU (CuPy arrays) where there is one; elsewhere, as in CI, the same kernel 
 the CPU emulation of CUDA (tests/gpu/emu/cuda_emu.h: what it shows and what only a GPU can).
 `GPU_HARNESS_BACKEND=cuda|emulated` chooses; GPU_HARNESS_REQUIRED=1 makes a missing GPU an
 error rather than a fallback."""
-import collections
 import ctypes
 import itertools
 import os
@@ -105,16 +104,16 @@ def _assert_matches(got, want, old, dtype, err_msg, factor=1.0, slack=0.0):
                     f"{bound.ravel()[worst]:.3g}")
 
 
-def _slack(step, inputs, dtype):
+def _slack(step, inputs, dtype, base):
     """{output: slack} for _assert_matches: the exact (float64) result's response to each
     input array in turn scaled by 1 + RTOL, summed in absolute value (a first-order bound of
     what float rounding of that size anywhere upstream can do). `step(**inputs)` returns the
-    reference's arrays; inputs that are None (disabled slots) are left alone. None for 16-bit
-    storage, whose RTOL already exceeds it (float32 compute, 16-bit rounding)."""
+    reference's arrays, `base` (the caller's) those of `inputs`; inputs that are None
+    (disabled slots) are left alone. Empty for 16-bit storage, whose RTOL already exceeds it
+    (float32 compute, 16-bit rounding)."""
     if dtype in ("float16", "bfloat16"):
-        return collections.defaultdict(float)
+        return {}
     with np.errstate(all="ignore"):
-        base = step(**inputs)
         total = {k: 0.0 for k, v in base.items() if v is not None}
         for name, x in inputs.items():
             if x is None:
@@ -159,28 +158,32 @@ def _state(rng, shape, dtype):
     return {k: _rounded(v, dtype) for k, v in state.items()}
 
 
+def _formula(variant):
+    """The reference's keyword arguments for `variant` (with HYPER)."""
+    return dict(HYPER, nesterov=variant.nesterov, epsilon_placement=variant.epsilon_placement,
+                lr_placement=variant.lr_placement, weight_decay_mode=variant.weight_decay_mode)
+
+
 def _dense_inputs(state, grad, variant):
     return dict(grad=grad, var=state["var"], ms=state["ms"],
                 mom=state["mom"] if variant.momentum else None,
                 mg=state["mg"] if variant.centered else None)
 
 
-def _dense_slack(state, grad, variant, dtype):
+def _dense_step(variant):
     def step(grad, var, ms, mom, mg):
-        return reference.rmsprop_x_step(
-            var, grad, ms, mom, mg, **HYPER, nesterov=variant.nesterov,
-            epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-            weight_decay_mode=variant.weight_decay_mode)
-    return _slack(step, _dense_inputs(state, grad, variant), dtype)
+        return reference.rmsprop_x_step(var, grad, ms, mom, mg, **_formula(variant))
+    return step
 
 
 def _reference_dense(state, grad, variant):
     """The float64 reference step of `variant` (disabled slots: None)."""
-    return reference.rmsprop_x_step(
-        state["var"], grad, state["ms"], state["mom"] if variant.momentum else None,
-        state["mg"] if variant.centered else None, **HYPER, nesterov=variant.nesterov,
-        epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-        weight_decay_mode=variant.weight_decay_mode)
+    return _dense_step(variant)(**_dense_inputs(state, grad, variant))
+
+
+def _dense_slack(state, grad, variant, dtype, want):
+    """_slack of the dense step; `want` is _reference_dense's result for the same inputs."""
+    return _slack(_dense_step(variant), _dense_inputs(state, grad, variant), dtype, want)
 
 
 @pytest.mark.parametrize("disabled", ["null", "buffer"])
@@ -201,7 +204,7 @@ def test_dense_matches_reference(harness, rng, variant, dtype, disabled):
     harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
                   slot("mom", variant.momentum), slot("mg", variant.centered), n=n)
     want = _reference_dense(state, grad, variant)
-    slack = _dense_slack(state, grad, variant, dtype)
+    slack = _dense_slack(state, grad, variant, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, n)
         assert canary_ok, f"{name}: written past its end"
@@ -236,14 +239,15 @@ def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned
                                                ("grad", "var", "ms", "mom", "mg")])
     harness.arrays.synchronize()
     want = _reference_dense(state, grad, variant)
-    slack = _dense_slack(state, grad, variant, dtype)
+    slack = _dense_slack(state, grad, variant, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         shift = 1 if name == misaligned else 0
         got, canary_ok = _to_host(buffers[name], dtype, n + shift)
         assert canary_ok, f"{name}: written past its end"
         if shift:
             assert got[0] == 1.0, f"{name}: the element before the tensor was written"
-        _assert_matches(got[shift:], want[name], state[name], dtype, name, slack=slack[name])
+        _assert_matches(got[shift:], want[name], state[name], dtype, name,
+                        slack=slack.get(name, 0.0))
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -344,7 +348,7 @@ def test_nonfinite_and_extreme_gradients_follow_the_reference(harness, rng, vari
                   dev["mg"] if variant.centered else None, n=n)
     with np.errstate(all="ignore"):
         want = _reference_dense(state, grad, variant)
-    slack = _dense_slack(state, grad, variant, dtype)
+    slack = _dense_slack(state, grad, variant, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, n)
         assert canary_ok, f"{name}: written past its end"
@@ -409,13 +413,11 @@ def test_sparse_matches_reference(harness, rng, variant, index_dtype, pattern, d
     unique, summed = _summed_in_order(grad, indices, dtype)
 
     def step(grad, var, ms, mom, mg):
-        return reference.sparse_rmsprop_x_step(
-            var, grad, unique, ms, mom, mg, **HYPER, nesterov=variant.nesterov,
-            epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-            weight_decay_mode=variant.weight_decay_mode)
+        return reference.sparse_rmsprop_x_step(var, grad, unique, ms, mom, mg,
+                                               **_formula(variant))
     inputs = _dense_inputs(state, summed, variant)
     want = step(**inputs)
-    slack = _slack(step, inputs, dtype)
+    slack = _slack(step, inputs, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, rows * dim)
         assert canary_ok, f"{name}: written past its end"
@@ -428,7 +430,7 @@ def test_sparse_matches_reference(harness, rng, variant, index_dtype, pattern, d
         np.testing.assert_array_equal(got[~named], state[name][~named],  # rows not named
                                       err_msg=f"{name}: a row no index names was written")
         _assert_matches(got[named], want[name][named], state[name][named], dtype, name,
-                        factor=4, slack=np.broadcast_to(slack[name], got.shape)[named])
+                        factor=4, slack=np.broadcast_to(slack.get(name, 0.0), got.shape)[named])
 
 
 @pytest.mark.parametrize("index_dtype", [0, 1])
@@ -530,7 +532,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="bu
     for i, n in enumerate(sizes):
         state = states[i]
         want = _reference_dense(state, grads[i], variant)
-        slack = _dense_slack(state, grads[i], variant, dtype)
+        slack = _dense_slack(state, grads[i], variant, dtype, want)
         shift = 1 if i in misaligned else 0
         for name in ("var", "ms", "mom", "mg"):
             got, canary_ok = _to_host(dev[i][name][0], dtype, n + shift)
