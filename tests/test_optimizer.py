@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tf_rmsprop_ops import RMSpropX, reference
+from helpers import round_to
 
 SHAPES = [(7,), (3, 5)]
 
@@ -389,9 +390,13 @@ def test_a_graph_step_over_mixed_dtypes_is_rejected_whole(rng, multi_tensor, jit
     start = [v.numpy().astype(np.float64) for v in (v32, v16, w32)]
     step()  # a valid rate: every variable moves as the reference says
     for v, g, s0 in zip((v32, v16, w32), grads, start):
+        # The op sees the hyperparameters in the variable's dtype (float16: epsilon 1e-7 is
+        # the subnormal 1.19e-7, which matters where g * g underflows to the same size).
+        hyper = {k: float(round_to(np.float32(x), v.dtype))
+                 for k, x in dict(lr=0.01, rho=0.9, epsilon=1e-7).items()}
         want = reference.rmsprop_x_step(s0, g.numpy().astype(np.float64),
-                                        np.zeros_like(s0), None, None, lr=0.01, rho=0.9,
-                                        momentum=0.0, epsilon=1e-7)["var"]
+                                        np.zeros_like(s0), None, None, momentum=0.0,
+                                        **hyper)["var"]
         np.testing.assert_allclose(v.numpy().astype(np.float64), want,
                                    rtol=1e-6 if v.dtype == tf.float32 else 1e-3)
     assert int(opt.iterations.numpy()) == 1
