@@ -9,9 +9,14 @@ OUT ?= tf_rmsprop_ops/_rmsprop_x_ops$(shell $(PYTHON) -c "import sysconfig; prin
 # machines override this (e.g. ARCH_FLAGS="-mavx2 -mfma -mf16c").
 ARCH_FLAGS ?= -march=native
 
-TF_QUERY = $(PYTHON) -c "import json, subprocess, sys; print(json.loads(subprocess.check_output([sys.executable, 'cc/tf_build_flags.py'], stderr=subprocess.DEVNULL).splitlines()[-1])[$(1)])"
-TF_CFLAGS ?= $(shell $(call TF_QUERY,0))
-TF_LFLAGS ?= $(shell $(call TF_QUERY,1))
+# TensorFlow's flags (setup.py passes them): one query, which imports TensorFlow, for those
+# not given, read once per make as a makefile fragment (empty when TensorFlow cannot be
+# imported; check-flags then says so).
+TF_VARS = TF_CFLAGS TF_LFLAGS TF_VERSION TF_CUDA_INCLUDE
+ifneq ($(foreach v,$(TF_VARS),$(if $(filter undefined,$(origin $(v))),$(v))),)
+  $(shell mkdir -p $(BUILD_DIR) && { $(PYTHON) cc/tf_build_flags.py --make > $(BUILD_DIR)/tf_flags.mk 2>/dev/null || : > $(BUILD_DIR)/tf_flags.mk; })
+  include $(BUILD_DIR)/tf_flags.mk
+endif
 
 CXX ?= g++
 # Sources and flags: cc/sources.bzl, the one list Bazel reads too.
@@ -36,7 +41,6 @@ CUDA_ARCHS ?= $(call SOURCES,CUDA_ARCHS)
 NVCC_FLAGS = -std=c++17 -O3 --fmad=false -Xcompiler -fPIC,-fvisibility=hidden -I. $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 CUDA_SOURCES := $(call SOURCES,CUDA_SOURCES)
 GPU_GLUE_SOURCES := $(call SOURCES,GPU_GLUE_SOURCES)
-TF_CUDA_INCLUDE ?= $(shell $(call TF_QUERY,3))
 HAVE_NVCC := $(shell test -x $(NVCC) && echo 1)
 ifeq ($(GPU),auto)
   BUILD_GPU := $(if $(and $(HAVE_NVCC),$(TF_CUDA_INCLUDE)),1,)
@@ -56,6 +60,16 @@ GPU_OBJECTS = $(if $(BUILD_GPU),$(CUDA_OBJECTS) $(GPU_GLUE_SOURCES:%.cc=$(BUILD_
 CUDART_PRIVATE = -Wl,--exclude-libs,libcudart_static.a
 GPU_LFLAGS = $(if $(BUILD_GPU),-L$(CUDA_HOME)/lib64 -lcudart_static $(CUDART_PRIVATE) -lrt -ldl -lpthread,)
 
+# Every object also depends on a file holding the command it is compiled with, rewritten only
+# when that changes: another ARCH_FLAGS, TensorFlow or nvcc flag rebuilds what it affects.
+FLAGS_DIR = $(BUILD_DIR)/flags
+flags_file = $(shell mkdir -p $(FLAGS_DIR) && printf '%s\n' '$(strip $(2))' | cmp -s - $(FLAGS_DIR)/$(1) || printf '%s\n' '$(strip $(2))' > $(FLAGS_DIR)/$(1); echo $(FLAGS_DIR)/$(1))
+TF_CMD := $(call flags_file,tf,$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS))
+ISA_CMD := $(call flags_file,isa,$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS))
+CUDA_CMD := $(call flags_file,cuda,$(NVCC) $(NVCC_FLAGS))
+GLUE_CMD := $(call flags_file,glue,$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) $(TF_CUDA_INCLUDE))
+LINK_CMD := $(call flags_file,link,$(CXX) $(GPU_LFLAGS) $(TF_LFLAGS) $(BUILD_GPU))
+
 # The benchmark's bandwidth probe: TensorFlow-free, loaded with ctypes.
 PROBE = $(dir $(OUT))_stream_probe.so
 
@@ -70,34 +84,35 @@ gpu-status:
 # CUDA kernels compiling on machines without a GPU.
 cuda-check: $(CUDA_OBJECTS)
 
-$(BUILD_DIR)/obj/%.cu.o: %.cu.cc cc/cuda/rmsprop_x_cuda.h cc/cuda/rmsprop_x_cuda_device.cuh cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h
+$(BUILD_DIR)/obj/%.cu.o: %.cu.cc $(CUDA_CMD) cc/cuda/rmsprop_x_cuda.h cc/cuda/rmsprop_x_cuda_device.cuh cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
 
-$(BUILD_DIR)/obj/cc/kernels/gpu/%.o: cc/kernels/gpu/%.cc | check-flags
+$(BUILD_DIR)/obj/cc/kernels/gpu/%.o: cc/kernels/gpu/%.cc $(GLUE_CMD) | check-flags
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) -DGOOGLE_CUDA=1 -isystem $(TF_CUDA_INCLUDE) -c $< -o $@
 
-$(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h
+$(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h $(ISA_CMD)
+	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread -I. $< -o $@
 
 check-flags:
 	@test -n "$(TF_CFLAGS)" || { echo "error: cannot import TensorFlow with $(PYTHON) to get its build flags" >&2; exit 1; }
 
-$(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) $(GPU_OBJECTS) | check-flags
+$(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) $(GPU_OBJECTS) $(LINK_CMD) | check-flags
 	@mkdir -p $(dir $@)
-	$(CXX) -shared -o $@ $^ $(GPU_LFLAGS) $(TF_LFLAGS)
+	$(CXX) -shared -o $@ $(filter %.o,$^) $(GPU_LFLAGS) $(TF_LFLAGS)
 
-$(BUILD_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc
+$(BUILD_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc $(ISA_CMD)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS) -c $< -o $@
 
-$(BUILD_DIR)/obj/%.o: %.cc | check-flags
+$(BUILD_DIR)/obj/%.o: %.cc $(TF_CMD) | check-flags
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) -c $< -o $@
 
 clean:
-	rm -rf $(BUILD_DIR)/obj $(OUT) $(PROBE) $(SAN_DIR)
+	rm -rf $(BUILD_DIR)/obj $(FLAGS_DIR) $(OUT) $(PROBE) $(SAN_DIR)
 
 # Sanitizer build (.ci/sanitizers.sh): the op definitions, shells, kernels and CPU loops
 # instrumented with AddressSanitizer and UBSan (any report aborts); the XLA lowerings (HLO
@@ -113,13 +128,15 @@ SANITIZE_FLAGS = -fsanitize=address,$(UBSAN_CHECKS) -fno-sanitize-recover=all -f
 SAN_DIR = $(BUILD_DIR)-asan
 SAN_OBJECTS = $(filter-out $(SAN_DIR)/obj/cc/xla/%,$(TF_SOURCES:%.cc=$(SAN_DIR)/obj/%.o)) $(ISA_SOURCES:%.cc=$(SAN_DIR)/obj/%.o)
 SAN_OUT ?= $(SAN_DIR)/$(notdir $(OUT))
+SAN_TF_CMD := $(call flags_file,san-tf,$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) $(SANITIZE_FLAGS))
+SAN_ISA_CMD := $(call flags_file,san-isa,$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS) $(SANITIZE_FLAGS))
 asan: $(SAN_OUT)
 $(SAN_OUT): $(SAN_OBJECTS) $(filter $(BUILD_DIR)/obj/cc/xla/%,$(TF_OBJECTS)) | check-flags
 	$(CXX) -shared -fsanitize=address,undefined -o $@ $^ $(TF_LFLAGS)
-$(SAN_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc
+$(SAN_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc $(SAN_ISA_CMD)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS) $(SANITIZE_FLAGS) -fsanitize=undefined -c $< -o $@
-$(SAN_DIR)/obj/%.o: %.cc | check-flags
+$(SAN_DIR)/obj/%.o: %.cc $(SAN_TF_CMD) | check-flags
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) $(SANITIZE_FLAGS) -c $< -o $@
 -include $(SAN_OBJECTS:.o=.d)
@@ -133,8 +150,8 @@ $(SAN_PROBE): tests/sanitizer/probe.cc $(SAN_DIR)/obj/cc/cpu/rmsprop_x_cpu.o
 -include $(TF_OBJECTS:.o=.d) $(ISA_OBJECTS:.o=.d) $(GPU_OBJECTS:.o=.d)
 
 # What the library was built against; _library.py compares it with the runtime TensorFlow.
-TF_VERSION ?= $(shell $(call TF_QUERY,2))
 BUILD_INFO = $(dir $(OUT))_build_info.py
+INFO_CMD := $(call flags_file,info,$(TF_VERSION) $(GPU_STATUS))
 all: $(BUILD_INFO)
-$(BUILD_INFO): $(OUT) Makefile
+$(BUILD_INFO): $(OUT) $(INFO_CMD) Makefile
 	@printf '# Generated by the build: the TensorFlow this op library was compiled against.\nTF_VERSION = "%s"\nGPU_KERNELS = "%s"\n' "$(TF_VERSION)" "$(GPU_STATUS)" > $@

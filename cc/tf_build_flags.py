@@ -1,10 +1,10 @@
 """Compiler and linker flags for building the op library against the installed TensorFlow.
 
-Run by setup.py and the Makefile (`python3 cc/tf_build_flags.py`): prints a JSON list
-[compile flags, link flags, TensorFlow version, CUDA include dir or ""]. The last is
-TensorFlow's bundled CUDA headers when TensorFlow is a CUDA build (the full `tensorflow`
-wheel), which the GPU kernels' glue needs; `tensorflow-cpu` has none. It imports TensorFlow,
-nothing of ours.
+Run by setup.py (`python3 cc/tf_build_flags.py` prints a JSON list [compile flags, link
+flags, TensorFlow version, CUDA include dir or ""]) and by the Makefile (`--make` prints the
+same as make variable assignments). The last is TensorFlow's bundled CUDA headers when
+TensorFlow is a CUDA build (the full `tensorflow` wheel), which the GPU kernels' glue needs;
+`tensorflow-cpu` has none. It imports TensorFlow, nothing of ours.
 """
 import json
 import os
@@ -48,5 +48,16 @@ def cuda_include():
     return path if os.path.exists(os.path.join(path, "cuda_runtime.h")) else ""
 
 
+def main(argv):
+    values = [compile_flags(), link_flags(), tf_version(), cuda_include()]
+    if argv[1:] == ["--make"]:  # a makefile fragment: one query for every flag make lacks
+        for name, value in zip(("TF_CFLAGS", "TF_LFLAGS", "TF_VERSION", "TF_CUDA_INCLUDE"), values):
+            print(f"{name} := {value}")
+    else:
+        print(json.dumps(values))
+
+
 if __name__ == "__main__":
-    print(json.dumps([compile_flags(), link_flags(), tf_version(), cuda_include()]))
+    import sys
+
+    main(sys.argv)
