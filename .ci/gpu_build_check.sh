@@ -4,6 +4,7 @@
 # CUDA build) in a separate, cached virtual environment, with nvcc for sm_75..sm_90; checks
 # that it loads here (no GPU), that all three ops have DEVICE_GPU kernels, and that the CPU op
 # tests pass with that library. Also compiles the TensorFlow-free GPU harness (tests/gpu/).
+# `--bazel`: the same checks on the library of `bazel build --config=cuda` (by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +15,24 @@ if [ ! -x "$NVCC" ]; then
 fi
 VENV="$(bash .ci/gpu_venv.sh)"
 BUILD="$PWD/build-gpu"
-echo "== building the GPU-enabled op library (GPU=1) in $BUILD"
-make -j2 GPU=1 PYTHON="$VENV/bin/python" BUILD_DIR="$BUILD" OUT="$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" \
-  "$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" "$BUILD/pkg/tf_rmsprop_ops/_build_info.py" gpu-status
+if [ "${1:-}" = "--bazel" ]; then
+  # By hand, not in CI (nvcc runs again, about 4 more minutes): the same checks on the
+  # library that `bazel build --config=cuda` links.
+  BAZEL="$(command -v bazelisk || command -v bazel-4 || command -v bazel)"
+  trap '"$BAZEL" shutdown > /dev/null 2>&1 || true' EXIT
+  BUILD="$PWD/build-gpu-bazel"
+  echo "== building the GPU-enabled op library with Bazel --config=cuda"
+  PYTHON_BIN_PATH="$VENV/bin/python" BAZEL="$BAZEL" python3 cc/bazel/configure.py
+  "$BAZEL" build --config=cuda //:ops //tf_rmsprop_ops:build_info
+  mkdir -p "$BUILD/pkg/tf_rmsprop_ops"
+  install -m 644 bazel-bin/tf_rmsprop_ops/_rmsprop_x_ops.so bazel-bin/tf_rmsprop_ops/_build_info.py \
+    "$BUILD/pkg/tf_rmsprop_ops/"
+  python3 cc/bazel/configure.py  # .bazelrc.user for this interpreter again
+else
+  echo "== building the GPU-enabled op library (GPU=1) in $BUILD"
+  make -j2 GPU=1 PYTHON="$VENV/bin/python" BUILD_DIR="$BUILD" OUT="$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" \
+    "$BUILD/pkg/tf_rmsprop_ops/_rmsprop_x_ops.so" "$BUILD/pkg/tf_rmsprop_ops/_build_info.py" gpu-status
+fi
 
 # A copy of the package with that library in it.
 PKG="$BUILD/pkg/tf_rmsprop_ops"
@@ -32,7 +48,7 @@ import tensorflow as tf
 from tensorflow.python.framework import kernels
 import tf_rmsprop_ops
 print("loaded", tf_rmsprop_ops.LIBRARY_PATH)
-assert "build-gpu" in tf_rmsprop_ops.LIBRARY_PATH
+assert "build-gpu" in tf_rmsprop_ops.LIBRARY_PATH  # the copy, not the checkout's library
 assert tf.sysconfig.get_build_info()["is_cuda_build"]
 print("GPU kernels:", tf_rmsprop_ops.GPU_KERNELS)
 assert tf_rmsprop_ops.GPU_KERNELS.startswith("ON ("), tf_rmsprop_ops.GPU_KERNELS

@@ -41,6 +41,13 @@ cc_library(
     includes = ["cuda_include"],
 )
 
+# nvcc's CUDA runtime, linked statically into the op library before TensorFlow's libraries
+# (libtensorflow_framework.so.2 exports its own, another CUDA version) and kept private.
+cc_import(
+    name = "cudart_static",
+    static_library = "cuda_lib/libcudart_static.a",
+)
+
 exports_files(["nvcc"])
 """
 
@@ -64,12 +71,18 @@ def _tf_configure_impl(ctx):
         ctx.symlink(info["cuda_include"], "cuda_include")
     else:
         ctx.file("cuda_include/README", "TensorFlow is not a CUDA build: no CUDA headers.\n")
-    nvcc = ctx.os.environ.get("CUDA_HOME", "/usr/local/cuda") + "/bin/nvcc"
+    cuda_home = ctx.os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    nvcc = cuda_home + "/bin/nvcc"
     if ctx.path(nvcc).exists:
         ctx.symlink(nvcc, "nvcc")
     else:
         ctx.file("nvcc", "#!/bin/sh\necho 'nvcc not found (set CUDA_HOME)' >&2\nexit 1\n",
                  executable = True)
+    cudart = cuda_home + "/lib64/libcudart_static.a"
+    if ctx.path(cudart).exists:
+        ctx.symlink(cudart, "cuda_lib/libcudart_static.a")
+    else:  # only --config=cuda links it; an empty archive lets the default build load
+        ctx.file("cuda_lib/libcudart_static.a", "!<arch>\n")
     ctx.file("BUILD", _BUILD.format(defines = repr(info["defines"])))
     ctx.file("tf.bzl", _BZL.format(version = info["version"],
                                    cuda = "True" if info["cuda_include"] else "False",
