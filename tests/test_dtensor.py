@@ -82,13 +82,17 @@ def test_in_graph_path_matches_the_reference(rng, variant, sparse):
     tf.function(lambda: _dtensor._tf_ops_step(
         variables["var"], slots, tf.constant(grad), tf.constant(indices) if sparse else None,
         structure, hyper))()
+    f32_hyper = {k: float(np.float32(v)) for k, v in hyper.items()}  # what the ops see
     args = dict(ms=init["ms"], mom=init["mom"] if variant.momentum else None,
-                mg=init["mg"] if variant.centered else None, **hyper, **variant.op_kwargs())
+                mg=init["mg"] if variant.centered else None, **f32_hyper, **variant.op_kwargs())
     if sparse:
         want = reference.sparse_rmsprop_x_step(init["var"], grad, indices, **args)
     else:
         want = reference.rmsprop_x_step(init["var"], grad, **args)
     for name in ("var", "ms", "mom", "mg"):
         if want[name] is not None:
+            # Absolute errors of the operands' size (mom = 0.8 * mom + step and var - step
+            # cancel; normal(0, 1) states reach 3), also where a result ends near 0.
+            scale = max(1.0, float(np.abs(init[name]).max()), float(np.abs(want[name]).max()))
             np.testing.assert_allclose(variables[name].numpy(), want[name], rtol=2e-6,
-                                       atol=1e-6, err_msg=name)
+                                       atol=2e-6 * scale, err_msg=name)

@@ -107,7 +107,10 @@ def test_minimize_with_tensor_loss_and_tape(rng):
 
 
 def test_tf_function_loop_does_not_retrace(rng):
-    w = tf.Variable(rng.normal(size=(4, 1)).astype(np.float32))
+    # Weights of magnitude 0.5..1.5: from near 0 the first centered step (about 0.17 each)
+    # overshoots the minimum and no later loss is below the first.
+    w = tf.Variable((rng.choice([-1.0, 1.0], (4, 1)) * rng.uniform(0.5, 1.5, (4, 1)))
+                    .astype(np.float32))
     x = tf.constant(rng.normal(size=(16, 4)).astype(np.float32))
     opt = RMSpropX(learning_rate=_schedule(), momentum=0.9, centered=True)
 
@@ -331,7 +334,9 @@ def test_variable_constraint_is_applied_after_the_update(rng):
             opt.apply_gradients([(tf.constant(g), var)])
         results.append(var.numpy())
     assert np.abs(results[0]).max() <= 1.0
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
+    # Keras rounds 1 - rho and orders lr * g / sqrt(...) differently: float32 errors of the
+    # operands' size (up to 1 after the clip), also where an element ends near 0.
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-6)
 
 
 def test_set_weights_and_tf1_slot_name(rng):

@@ -56,7 +56,10 @@ def lr_at(step):
 
 
 def _problem(rng):
-    init = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    # Magnitudes in [1, 2]: where weight decay drives a variable with tiny gradients to 0,
+    # the normalised step overshoots and the peers' ulp differences grow without bound.
+    init = [(rng.choice([-1.0, 1.0], s) * rng.uniform(1, 2, s)).astype(np.float32)
+            for s in SHAPES]
     # Every exponent in -5..0 once per array, in random places: a draw of only small scales
     # would leave TF1's ones-initialised rms slot barely moving the variables (seen in CI).
     scales = [10.0 ** -rng.permutation(np.linspace(0, 5, int(np.prod(s)))).reshape(s)
@@ -164,9 +167,14 @@ def test_preset_reproduces_the_peer(rng, cls, preset, form):
     theirs = PEERS[preset](FORMS[form], init, grads)
     ours = _ours(cls, preset, FORMS[form], init, grads)
     moved = max(np.abs(t - i).max() for t, i in zip(theirs, init))
-    assert moved > 1e-2  # 50 steps went somewhere
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    # 50 steps went somewhere (TF1's ones-initialised rms slot: a small random walk, seen
+    # as small as 8e-3 in a million draws; 1e-3 is still 500 times the tolerance).
+    assert moved > 1e-3
+    for a, b, i in zip(ours, theirs, init):
+        # The peers round 1 - rho differently (PyTorch: float32(0.01), not 1 - float32(0.99),
+        # 1e-6 apart relatively): errors of the operands' size, several units with momentum.
+        scale = max(1.0, float(np.abs(i).max()), float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * scale)
 
 
 def test_tf_keras_preset_places_epsilon_by_momentum():

@@ -187,5 +187,9 @@ def test_a_live_read_keeps_its_value_and_the_table_keeps_its_access_mode(mode, r
         assert not np.array_equal(table.numpy(), expected_before)
     want = dict(var=init, ms=np.zeros_like(init))
     for _ in range(3):
-        want = reference.sparse_rmsprop_x_step(want["var"], grad, ids, want["ms"], lr=0.05)
+        # The hyperparameters as the float32 op sees them.
+        want = reference.sparse_rmsprop_x_step(want["var"], grad, ids, want["ms"],
+                                               lr=float(np.float32(0.05)),
+                                               rho=float(np.float32(0.9)),
+                                               epsilon=float(np.float32(1e-7)))
     np.testing.assert_allclose(table.numpy(), want["var"], rtol=1e-6, atol=1e-7)

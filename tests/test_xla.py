@@ -70,7 +70,10 @@ def test_whole_training_step_is_one_xla_cluster(rng):
     compiled = tf.function(jit_compile=True)(lambda: train_step(w, ms))
     plain = tf.function(lambda: train_step(w_ref, ms_ref))
     losses = [(float(compiled()), float(plain())) for _ in range(5)]
-    np.testing.assert_allclose(w.numpy(), w_ref.numpy(), rtol=1e-5)
+    # The gradients differ in summation order and XLA fuses multiply-adds: errors of the
+    # weights' size, also where a weight ends near 0.
+    np.testing.assert_allclose(w.numpy(), w_ref.numpy(), rtol=1e-5,
+                               atol=1e-5 * np.abs(w_ref.numpy()).max())
     assert losses[-1][0] < losses[0][0]
     hlo = compiled.experimental_get_compiler_ir()(stage="hlo")
     # One module holds the forward matmul, its gradient and the update.
