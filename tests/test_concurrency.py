@@ -385,12 +385,18 @@ def test_locked_identical_calls_move_every_slot_as_a_serial_run(kind, dtype, rng
     _run_threads(worker)
     for _ in range(THREADS * repeats * (k + 1)):
         same.apply(serial)
-    for i, (got, want, init) in enumerate(zip(shared, serial, same.inits)):
+    # Test construction: every state moved somewhere (not in each variable: a one-element
+    # float16 variable lands back on its first bits in about 1 run in 3000).
+    def moved(want, init):
+        w = want.numpy()
+        return not np.array_equal(w.astype(np.float64), init.astype(w.dtype).astype(np.float64))
+
+    for name in ("var",) + SLOTS:
+        assert any(moved(want[name], init[name]) for want, init in zip(serial, same.inits)), \
+            f"test construction: {name} did not move"
+    for i, (got, want) in enumerate(zip(shared, serial)):
         for name in ("var",) + SLOTS:
-            w = want[name].numpy()
-            assert not np.array_equal(w.astype(np.float64), init[name].astype(
-                w.dtype).astype(np.float64)), f"test construction: {name} did not move"
-            np.testing.assert_array_equal(got[name].numpy(), w,
+            np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(),
                                           err_msg=f"variable {i}, {name}: not a serial result")
 
 

@@ -158,9 +158,11 @@ def _state(rng, shape, dtype):
     return {k: _rounded(v, dtype) for k, v in state.items()}
 
 
-def _formula(variant):
-    """The reference's keyword arguments for `variant` (with HYPER)."""
-    return dict(HYPER, nesterov=variant.nesterov, epsilon_placement=variant.epsilon_placement,
+def _formula(variant, dtype):
+    """The reference's keyword arguments for `variant`: HYPER as the kernel computes with it
+    (the harness converts it to the compute type: float32 but for float64)."""
+    hyper = HYPER if dtype == "float64" else {k: float(np.float32(v)) for k, v in HYPER.items()}
+    return dict(hyper, nesterov=variant.nesterov, epsilon_placement=variant.epsilon_placement,
                 lr_placement=variant.lr_placement, weight_decay_mode=variant.weight_decay_mode)
 
 
@@ -170,20 +172,20 @@ def _dense_inputs(state, grad, variant):
                 mg=state["mg"] if variant.centered else None)
 
 
-def _dense_step(variant):
+def _dense_step(variant, dtype):
     def step(grad, var, ms, mom, mg):
-        return reference.rmsprop_x_step(var, grad, ms, mom, mg, **_formula(variant))
+        return reference.rmsprop_x_step(var, grad, ms, mom, mg, **_formula(variant, dtype))
     return step
 
 
-def _reference_dense(state, grad, variant):
+def _reference_dense(state, grad, variant, dtype):
     """The float64 reference step of `variant` (disabled slots: None)."""
-    return _dense_step(variant)(**_dense_inputs(state, grad, variant))
+    return _dense_step(variant, dtype)(**_dense_inputs(state, grad, variant))
 
 
 def _dense_slack(state, grad, variant, dtype, want):
     """_slack of the dense step; `want` is _reference_dense's result for the same inputs."""
-    return _slack(_dense_step(variant), _dense_inputs(state, grad, variant), dtype, want)
+    return _slack(_dense_step(variant, dtype), _dense_inputs(state, grad, variant), dtype, want)
 
 
 @pytest.mark.parametrize("disabled", ["null", "buffer"])
@@ -203,7 +205,7 @@ def test_dense_matches_reference(harness, rng, variant, dtype, disabled):
         return dev[name] if enabled or disabled == "buffer" else None
     harness.dense(dtype, variant, HYPER, _to_device(grad, dtype), dev["var"], dev["ms"],
                   slot("mom", variant.momentum), slot("mg", variant.centered), n=n)
-    want = _reference_dense(state, grad, variant)
+    want = _reference_dense(state, grad, variant, dtype)
     slack = _dense_slack(state, grad, variant, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, n)
@@ -238,7 +240,7 @@ def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned
         harness.multi(dtype, variant, HYPER, *[[views[k]] for k in
                                                ("grad", "var", "ms", "mom", "mg")])
     harness.arrays.synchronize()
-    want = _reference_dense(state, grad, variant)
+    want = _reference_dense(state, grad, variant, dtype)
     slack = _dense_slack(state, grad, variant, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         shift = 1 if name == misaligned else 0
@@ -347,7 +349,7 @@ def test_nonfinite_and_extreme_gradients_follow_the_reference(harness, rng, vari
                   dev["mom"] if variant.momentum else None,
                   dev["mg"] if variant.centered else None, n=n)
     with np.errstate(all="ignore"):
-        want = _reference_dense(state, grad, variant)
+        want = _reference_dense(state, grad, variant, dtype)
     slack = _dense_slack(state, grad, variant, dtype, want)
     for name in ("var", "ms", "mom", "mg"):
         got, canary_ok = _to_host(dev[name], dtype, n)
@@ -414,7 +416,7 @@ def test_sparse_matches_reference(harness, rng, variant, index_dtype, pattern, d
 
     def step(grad, var, ms, mom, mg):
         return reference.sparse_rmsprop_x_step(var, grad, unique, ms, mom, mg,
-                                               **_formula(variant))
+                                               **_formula(variant, dtype))
     inputs = _dense_inputs(state, summed, variant)
     want = step(**inputs)
     slack = _slack(step, inputs, dtype, want)
@@ -531,7 +533,7 @@ def _multi_case(harness, rng, dtype, variant, sizes, misaligned=(), disabled="bu
     harness.arrays.synchronize()
     for i, n in enumerate(sizes):
         state = states[i]
-        want = _reference_dense(state, grads[i], variant)
+        want = _reference_dense(state, grads[i], variant, dtype)
         slack = _dense_slack(state, grads[i], variant, dtype, want)
         shift = 1 if i in misaligned else 0
         for name in ("var", "ms", "mom", "mg"):
