@@ -1,4 +1,6 @@
 """The XLA lowerings: jit_compile=True gives the CPU kernels' results, in plain HLO."""
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -159,6 +161,11 @@ def test_python_layer_rejects_static_out_of_range_indices_under_xla(rng):
     def step():
         tf_rmsprop_ops.sparse_apply_rmsprop_x(var, ms, tf.ones((2, 2)), [1, 5], lr=0.1)
 
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[1\] = 5 is not in \[0, 5\)"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[1\] = 5 is not in \[0, 5\)") as python:
         step()
     np.testing.assert_array_equal(var.numpy(), np.ones((5, 2)))
+    # The Python check words it as the kernels do (cc/kernels/index_error.h), word for word.
+    with pytest.raises(tf.errors.InvalidArgumentError) as kernel:
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(var, ms, tf.ones((2, 2)), [1, 5], lr=0.1)
+    said = [re.search(r"indices\[.*", e.value.message).group(0) for e in (python, kernel)]
+    assert said[0].strip() == said[1].replace(" [Op:SparseApplyRMSpropX] name: ", "").strip(), said
