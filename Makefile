@@ -60,15 +60,23 @@ GPU_OBJECTS = $(if $(BUILD_GPU),$(CUDA_OBJECTS) $(GPU_GLUE_SOURCES:%.cc=$(BUILD_
 CUDART_PRIVATE = -Wl,--exclude-libs,libcudart_static.a
 GPU_LFLAGS = $(if $(BUILD_GPU),-L$(CUDA_HOME)/lib64 -lcudart_static $(CUDART_PRIVATE) -lrt -ldl -lpthread,)
 
-# Every object also depends on a file holding the command it is compiled with, rewritten only
-# when that changes: another ARCH_FLAGS, TensorFlow or nvcc flag rebuilds what it affects.
+# The commands, each written once: the rules below run them, and every target also depends
+# on a file holding its command (flags_file), rewritten only when that changes: another
+# ARCH_FLAGS, TensorFlow or nvcc flag rebuilds what it affects.
+TF_CXX = $(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS)
+ISA_CXX = $(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS)
+GLUE_CXX = $(TF_CXX) -DGOOGLE_CUDA=1 -isystem $(TF_CUDA_INCLUDE)
+NVCC_CMD = $(NVCC) $(NVCC_FLAGS)
+PROBE_CXX = $(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread -I.
+LINK_LIBS = $(GPU_LFLAGS) $(TF_LFLAGS)
 FLAGS_DIR = $(BUILD_DIR)/flags
 flags_file = $(shell mkdir -p $(FLAGS_DIR) && printf '%s\n' '$(strip $(2))' | cmp -s - $(FLAGS_DIR)/$(1) || printf '%s\n' '$(strip $(2))' > $(FLAGS_DIR)/$(1); echo $(FLAGS_DIR)/$(1))
-TF_CMD := $(call flags_file,tf,$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS))
-ISA_CMD := $(call flags_file,isa,$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS))
-CUDA_CMD := $(call flags_file,cuda,$(NVCC) $(NVCC_FLAGS))
-GLUE_CMD := $(call flags_file,glue,$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) $(TF_CUDA_INCLUDE))
-LINK_CMD := $(call flags_file,link,$(CXX) $(GPU_LFLAGS) $(TF_LFLAGS) $(BUILD_GPU))
+TF_STAMP := $(call flags_file,tf,$(TF_CXX))
+ISA_STAMP := $(call flags_file,isa,$(ISA_CXX))
+GLUE_STAMP := $(call flags_file,glue,$(GLUE_CXX))
+CUDA_STAMP := $(call flags_file,cuda,$(NVCC_CMD))
+PROBE_STAMP := $(call flags_file,probe,$(PROBE_CXX))
+LINK_STAMP := $(call flags_file,link,$(CXX) $(LINK_LIBS))
 
 # The benchmark's bandwidth probe: TensorFlow-free, loaded with ctypes.
 PROBE = $(dir $(OUT))_stream_probe.so
@@ -84,32 +92,32 @@ gpu-status:
 # CUDA kernels compiling on machines without a GPU.
 cuda-check: $(CUDA_OBJECTS)
 
-$(BUILD_DIR)/obj/%.cu.o: %.cu.cc $(CUDA_CMD) cc/cuda/rmsprop_x_cuda.h cc/cuda/rmsprop_x_cuda_device.cuh cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h
+$(BUILD_DIR)/obj/%.cu.o: %.cu.cc $(CUDA_STAMP) cc/cuda/rmsprop_x_cuda.h cc/cuda/rmsprop_x_cuda_device.cuh cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
+	$(NVCC_CMD) -x cu -c $< -o $@
 
-$(BUILD_DIR)/obj/cc/kernels/gpu/%.o: cc/kernels/gpu/%.cc $(GLUE_CMD) | check-flags
+$(BUILD_DIR)/obj/cc/kernels/gpu/%.o: cc/kernels/gpu/%.cc $(GLUE_STAMP) | check-flags
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) -DGOOGLE_CUDA=1 -isystem $(TF_CUDA_INCLUDE) -c $< -o $@
+	$(GLUE_CXX) -c $< -o $@
 
-$(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h $(ISA_CMD)
+$(PROBE): cc/bench/stream_probe.cc cc/cpu/row_prefetch.h $(PROBE_STAMP)
 	@mkdir -p $(dir $@)
-	$(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread -I. $< -o $@
+	$(PROBE_CXX) $< -o $@
 
 check-flags:
 	@test -n "$(TF_CFLAGS)" || { echo "error: cannot import TensorFlow with $(PYTHON) to get its build flags" >&2; exit 1; }
 
-$(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) $(GPU_OBJECTS) $(LINK_CMD) | check-flags
+$(OUT): $(TF_OBJECTS) $(ISA_OBJECTS) $(GPU_OBJECTS) $(LINK_STAMP) | check-flags
 	@mkdir -p $(dir $@)
-	$(CXX) -shared -o $@ $(filter %.o,$^) $(GPU_LFLAGS) $(TF_LFLAGS)
+	$(CXX) -shared -o $@ $(filter %.o,$^) $(LINK_LIBS)
 
-$(BUILD_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc $(ISA_CMD)
+$(BUILD_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc $(ISA_STAMP)
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS) -c $< -o $@
+	$(ISA_CXX) -c $< -o $@
 
-$(BUILD_DIR)/obj/%.o: %.cc $(TF_CMD) | check-flags
+$(BUILD_DIR)/obj/%.o: %.cc $(TF_STAMP) | check-flags
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) -c $< -o $@
+	$(TF_CXX) -c $< -o $@
 
 clean:
 	rm -rf $(BUILD_DIR)/obj $(FLAGS_DIR) $(OUT) $(PROBE) $(SAN_DIR)
@@ -128,17 +136,19 @@ SANITIZE_FLAGS = -fsanitize=address,$(UBSAN_CHECKS) -fno-sanitize-recover=all -f
 SAN_DIR = $(BUILD_DIR)-asan
 SAN_OBJECTS = $(filter-out $(SAN_DIR)/obj/cc/xla/%,$(TF_SOURCES:%.cc=$(SAN_DIR)/obj/%.o)) $(ISA_SOURCES:%.cc=$(SAN_DIR)/obj/%.o)
 SAN_OUT ?= $(SAN_DIR)/$(notdir $(OUT))
-SAN_TF_CMD := $(call flags_file,san-tf,$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) $(SANITIZE_FLAGS))
-SAN_ISA_CMD := $(call flags_file,san-isa,$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS) $(SANITIZE_FLAGS))
+SAN_TF_CXX = $(TF_CXX) $(SANITIZE_FLAGS)
+SAN_ISA_CXX = $(ISA_CXX) $(SANITIZE_FLAGS) -fsanitize=undefined
+SAN_TF_STAMP := $(call flags_file,san-tf,$(SAN_TF_CXX))
+SAN_ISA_STAMP := $(call flags_file,san-isa,$(SAN_ISA_CXX))
 asan: $(SAN_OUT)
 $(SAN_OUT): $(SAN_OBJECTS) $(filter $(BUILD_DIR)/obj/cc/xla/%,$(TF_OBJECTS)) | check-flags
 	$(CXX) -shared -fsanitize=address,undefined -o $@ $^ $(TF_LFLAGS)
-$(SAN_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc $(SAN_ISA_CMD)
+$(SAN_DIR)/obj/cc/cpu/%.o: cc/cpu/%.cc $(SAN_ISA_STAMP)
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS) $(SANITIZE_FLAGS) -fsanitize=undefined -c $< -o $@
-$(SAN_DIR)/obj/%.o: %.cc $(SAN_TF_CMD) | check-flags
+	$(SAN_ISA_CXX) -c $< -o $@
+$(SAN_DIR)/obj/%.o: %.cc $(SAN_TF_STAMP) | check-flags
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_BASE) $(TF_CFLAGS) $(SANITIZE_FLAGS) -c $< -o $@
+	$(SAN_TF_CXX) -c $< -o $@
 -include $(SAN_OBJECTS:.o=.d)
 # The planted fault of .ci/sanitizers.sh (tests/sanitizer/probe.cc with the instrumented span
 # loops; never part of the op library).
@@ -151,7 +161,7 @@ $(SAN_PROBE): tests/sanitizer/probe.cc $(SAN_DIR)/obj/cc/cpu/rmsprop_x_cpu.o
 
 # What the library was built against; _library.py compares it with the runtime TensorFlow.
 BUILD_INFO = $(dir $(OUT))_build_info.py
-INFO_CMD := $(call flags_file,info,$(TF_VERSION) $(GPU_STATUS))
+INFO_STAMP := $(call flags_file,info,$(TF_VERSION) $(GPU_STATUS))
 all: $(BUILD_INFO)
-$(BUILD_INFO): $(OUT) $(INFO_CMD) Makefile
+$(BUILD_INFO): $(OUT) $(INFO_STAMP) Makefile
 	@printf '# Generated by the build: the TensorFlow this op library was compiled against.\nTF_VERSION = "%s"\nGPU_KERNELS = "%s"\n' "$(TF_VERSION)" "$(GPU_STATUS)" > $@
