@@ -56,12 +56,19 @@ def round_to(x, dtype):
     return tf.cast(tf.constant(np.asarray(x, np.float64)), dtype).numpy().astype(np.float64)
 
 
+def as_op_sees(hyper, dtype):
+    """Python-float hyperparameters as an op on `dtype` variables sees them, as float64
+    (TensorFlow converts a Python float to a 16-bit dtype through float32)."""
+    via = np.float32 if dtype in (tf.float16, tf.bfloat16) else np.float64
+    return {k: float(round_to(via(v), dtype)) for k, v in hyper.items()}
+
+
 def random_hyper(rng, dtype, variant):
     hyper = dict(lr=rng.uniform(0.01, 0.1), rho=rng.uniform(0.8, 0.99),
                  momentum=rng.uniform(0.5, 0.95) if variant.momentum else 0.0,
                  epsilon=rng.choice([1e-7, 1e-3]) if dtype != tf.float16 else 1e-3,
                  weight_decay=rng.uniform(0.001, 0.1) if variant.weight_decay_mode != "none" else 0.0)
-    return {k: float(round_to(v, dtype)) for k, v in hyper.items()}
+    return as_op_sees(hyper, dtype)
 
 
 def random_state(rng, shape, dtype, variant):

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import BASE_SEED
-from helpers import VARIANTS
+from helpers import VARIANTS, as_op_sees
 from tf_rmsprop_ops import _apply, _dtensor, reference
 
 CASES = ["replicated-eager", "replicated-function", "row_sharded-eager",
@@ -82,7 +82,7 @@ def test_in_graph_path_matches_the_reference(rng, variant, sparse):
     tf.function(lambda: _dtensor._tf_ops_step(
         variables["var"], slots, tf.constant(grad), tf.constant(indices) if sparse else None,
         structure, hyper))()
-    f32_hyper = {k: float(np.float32(v)) for k, v in hyper.items()}  # what the ops see
+    f32_hyper = as_op_sees(hyper, tf.float32)
     args = dict(ms=init["ms"], mom=init["mom"] if variant.momentum else None,
                 mg=init["mg"] if variant.centered else None, **f32_hyper, **variant.op_kwargs())
     if sparse:

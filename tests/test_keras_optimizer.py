@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import as_op_sees
 from test_optimizer import KERAS_CASES, _assert_same_trajectory, _grads, _init, _schedule, _trajectory
 from tf_rmsprop_ops import reference
 from tf_rmsprop_ops.keras import RMSpropX
@@ -28,7 +29,7 @@ def test_trajectory_matches_keras3(case, rng):
 
 
 # RMSpropX(learning_rate=0.05)'s rate, rho and epsilon as its float32 ops see them.
-F32_DEFAULTS = {k: float(np.float32(v)) for k, v in dict(lr=0.05, rho=0.9, epsilon=1e-7).items()}
+F32_DEFAULTS = as_op_sees(dict(lr=0.05, rho=0.9, epsilon=1e-7), tf.float32)
 
 
 def test_indexed_slices_go_to_the_sparse_op_lazily(rng):

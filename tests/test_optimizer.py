@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tf_rmsprop_ops import RMSpropX, reference
-from helpers import round_to
+from helpers import as_op_sees
 
 SHAPES = [(7,), (3, 5)]
 
@@ -397,8 +397,7 @@ def test_a_graph_step_over_mixed_dtypes_is_rejected_whole(rng, multi_tensor, jit
     for v, g, s0 in zip((v32, v16, w32), grads, start):
         # The op sees the hyperparameters in the variable's dtype (float16: epsilon 1e-7 is
         # the subnormal 1.19e-7, which matters where g * g underflows to the same size).
-        hyper = {k: float(round_to(np.float32(x), v.dtype))
-                 for k, x in dict(lr=0.01, rho=0.9, epsilon=1e-7).items()}
+        hyper = as_op_sees(dict(lr=0.01, rho=0.9, epsilon=1e-7), v.dtype)
         want = reference.rmsprop_x_step(s0, g.numpy().astype(np.float64),
                                         np.zeros_like(s0), None, None, momentum=0.0,
                                         **hyper)["var"]

@@ -5,9 +5,9 @@ import tensorflow as tf
 
 import tf_rmsprop_ops
 from tf_rmsprop_ops import reference
-from helpers import (DTYPES, VARIANTS, Variant, apply_dense, apply_sparse, assert_matches,
-                     make_variables, random_hyper, random_state, reference_sparse, round_to,
-                     values)
+from helpers import (DTYPES, VARIANTS, Variant, apply_dense, apply_sparse, as_op_sees,
+                     assert_matches, make_variables, random_hyper, random_state,
+                     reference_sparse, round_to, values)
 
 
 def _indices(rng, kind, n, rows):
@@ -187,9 +187,7 @@ def test_a_live_read_keeps_its_value_and_the_table_keeps_its_access_mode(mode, r
         assert not np.array_equal(table.numpy(), expected_before)
     want = dict(var=init, ms=np.zeros_like(init))
     for _ in range(3):
-        # The hyperparameters as the float32 op sees them.
-        want = reference.sparse_rmsprop_x_step(want["var"], grad, ids, want["ms"],
-                                               lr=float(np.float32(0.05)),
-                                               rho=float(np.float32(0.9)),
-                                               epsilon=float(np.float32(1e-7)))
+        want = reference.sparse_rmsprop_x_step(
+            want["var"], grad, ids, want["ms"],
+            **as_op_sees(dict(lr=0.05, rho=0.9, epsilon=1e-7), tf.float32))
     np.testing.assert_allclose(table.numpy(), want["var"], rtol=1e-6, atol=1e-7)
