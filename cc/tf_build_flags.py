@@ -8,6 +8,7 @@ TensorFlow is a CUDA build (the full `tensorflow` wheel), which the GPU kernels'
 """
 import json
 import os
+import sys
 
 
 def _tf():
@@ -58,6 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv)
