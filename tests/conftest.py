@@ -35,3 +35,51 @@ def rng(request):
 def pytest_terminal_summary(terminalreporter, exitstatus):
     if exitstatus != 0:  # -q hides the header: repeat the seed where a failure is read
         terminalreporter.write_line(f"reproduce with TF_RMSPROP_TEST_SEED={BASE_SEED}")
+
+
+# The skip budget: the only skips a run may have, each with the reason it hides no failure
+# and how many tests may take it. Any other skip fails the run (exit 1), because a skip is
+# where a broken install, a peer that did not import or a harness that did not build would
+# otherwise pass unseen. (reason text the skip carries, most tests, why it is allowed)
+SKIP_BUDGET = (
+    ("x86 prefetch opcodes", 4,
+     "the prefetch check reads x86 machine code; other CPUs have no such opcodes to find"),
+    ("No module named 'tomllib'", 1,
+     "Python < 3.11 has no tomllib to read pyproject.toml with (the package supports 3.9)"),
+)
+_SKIPPED = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append((report.nodeid, reason))
+
+
+def _over_budget(skipped):
+    """The skips the budget does not allow: those on no line, and a line's skips past its
+    count."""
+    taken = {}
+    over = []
+    for nodeid, reason in skipped:
+        line = next((b for b in SKIP_BUDGET if b[0] in reason), None)
+        if line is None or taken.get(line[0], 0) >= line[1]:
+            over.append((nodeid, reason))
+        elif line is not None:
+            taken[line[0]] = taken.get(line[0], 0) + 1
+    return over
+
+
+def pytest_sessionfinish(session, exitstatus):
+    over = _over_budget(_SKIPPED)
+    if over and exitstatus == 0:
+        session.exitstatus = 1
+    if over:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        write = reporter.write_line if reporter else print
+        write(f"SKIP BUDGET: {len(over)} skip(s) not allowed by tests/conftest.py SKIP_BUDGET "
+              "(a skip here would hide a failure):")
+        for nodeid, reason in over[:20]:
+            write(f"  {nodeid}: {reason}")
+        if len(over) > 20:
+            write(f"  ... and {len(over) - 20} more")
