@@ -49,6 +49,8 @@ struct Variant {
   EpsilonPlacement epsilon_placement = EpsilonPlacement::kInsideSqrt;
   LrPlacement lr_placement = LrPlacement::kInsideMomentum;
   WeightDecayMode weight_decay_mode = WeightDecayMode::kNone;
+  // The slots' storage: 32 (the variable's dtype) or 8 (codes + absmax, cc/state8.h).
+  int state_bits = 32;
 };
 
 // The values a schedule may change (the op's scalar inputs), in compute precision.

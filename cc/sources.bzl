@@ -18,7 +18,7 @@ TF_SOURCES = [
 ]
 
 # TensorFlow-free span loops: the only code compiled with the vector ISA flags.
-ISA_SOURCES = ["cc/cpu/rmsprop_x_cpu.cc"]
+ISA_SOURCES = ["cc/cpu/rmsprop_x_cpu.cc", "cc/cpu/rmsprop_x_cpu8.cc"]
 
 # CUDA kernels (nvcc; no TensorFlow header) and their TensorFlow glue (GOOGLE_CUDA).
 CUDA_SOURCES = ["cc/cuda/rmsprop_x_cuda.cu.cc", "cc/cuda/rmsprop_x_cuda_multi.cu.cc"]
@@ -26,6 +26,8 @@ GPU_GLUE_SOURCES = ["cc/kernels/gpu/rmsprop_x_gpu_kernels.cc"]
 
 HEADERS = [
     "cc/rmsprop_x_update.h",
+    "cc/state8.h",
+    "cc/cpu/storage.h",
     "cc/cpu/rmsprop_x_cpu.h",
     "cc/cpu/row_prefetch.h",
     "cc/cuda/rmsprop_x_cuda.h",

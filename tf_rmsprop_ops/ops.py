@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_rmsprop_ops._library import ops as _ops
+from tf_rmsprop_ops.state8 import State8
 
 
 def _handle(variable, what):
@@ -40,13 +41,24 @@ def as_scalar(x, dtype):
     return tf.cast(tf.convert_to_tensor(x, dtype_hint=dtype), dtype)
 
 
+def _slot_inputs(ms, mom, mg):
+    """(flat slot handles, state_bits): 32-bit slots are variables; 8-bit ones are
+    `state8.State8` pairs (codes, absmax), two inputs each. All of one kind."""
+    given = [(name, s) for name, s in (("ms", ms), ("mom", mom), ("mg", mg)) if s is not None]
+    eight = [isinstance(s, State8) for _, s in given]
+    if any(eight) and not all(eight):
+        raise TypeError("slots must be all 32-bit variables or all State8 (8-bit state): got "
+                        + ", ".join(f"{n}={'State8' if e else 'variable'}"
+                                    for (n, _), e in zip(given, eight)))
+    if not all(eight):
+        return [_handle(s, name) for name, s in given], 32
+    return [h for name, s in given for h in (_handle(s.codes, f"{name}.codes"),
+                                             _handle(s.absmax, f"{name}.absmax"))], 8
+
+
 def _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_decay, nesterov,
                  epsilon_placement, lr_placement, weight_decay_mode, use_locking):
-    slots = [_handle(ms, "ms")]
-    if mom is not None:
-        slots.append(_handle(mom, "mom"))
-    if mg is not None:
-        slots.append(_handle(mg, "mg"))
+    slots, state_bits = _slot_inputs(ms, mom, mg)
     dtype = _dtype_of(var, grad)
 
     def scalar(x):
@@ -57,7 +69,8 @@ def _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_deca
         momentum=scalar(momentum), epsilon=scalar(epsilon), weight_decay=scalar(weight_decay),
         grad=tf.convert_to_tensor(grad, dtype=dtype), centered=mg is not None,
         use_momentum=mom is not None, nesterov=nesterov, epsilon_placement=epsilon_placement,
-        lr_placement=lr_placement, weight_decay_mode=weight_decay_mode, use_locking=use_locking)
+        lr_placement=lr_placement, weight_decay_mode=weight_decay_mode, use_locking=use_locking,
+        state_bits=state_bits)
 
 
 def apply_rmsprop_x(var, ms, grad, *, lr, rho=0.9, momentum=0.0, epsilon=1e-7,
@@ -68,7 +81,9 @@ def apply_rmsprop_x(var, ms, grad, *, lr, rho=0.9, momentum=0.0, epsilon=1e-7,
 
     Args:
       var: the variable to update (a resource `tf.Variable` or its handle).
-      ms: slot of the mean square, same shape and dtype as `var`.
+      ms: slot of the mean square, same shape and dtype as `var`; or, for 8-bit state, a
+        `tf_rmsprop_ops.state8.State8` (codes, absmax), and then `mom` and `mg` too
+        (docs/design.md 1.7; half, bfloat16 and float32 variables, on the CPU so far).
       grad: the gradient, same shape as `var`.
       lr, rho, momentum, epsilon, weight_decay: scalars (Python numbers or tensors; tensors
         let a schedule change them without retracing).

@@ -48,6 +48,23 @@ void UpdateRows(const Variant& variant, const Coefficients<ComputeType<T>>& k, c
                 T* var, T* ms, T* mom, T* mg, const SparseRows& rows, int64_t begin,
                 int64_t end);
 
+// One 8-bit state tensor (cc/state8.h): codes in the variable's layout, one absmax per
+// block of a row ([rows, BlocksPerRow(row_size)], row-major). Null for a disabled slot.
+struct State8 {
+  uint8_t* codes;
+  float* absmax;
+};
+
+// The 8-bit-state update of blocks [block_begin, block_end) of a variable whose rows have
+// row_size elements (block b is block b % BlocksPerRow(row_size) of row b / BlocksPerRow):
+// per block, one pass: dequantize the state, the formula in float32 (var and grad in T,
+// which is Half, BFloat16 or float), the new absmax, requantize. var is updated from the
+// unquantized new state.
+template <typename T>
+void UpdateBlocks8(const Variant& variant, const Coefficients<float>& k, const T* grad, T* var,
+                   State8 ms, State8 mom, State8 mg, int64_t row_size, int64_t block_begin,
+                   int64_t block_end);
+
 }  // namespace cpu
 }  // namespace tf_rmsprop_ops
 

@@ -45,6 +45,32 @@ struct DenseLaunch<CPUDevice, T> {
   }
 };
 
+// 8-bit state: blocks of 256 are the unit (each block's codes and absmax are written by
+// one thread, so a call never tears a block), a few contiguous shards per thread.
+template <typename T>
+struct Dense8Launch<CPUDevice, T> {
+  static constexpr bool kAvailable = true;
+  static absl::Status Run(tensorflow::OpKernelContext* ctx, const Dense8Args<T>& a) {
+    auto update = [&](int64_t begin, int64_t end) {
+      cpu::UpdateBlocks8(a.variant, a.k, a.grad, a.var, a.ms, a.mom, a.mg, a.row_size, begin,
+                         end);
+    };
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    if (workers->num_threads <= 1 || a.blocks < 64) {
+      update(0, a.blocks);
+      return absl::OkStatus();
+    }
+    const int64_t per_shard = std::max<int64_t>(16, a.blocks / (4 * workers->num_threads));
+    workers->workers->ParallelFor(
+        a.blocks,
+        tensorflow::thread::ThreadPool::SchedulingParams(
+            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt,
+            per_shard),
+        update);
+    return absl::OkStatus();
+  }
+};
+
 #define REGISTER_CPU(T)                                                              \
   REGISTER_KERNEL_BUILDER(                                                           \
       Name("ApplyRMSpropX").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \

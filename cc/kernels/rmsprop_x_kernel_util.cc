@@ -5,6 +5,7 @@
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/types.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace tf_rmsprop_ops {
@@ -22,6 +23,7 @@ VariableInputs ListVariableInputs(const Variant& variant) {
     vars.ids.push_back(in.slot(i));
     vars.names.push_back("slot '" + slots[i] + "'");
   }
+  vars.state_bits = variant.state_bits;
   return vars;
 }
 
@@ -41,6 +43,11 @@ absl::Status LookupVariable(OpKernelContext* ctx, int input, const std::string& 
         absl::StrCat(name, " is uninitialised: assign a value before the update."));
   }
   if ((*var)->tensor()->dtype() != dtype) {
+    if (dtype == tensorflow::DT_UINT8 || absl::StrContains(name, "absmax")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " has dtype ", DataTypeString((*var)->tensor()->dtype()), ": 8-bit state ",
+          "(state_bits=8) keeps its codes in uint8 and its absmax in float32."));
+    }
     return absl::InvalidArgumentError(absl::StrCat(
         name, " has dtype ", DataTypeString((*var)->tensor()->dtype()), " but the op's T is ",
         DataTypeString(dtype), ": var, slots, grad and hyperparameters must share one dtype."));
@@ -53,7 +60,8 @@ absl::Status CheckVariablesBeforeUpdate(OpKernelContext* ctx, const VariableInpu
   std::vector<const tensorflow::Var*> seen;
   for (size_t i = 0; i < vars.ids.size(); ++i) {
     tensorflow::core::RefCountPtr<tensorflow::Var> var;
-    const absl::Status checked = LookupVariable(ctx, vars.ids[i], vars.names[i], dtype, &var);
+    const absl::Status checked =
+        LookupVariable(ctx, vars.ids[i], vars.names[i], vars.DtypeOf(i, dtype), &var);
     if (var) {
       // var and its slots must be distinct: an alias would be read and written as two
       // arrays at once (a silently wrong result).

@@ -67,6 +67,13 @@ StatePointers<T> StateOf(const Variant& variant, std::vector<tensorflow::Tensor>
 struct VariableInputs {
   std::vector<int> ids;
   std::vector<std::string> names;
+  // 8-bit state: slot inputs alternate codes (uint8) and absmax (float32).
+  int state_bits = 32;
+  // The dtype input i must hold, given the op's T.
+  tensorflow::DataType DtypeOf(size_t i, tensorflow::DataType t) const {
+    if (state_bits != 8 || i == 0) return t;
+    return i % 2 == 1 ? tensorflow::DT_UINT8 : tensorflow::DT_FLOAT;
+  }
 };
 VariableInputs ListVariableInputs(const Variant& variant);
 

@@ -44,6 +44,7 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
  public:
   explicit ApplyRMSpropXMultiOp(tensorflow::OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, RequireFloatState(variant_, "ApplyRMSpropXMulti"));
     OP_REQUIRES_OK(c, c->GetAttr("use_locking", &use_locking_));
     OP_REQUIRES_OK(c, c->GetAttr("N", &n_));
     int num_slot_inputs;

@@ -6,11 +6,14 @@
 #ifndef TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_SHELLS_H_
 #define TF_RMSPROP_OPS_CC_KERNELS_RMSPROP_X_SHELLS_H_
 
+#include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "cc/kernels/rmsprop_x_kernel_util.h"
+#include "cc/state8.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
@@ -51,6 +54,24 @@ struct SparseLaunch {
   static absl::Status Run(tensorflow::OpKernelContext* ctx, const SparseArgs<T, Index>& args);
 };
 
+// 8-bit state (cc/state8.h): var, grad and the (codes, absmax) of the enabled states.
+template <typename T>
+struct Dense8Args {
+  Variant variant;
+  Coefficients<float> k;
+  const CpuStorage<T>* grad;
+  CpuStorage<T>* var;
+  cpu::State8 ms, mom, mg;
+  int64_t row_size;
+  int64_t blocks;  // rows * BlocksPerRow(row_size)
+};
+// A device that has the 8-bit-state kernel specialises this with kAvailable = true and Run
+// (the CPU: apply_rmsprop_x_op.cc); on the others ApplyRMSpropX(state_bits=8) is refused.
+template <typename Device, typename T>
+struct Dense8Launch {
+  static constexpr bool kAvailable = false;
+};
+
 // Whether the variable at `input` is in TF's copy-on-read mode (false when it cannot be
 // looked up: GetInputTensorFromVariable then reports the error).
 inline bool InCopyOnReadMode(tensorflow::OpKernelContext* ctx, int input) {
@@ -71,6 +92,10 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
   }
 
   void Compute(tensorflow::OpKernelContext* ctx) override {
+    if (variant_.state_bits == 8) {
+      OP_REQUIRES_OK(ctx, Compute8(ctx));
+      return;
+    }
     const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
     // Everything is validated before the first write: a rejected call changes nothing.
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
@@ -97,6 +122,80 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
   }
 
  private:
+  // 8-bit state (cc/state8.h): the slots are (codes, absmax) pairs. CPU only so far; T is
+  // half, bfloat16 or float (the state computes in float32).
+  absl::Status Compute8(tensorflow::OpKernelContext* ctx) {
+    if constexpr (std::is_same_v<T, double>) {
+      return absl::InvalidArgumentError(
+          "state_bits=8 is for half, bfloat16 and float32 variables (the state is computed in "
+          "float32); keep a float64 variable's slots at 32 bits");
+    } else if constexpr (!Dense8Launch<Device, T>::kAvailable) {
+      return absl::InvalidArgumentError(
+          "state_bits=8 has CPU kernels only so far: place this update on the CPU or keep the "
+          "variable's slots at 32 bits");
+    } else {
+      const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
+      // Everything is validated before the first write: a rejected call changes nothing.
+      TF_RETURN_IF_ERROR(CheckScalarInputs(ctx, in));
+      Coefficients<float> k;
+      TF_RETURN_IF_ERROR(ReadCoefficients<T>(ctx, in, variant_, &k));
+      TF_RETURN_IF_ERROR(
+          CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
+      auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
+          ctx, use_locking_, /*sparse=*/false, vars_.ids);
+      std::vector<tensorflow::Tensor> t(vars_.ids.size());
+      for (size_t i = 0; i < t.size(); ++i) {
+        // Copy-on-write in each input's own dtype: var T, codes uint8, absmax float32.
+        const auto dtype = vars_.DtypeOf(i, tensorflow::DataTypeToEnum<T>::v());
+        TF_RETURN_IF_ERROR(
+            dtype == tensorflow::DT_UINT8
+                ? tensorflow::GetInputTensorFromVariable<Device, uint8_t>(
+                      ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i])
+            : dtype == tensorflow::DT_FLOAT
+                ? tensorflow::GetInputTensorFromVariable<Device, float>(
+                      ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i])
+                : tensorflow::GetInputTensorFromVariable<Device, T>(
+                      ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i]));
+      }
+      const tensorflow::TensorShape& shape = t[0].shape();
+      const int64_t n = shape.num_elements();
+      // Rows: [shape[0], prod(shape[1:])] for rank >= 2, else one row (also when empty).
+      int64_t rows = 1, row_size = n;
+      if (shape.dims() >= 2) {
+        rows = shape.dim_size(0);
+        row_size = 1;
+        for (int d = 1; d < shape.dims(); ++d) row_size *= shape.dim_size(d);
+      }
+      const tensorflow::TensorShape absmax_shape({rows, BlocksPerRow(row_size)});
+      for (size_t i = 1; i < t.size(); ++i) {
+        if (i % 2 == 1) {
+          TF_RETURN_IF_ERROR(CheckSlotShape(vars_.names[i], shape, t[i].shape()));
+        } else if (!t[i].shape().IsSameSize(absmax_shape)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              vars_.names[i], " must have shape ", absmax_shape.DebugString(),
+              " (var's rows x blocks of 256 per row) for var of shape ", shape.DebugString(),
+              ", got ", t[i].shape().DebugString()));
+        }
+      }
+      const tensorflow::Tensor& grad = ctx->input(in.grad());
+      if (!shape.IsSameSize(grad.shape())) {
+        return absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
+                                                       shape.DebugString(), ", got ",
+                                                       grad.shape().DebugString()));
+      }
+      cpu::State8 state[3] = {};
+      for (size_t i = 1; i + 1 < t.size(); i += 2) {
+        state[i / 2] = {t[i].flat<uint8_t>().data(), t[i + 1].flat<float>().data()};
+      }
+      const cpu::State8 ms = state[0];
+      const cpu::State8 mom = variant_.momentum ? state[1] : cpu::State8{};
+      const cpu::State8 mg = variant_.centered ? state[variant_.momentum ? 2 : 1] : cpu::State8{};
+      const Dense8Args<T> args{variant_, k, CpuData<T>(grad), CpuData<T>(&t[0]), ms, mom, mg,
+                               row_size, rows * BlocksPerRow(row_size)};
+      return Dense8Launch<Device, T>::Run(ctx, args);
+    }
+  }
+
   Variant variant_;
   bool use_locking_ = false;
   VariableInputs vars_;
@@ -107,6 +206,7 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
  public:
   explicit SparseApplyRMSpropXOp(tensorflow::OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, RequireFloatState(variant_, "SparseApplyRMSpropX"));
     OP_REQUIRES_OK(c, c->GetAttr("use_locking", &use_locking_));
     vars_ = ListVariableInputs(variant_);
   }

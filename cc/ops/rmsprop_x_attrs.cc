@@ -52,21 +52,41 @@ absl::Status VariantFromAttrs(const VariantAttrs& a, Variant* v) {
     return absl::InvalidArgumentError(
         "nesterov=True requires use_momentum=True (Nesterov is a form of momentum).");
   }
+  if (a.state_bits != 32 && a.state_bits != 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "state_bits must be 32 (slots in var's dtype) or 8 (blockwise 8-bit codes + absmax), got ",
+        a.state_bits));
+  }
+  v->state_bits = a.state_bits;
   const std::vector<std::string> names = SlotNames(*v);
   if (num_slots != static_cast<int>(names.size())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "slots: expected ", names.size(), " slot variable(s) [", absl::StrJoin(names, ", "),
-        "] for centered=", v->centered, ", use_momentum=", v->momentum, ", got ", num_slots,
+        "] for centered=", v->centered, ", use_momentum=", v->momentum,
+        ", state_bits=", v->state_bits, ", got ", num_slots,
         ". A slot for a disabled feature must not be passed, one for an enabled feature must."));
   }
   return absl::OkStatus();
 }
 
 std::vector<std::string> SlotNames(const Variant& v) {
-  std::vector<std::string> names = {"ms"};
-  if (v.momentum) names.push_back("mom");
-  if (v.centered) names.push_back("mg");
+  std::vector<std::string> states = {"ms"};
+  if (v.momentum) states.push_back("mom");
+  if (v.centered) states.push_back("mg");
+  if (v.state_bits != 8) return states;
+  std::vector<std::string> names;
+  for (const std::string& s : states) {
+    names.push_back(s + " codes");
+    names.push_back(s + " absmax");
+  }
   return names;
+}
+
+absl::Status RequireFloatState(const Variant& v, std::string_view what) {
+  if (v.state_bits == 32) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "state_bits=", v.state_bits, ": ", what, " has no 8-bit-state form yet (the dense op "
+      "on the CPU has); keep this variable's slots at 32 bits"));
 }
 
 }  // namespace tf_rmsprop_ops

@@ -20,6 +20,7 @@ struct VariantAttrs {
   bool centered, use_momentum, nesterov;
   std::string epsilon_placement, lr_placement, weight_decay_mode;
   int num_slots;
+  int state_bits = 32;
 };
 
 // Checks the attrs and converts them; `num_slots` must match the enabled features
@@ -37,7 +38,18 @@ absl::Status ParseVariant(AttrSource* src, Variant* variant) {
   TF_RETURN_IF_ERROR(src->GetAttr("lr_placement", &a.lr_placement));
   TF_RETURN_IF_ERROR(src->GetAttr("weight_decay_mode", &a.weight_decay_mode));
   TF_RETURN_IF_ERROR(src->GetAttr("num_slots", &a.num_slots));
+  TF_RETURN_IF_ERROR(src->GetAttr("state_bits", &a.state_bits));
   return VariantFromAttrs(a, variant);
+}
+
+// InvalidArgument unless the slots are 32-bit: for the kernels and lowerings that have no
+// 8-bit-state form yet (`what` names them in the message).
+absl::Status RequireFloatState(const Variant& variant, std::string_view what);
+
+// Whether slot input j (in SlotNames order) is an 8-bit state's absmax (float32, shape
+// [rows, blocks per row]) rather than a tensor of var's shape.
+inline bool IsAbsmaxSlot(const Variant& variant, int j) {
+  return variant.state_bits == 8 && j % 2 == 1;
 }
 
 // Checks the values of the five hyperparameters (as the op's dtype holds them): each must
@@ -51,7 +63,8 @@ absl::Status CheckHyperParams(const HyperParams<double>& h, double tiny);
 // The same for one of them, by name ("lr", "rho", "momentum", "epsilon", "weight_decay").
 absl::Status CheckHyperParam(std::string_view name, double x, double tiny);
 
-// The slot names in input order for this variant: {"ms"[, "mom"][, "mg"]}.
+// The slot names in input order for this variant: {"ms"[, "mom"][, "mg"]}; with 8-bit
+// state each is two inputs, {"ms codes", "ms absmax"[, "mom codes", "mom absmax"]...}.
 std::vector<std::string> SlotNames(const Variant& variant);
 
 // Flat input positions, given the number of slot inputs.

@@ -45,6 +45,7 @@ absl::Status VarAndSlotsShape(InferenceContext* c, const InputIndex& in, ShapeHa
   *var = HandleShape(c, in.var());
   const std::vector<std::string> names = SlotNames(variant);
   for (int i = 0; i < in.num_slots; ++i) {
+    if (IsAbsmaxSlot(variant, i)) continue;  // [rows, blocks per row]: checked by the kernel
     TF_RETURN_IF_ERROR(Named(c->Merge(*var, HandleShape(c, in.slot(i)), var),
                              absl::StrCat("slot '", names[i], "' must have var's shape")));
   }
@@ -104,6 +105,7 @@ absl::Status MultiShapeFn(InferenceContext* c) {
   for (int i = 0; i < n; ++i) {
     ShapeHandle var = HandleShape(c, i);
     for (int j = 0; j < num_slots; ++j) {
+      if (IsAbsmaxSlot(variant, j)) continue;
       TF_RETURN_IF_ERROR(Named(c->Merge(var, HandleShape(c, n + i * num_slots + j), &var),
                                absl::StrCat("slot '", names[j], "' of vars[", i,
                                             "] must have its shape")));
@@ -119,6 +121,8 @@ var and slots are resource variables of dtype T. slots holds, in order, ms (alwa
 mom (when use_momentum) and mg (when centered); no slot is passed for a disabled feature.
 lr, rho, momentum, epsilon and weight_decay are scalars so that schedules need no retracing.
 The update is docs/design.md section 1.1 / tf_rmsprop_ops.reference; half types compute in float32.
+state_bits=8 (ApplyRMSpropX on the CPU so far): each state is two slots, its uint8 codes
+(var's shape) and its float32 absmax ([rows, ceil(row / 256)]), docs/design.md 1.7.
 )doc";
 
 }  // namespace
@@ -142,7 +146,8 @@ The update is docs/design.md section 1.1 / tf_rmsprop_ops.reference; half types 
       .Attr("epsilon_placement: {'inside_sqrt', 'outside_sqrt'} = 'inside_sqrt'")         \
       .Attr("lr_placement: {'inside_momentum', 'outside_momentum'} = 'inside_momentum'")  \
       .Attr("weight_decay_mode: {'none', 'decoupled', 'coupled'} = 'none'")               \
-      .Attr("use_locking: bool = false")
+      .Attr("use_locking: bool = false")                                                  \
+      .Attr("state_bits: int = 32")
 
 REGISTER_OP("ApplyRMSpropX")
     .RMSPROPX_COMMON_INPUTS_AND_ATTRS

@@ -16,6 +16,7 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
  public:
   explicit ApplyRMSpropXMultiXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, RequireFloatState(variant_, "the XLA lowering of ApplyRMSpropXMulti"));
     OP_REQUIRES_OK(c, c->GetAttr("N", &n_));
     int num_slot_inputs;
     OP_REQUIRES_OK(c, c->GetAttr("num_slot_inputs", &num_slot_inputs));

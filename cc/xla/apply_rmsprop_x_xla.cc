@@ -13,6 +13,7 @@ class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
  public:
   explicit ApplyRMSpropXXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, RequireFloatState(variant_, "the XLA lowering of ApplyRMSpropX"));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {

@@ -90,6 +90,7 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
  public:
   explicit SparseApplyRMSpropXXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, RequireFloatState(variant_, "the XLA lowering of SparseApplyRMSpropX"));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {

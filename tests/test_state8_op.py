@@ -1,0 +1,255 @@
+"""ApplyRMSpropX with 8-bit state (state_bits=8, docs/design.md 1.7) on the CPU, against
+the reference's 8-bit step (tf_rmsprop_ops.reference.rmsprop_x_step_8bit): every variant,
+half / bfloat16 / float32 variables, shapes with partial blocks, rows of several blocks,
+scalars, empty and multi-threaded sizes; the zero start; every bad input refused with
+nothing written.
+
+What is exact and what is not: the reference takes the dequantized state (exact: one
+float32 product per element), updates it in float64 and quantizes the float64 result
+rounded to float32; the kernel updates in float32. So var matches within the float
+tolerances of the 32-bit-state tests; absmax within float32 rounding of the block's
+operands; and a code may differ only by one, where the exact state lies within float32
+rounding of the midpoint between the two map entries."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_rmsprop_ops
+from tf_rmsprop_ops import reference, state8
+from tf_rmsprop_ops.state8 import State8
+
+from helpers import RTOL, VARIANTS, as_op_sees, assert_matches, random_hyper, random_state
+
+DTYPES8 = [tf.float16, tf.bfloat16, tf.float32]
+# float32 rounding of a state element's few operations (at most ~4 roundings of operands of
+# the size of |old| + |new| + |new - old|), with a 2x margin
+STATE_RTOL = 8 * 2.0 ** -24
+
+
+def _quantized_state(rng, shape, dtype, variant):
+    """var, grad, the float state, and the states quantized (the op's exact starting state)."""
+    state = random_state(rng, shape, dtype, variant)
+    q = {k: None if state[k] is None else
+         reference.quantize_blockwise(state[k], reference.STATE_SIGNED[k])
+         for k in ("ms", "mom", "mg")}
+    return state, q
+
+
+def _variables(state, q, dtype):
+    v = {"var": tf.Variable(tf.cast(state["var"], dtype))}
+    for k, pair in q.items():
+        if pair is not None:
+            v[k] = State8(tf.Variable(pair[0]), tf.Variable(pair[1]))
+    return v
+
+
+def _apply(v, grad, variant, hyper, dtype, **extra):
+    slots = {k: v[k] for k in ("mom", "mg") if k in v}
+    return tf_rmsprop_ops.apply_rmsprop_x(v["var"], v["ms"], tf.cast(grad, dtype), **slots,
+                                          **hyper, **variant.op_kwargs(), **extra)
+
+
+def _snapshot(v):
+    out = {"var": v["var"].numpy().copy()}
+    for k in ("ms", "mom", "mg"):
+        if k in v:
+            out[k] = (v[k].codes.numpy().copy(), v[k].absmax.numpy().copy())
+    return out
+
+
+def _block_scale(old, new, shape):
+    """Per element, its block's max of |old| + |new| + |new - old| (the operands' size)."""
+    s = np.abs(old) + np.abs(new) + np.abs(new - old)
+    rows, row = reference._rows_of(shape)
+    nb = -(-row // 256) if row else 0
+    padded = np.zeros((rows, nb * 256))
+    padded[:, :row] = s.reshape(rows, row)
+    per_block = padded.reshape(rows, nb, 256).max(axis=2) if nb else np.zeros((rows, 0))
+    return per_block
+
+
+def assert_state_matches(got, want_q, want_exact, old, signed, what):
+    codes, absmax = got
+    wcodes, wabsmax = want_q
+    shape = wcodes.shape
+    scale = _block_scale(old, want_exact, shape)
+    assert codes.dtype == np.uint8 and codes.shape == shape, what
+    assert absmax.dtype == np.float32 and absmax.shape == wabsmax.shape, what
+    bad = ~(np.abs(absmax.astype(np.float64) - wabsmax) <= STATE_RTOL * scale)
+    assert not bad.any(), f"{what} absmax: got {absmax[bad][:3]}, want {wabsmax[bad][:3]}"
+    differ = codes != wcodes
+    if not differ.any():
+        return
+    table = reference.dynamic_map(signed).astype(np.float64)
+    rows, row = reference._rows_of(shape)
+    elem_absmax = np.repeat(wabsmax, 256, axis=1)[:, :row].reshape(shape).astype(np.float64)
+    elem_scale = np.repeat(scale, 256, axis=1)[:, :row].reshape(shape)
+    lo = np.minimum(codes, wcodes).astype(np.int64)
+    adjacent = np.abs(codes.astype(np.int64) - wcodes.astype(np.int64)) == 1
+    mid = (table[lo] + table[np.minimum(lo + 1, 255)]) / 2 * elem_absmax
+    near_mid = np.abs(want_exact - mid) <= 2 * STATE_RTOL * elem_scale
+    ok = ~differ | (adjacent & near_mid)
+    assert ok.all(), (f"{what} codes: {np.sum(~ok)} differ by more than the float32 rounding "
+                      f"at a midpoint allows; first: got {codes[~ok][:3]}, want {wcodes[~ok][:3]}")
+
+
+def _check_step(rng, shape, dtype, variant, hyper=None):
+    state, q = _quantized_state(rng, shape, dtype, variant)
+    hyper = random_hyper(rng, dtype, variant) if hyper is None else hyper
+    v = _variables(state, q, dtype)
+    _apply(v, state["grad"], variant, hyper, dtype)
+    want = reference.rmsprop_x_step_8bit(state["var"], state["grad"], q["ms"], q["mom"], q["mg"],
+                                         **hyper, **variant.op_kwargs())
+    assert_matches({"var": v["var"].numpy().astype(np.float64)}, {"var": want["var"]}, dtype,
+                   before={"var": state["var"]}, what=f"{variant} {dtype.name} ")
+    for k in ("ms", "mom", "mg"):
+        if q[k] is None:
+            assert k not in v
+            continue
+        old = reference.dequantize_blockwise(*q[k], reference.STATE_SIGNED[k]).astype(np.float64)
+        assert_state_matches((v[k].codes.numpy(), v[k].absmax.numpy()), want[k],
+                             want[k + "_exact"], old, reference.STATE_SIGNED[k],
+                             f"{variant} {dtype.name} {k}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES8, ids=lambda d: d.name)
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_every_variant_matches_the_reference(rng, variant, dtype):
+    _check_step(rng, (6, 300), dtype, variant)  # rows of a full and a partial block
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (255,), (257,), (4, 256), (3, 2, 200), (0, 7),
+                                   (7, 0), (2000,), (500, 700)],
+                         ids=str)
+def test_shapes_matches_the_reference(rng, shape):
+    variant = next(v for v in VARIANTS if v.centered and v.momentum)
+    _check_step(rng, shape, tf.float32, variant)
+
+
+def test_from_the_zero_state_ten_steps_follow_the_reference_step_by_step(rng):
+    """The optimizer's start: every state all zero (absmax 0, the zero code). Each step is
+    checked against the reference's step from the op's own previous state."""
+    variant = next(v for v in VARIANTS if v.centered and v.momentum and not v.nesterov)
+    shape = (9, 520)
+    var = tf.Variable(rng.uniform(-2, 2, shape).astype(np.float32))
+    v = {"var": var, "ms": state8.zeros(shape, "ms"), "mom": state8.zeros(shape, "mom"),
+         "mg": state8.zeros(shape, "mg")}
+    hyper = as_op_sees(dict(lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0),
+                       tf.float32)
+    for step in range(10):
+        # gradients over four decades: epsilon and the map's small entries matter
+        grad = (rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 0, shape)).astype(np.float32)
+        before = _snapshot(v)
+        _apply(v, grad, variant, hyper, tf.float32)
+        want = reference.rmsprop_x_step_8bit(before["var"], grad, before["ms"], before["mom"],
+                                             before["mg"], **hyper, **variant.op_kwargs())
+        assert_matches({"var": var.numpy().astype(np.float64)}, {"var": want["var"]},
+                       tf.float32, before={"var": before["var"]}, what=f"step {step} ")
+        for k in ("ms", "mom", "mg"):
+            signed = reference.STATE_SIGNED[k]
+            old = reference.dequantize_blockwise(*before[k], signed).astype(np.float64)
+            assert_state_matches((v[k].codes.numpy(), v[k].absmax.numpy()), want[k],
+                                 want[k + "_exact"], old, signed, f"step {step} {k}")
+    assert np.all(v["ms"].absmax.numpy() > 0)
+
+
+def test_the_dequantized_state_is_map_times_absmax(rng):
+    shape = (3, 600)
+    values = rng.normal(size=shape) * 10.0 ** rng.uniform(-6, 0, shape)
+    s = state8.from_values(values, signed=True, name="s")
+    got = state8.dequantize(s, signed=True).numpy()
+    want = reference.dequantize_blockwise(s.codes.numpy(), s.absmax.numpy(), signed=True)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# --- refused inputs: a clear error, nothing written ---------------------------------------
+
+def _setup(rng, shape=(5, 300), dtype=tf.float32, momentum=True):
+    variant = next(v for v in VARIANTS if v.momentum == momentum and not v.centered
+                   and not v.nesterov and v.weight_decay_mode == "none")
+    state, q = _quantized_state(rng, shape, dtype, variant)
+    return variant, state, q, _variables(state, q, dtype)
+
+
+def _assert_untouched(v, before):
+    after = _snapshot(v)
+    for k, x in before.items():
+        for a, b in zip(np.atleast_1d(after[k]) if k == "var" else after[k],
+                        np.atleast_1d(x) if k == "var" else x):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
+
+
+HYPER = dict(lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("codes_dtype", "8-bit state .state_bits=8. keeps its codes in uint8"),
+    ("absmax_dtype", "keeps its codes in uint8 and its absmax in float32"),
+    ("absmax_shape", r"slot 'mom absmax' must have shape \[5,2\]"),
+    ("absmax_rank1", r"slot 'ms absmax' must have shape \[5,2\]"),
+    ("codes_shape", "slot 'ms codes' must have var's shape"),
+])
+def test_bad_codes_or_absmax_are_refused_with_nothing_written(rng, case, message):
+    variant, state, q, v = _setup(rng)
+    if case == "codes_dtype":
+        v["ms"] = State8(tf.Variable(q["ms"][0].astype(np.float32)), v["ms"].absmax)
+    elif case == "absmax_dtype":
+        v["mom"] = State8(v["mom"].codes, tf.Variable(q["mom"][1].astype(np.float64)))
+    elif case == "absmax_shape":
+        v["mom"] = State8(v["mom"].codes, tf.Variable(q["mom"][1][:, :1]))
+    elif case == "absmax_rank1":
+        v["ms"] = State8(v["ms"].codes, tf.Variable(q["ms"][1].ravel()))
+    elif case == "codes_shape":
+        v["ms"] = State8(tf.Variable(q["ms"][0][:, :256]), v["ms"].absmax)
+    before = _snapshot(v)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+        _apply(v, state["grad"], variant, HYPER, tf.float32)
+    _assert_untouched(v, before)
+
+
+def test_a_float64_variable_is_refused(rng):
+    variant, state, q, v = _setup(rng, dtype=tf.float64)
+    before = _snapshot(v)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="half, bfloat16 and float32"):
+        _apply(v, state["grad"], variant, HYPER, tf.float64)
+    _assert_untouched(v, before)
+
+
+def test_mixed_slot_kinds_are_refused(rng):
+    variant, state, q, v = _setup(rng)
+    with pytest.raises(TypeError, match="all 32-bit variables or all State8"):
+        tf_rmsprop_ops.apply_rmsprop_x(v["var"], v["ms"], state["grad"],
+                                       mom=tf.Variable(np.zeros((5, 300), np.float32)), **HYPER)
+
+
+def test_the_ops_without_an_8bit_form_refuse_it(rng):
+    variant, state, q, v = _setup(rng)
+    before = _snapshot(v)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="SparseApplyRMSpropX has no 8-bit-state form yet"):
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(v["var"], v["ms"], state["grad"][:2], [0, 3],
+                                              mom=v["mom"], **HYPER)
+    _assert_untouched(v, before)
+
+    @tf.function(jit_compile=True)
+    def step(grad):
+        _apply(v, grad, variant, HYPER, tf.float32)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="XLA lowering of ApplyRMSpropX"):
+        step(tf.constant(state["grad"], tf.float32))
+    _assert_untouched(v, before)
+
+
+def test_state_bits_other_than_8_and_32_and_a_wrong_slot_count_are_refused(rng):
+    from tf_rmsprop_ops._library import ops as raw
+    variant, state, q, v = _setup(rng, momentum=False)
+    before = _snapshot(v)
+    common = dict(var=v["var"].handle, lr=0.01, rho=0.9, momentum=0.0, epsilon=1e-7,
+                  weight_decay=0.0, grad=tf.constant(state["grad"], tf.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="state_bits must be 32"):
+        raw.apply_rm_sprop_x(slots=[v["ms"].codes.handle, v["ms"].absmax.handle], state_bits=16,
+                             **common)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"expected 2 slot variable\(s\) \[ms codes, ms absmax\]"):
+        raw.apply_rm_sprop_x(slots=[v["ms"].codes.handle], state_bits=8, **common)
+    _assert_untouched(v, before)
