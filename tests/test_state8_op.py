@@ -162,6 +162,76 @@ def test_the_dequantized_state_is_map_times_absmax(rng):
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+# --- sparse -----------------------------------------------------------------------------
+
+def _check_sparse(rng, shape, dtype, variant, n_indices, index_dtype=np.int64):
+    state, q = _quantized_state(rng, shape, dtype, variant)
+    hyper = random_hyper(rng, dtype, variant)
+    # heavy duplicates: about a third of the named rows repeat
+    indices = rng.integers(0, shape[0], n_indices).astype(index_dtype)
+    grad = np.asarray(tf.cast(rng.uniform(-1, 1, (n_indices,) + shape[1:]), dtype),
+                      np.float64)
+    v = _variables(state, q, dtype)
+    before = _snapshot(v)
+    slots = {k: v[k] for k in ("mom", "mg") if k in v}
+    tf_rmsprop_ops.sparse_apply_rmsprop_x(v["var"], v["ms"], tf.cast(grad, dtype), indices,
+                                          **slots, **hyper, **variant.op_kwargs())
+    want = reference.sparse_rmsprop_x_step_8bit(state["var"], grad, indices, q["ms"], q["mom"],
+                                                q["mg"], **hyper, **variant.op_kwargs())
+    named = np.zeros(shape[0], bool)
+    named[indices] = True
+    got_var = v["var"].numpy().astype(np.float64)
+    np.testing.assert_array_equal(v["var"].numpy()[~named], before["var"][~named])
+    if named.any():
+        assert_matches({"var": got_var[named]}, {"var": want["var"][named]}, dtype,
+                       before={"var": state["var"][named]}, what=f"{variant} {dtype.name} ")
+    for k in ("ms", "mom", "mg"):
+        if q[k] is None:
+            continue
+        codes, absmax = v[k].codes.numpy(), v[k].absmax.numpy()
+        # rows not named keep their codes and absmax bit for bit
+        np.testing.assert_array_equal(codes[~named], before[k][0][~named], err_msg=k)
+        np.testing.assert_array_equal(absmax[~named].view(np.uint32),
+                                      before[k][1][~named].view(np.uint32), err_msg=k)
+        signed = reference.STATE_SIGNED[k]
+        for r in np.flatnonzero(named):
+            old = reference.dequantize_blockwise(q[k][0][r:r + 1], q[k][1][r:r + 1], signed)
+            assert_state_matches((codes[r:r + 1], absmax[r:r + 1]),
+                                 (want[k][0][r:r + 1], want[k][1][r:r + 1]),
+                                 want[k + "_exact"][int(r)][None], old.astype(np.float64),
+                                 signed, f"{variant} {dtype.name} {k} row {r}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES8, ids=lambda d: d.name)
+@pytest.mark.parametrize("variant", VARIANTS[::3], ids=str)
+def test_sparse_every_variant_matches_the_reference(rng, variant, dtype):
+    _check_sparse(rng, (12, 300), dtype, variant, n_indices=10)
+
+
+@pytest.mark.parametrize("shape, n", [((40, 64), 100), ((6, 2, 300), 4), ((5, 0), 3),
+                                      ((300, 513), 700), ((8, 17), 0)], ids=str)
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64], ids=lambda d: d.__name__)
+def test_sparse_shapes_and_index_types(rng, shape, n, index_dtype):
+    variant = next(v for v in VARIANTS if v.centered and v.momentum)
+    _check_sparse(rng, shape, tf.float32, variant, n, index_dtype)
+
+
+def test_sparse_refuses_a_rank1_var_and_an_out_of_range_index_with_nothing_written(rng):
+    variant, state, q, v = _setup(rng)
+    before = _snapshot(v)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[2\] = 5 is not in"):
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(v["var"], v["ms"], state["grad"][:3], [0, 3, 5],
+                                              mom=v["mom"], **HYPER)
+    _assert_untouched(v, before)
+    flat_state, flat_q = _quantized_state(rng, (600,), tf.float32, variant)
+    flat = _variables(flat_state, flat_q, tf.float32)
+    flat_before = _snapshot(flat)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="needs var of rank >= 2"):
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(flat["var"], flat["ms"], np.ones(2, np.float32),
+                                              [0, 3], mom=flat["mom"], **HYPER)
+    _assert_untouched(flat, flat_before)
+
+
 # --- refused inputs: a clear error, nothing written ---------------------------------------
 
 def _setup(rng, shape=(5, 300), dtype=tf.float32, momentum=True):
@@ -223,12 +293,17 @@ def test_mixed_slot_kinds_are_refused(rng):
 
 
 def test_the_ops_without_an_8bit_form_refuse_it(rng):
+    from tf_rmsprop_ops._library import ops as raw
     variant, state, q, v = _setup(rng)
     before = _snapshot(v)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="SparseApplyRMSpropX has no 8-bit-state form yet"):
-        tf_rmsprop_ops.sparse_apply_rmsprop_x(v["var"], v["ms"], state["grad"][:2], [0, 3],
-                                              mom=v["mom"], **HYPER)
+                       match="ApplyRMSpropXMulti has no 8-bit-state form yet"):
+        raw.apply_rm_sprop_x_multi(
+            vars=[v["var"].handle], slots=[v["ms"].codes.handle, v["ms"].absmax.handle,
+                                           v["mom"].codes.handle, v["mom"].absmax.handle],
+            lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0,
+            grads=[tf.constant(state["grad"], tf.float32)], num_slots=4, use_momentum=True,
+            state_bits=8)
     _assert_untouched(v, before)
 
     @tf.function(jit_compile=True)

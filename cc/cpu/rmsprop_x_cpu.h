@@ -65,6 +65,13 @@ void UpdateBlocks8(const Variant& variant, const Coefficients<float>& k, const T
                    State8 ms, State8 mom, State8 mg, int64_t row_size, int64_t block_begin,
                    int64_t block_end);
 
+// The 8-bit-state update of unique rows [begin, end) of a sparse update (SparseRows as for
+// UpdateRows; a row is its own blocks, so only the named rows' codes and absmax change).
+template <typename T>
+void UpdateRows8(const Variant& variant, const Coefficients<float>& k, const T* grad, T* var,
+                 State8 ms, State8 mom, State8 mg, const SparseRows& rows, int64_t begin,
+                 int64_t end);
+
 }  // namespace cpu
 }  // namespace tf_rmsprop_ops
 

@@ -3,6 +3,7 @@
 // L1 between its dequantization and its requantization: one pass over memory).
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "cc/cpu/rmsprop_x_cpu.h"
 #include "cc/cpu/storage.h"
@@ -12,34 +13,96 @@ namespace tf_rmsprop_ops {
 namespace cpu {
 namespace {
 
+// One block of n <= kBlock8 elements, every pointer at the block's start (absmax: the
+// block's own). G: T (a dense gradient) or float (a summed sparse row).
+template <bool kCentered, bool kMomentum, typename T, typename G>
+inline void Block8(const Coefficients<float>& k, const G* __restrict__ grad, T* __restrict__ var,
+                   State8 ms, State8 mom, State8 mg, int64_t n, const DynamicMap& unsigned_map,
+                   const DynamicMap& signed_map) {
+  alignas(64) float s[kBlock8], m[kBlock8], a[kBlock8];
+  DequantizeBlock(ms.codes, *ms.absmax, n, unsigned_map, s);
+  if (kMomentum) DequantizeBlock(mom.codes, *mom.absmax, n, signed_map, m);
+  if (kCentered) DequantizeBlock(mg.codes, *mg.absmax, n, signed_map, a);
+  for (int64_t i = 0; i < n; ++i) {
+    float v = ToCompute(var[i]);
+    float mi = kMomentum ? m[i] : 0.0f;
+    float ai = kCentered ? a[i] : 0.0f;
+    UpdateElement<kCentered, kMomentum, float>(k, ToCompute(grad[i]), v, s[i], mi, ai);
+    var[i] = FromCompute<T>(v);
+    if (kMomentum) m[i] = mi;
+    if (kCentered) a[i] = ai;
+  }
+  *ms.absmax = QuantizeBlock(s, n, unsigned_map, ms.codes);
+  if (kMomentum) *mom.absmax = QuantizeBlock(m, n, signed_map, mom.codes);
+  if (kCentered) *mg.absmax = QuantizeBlock(a, n, signed_map, mg.codes);
+}
+
+// A state's pointers at element `off` and block `b` (null stays null).
+inline State8 At(State8 s, int64_t off, int64_t b) {
+  return s.codes == nullptr ? s : State8{s.codes + off, s.absmax + b};
+}
+
 template <bool kCentered, bool kMomentum, typename T>
-void Blocks8(const Coefficients<float>& k, const T* __restrict__ grad, T* __restrict__ var,
-             State8 ms, State8 mom, State8 mg, int64_t row_size, int64_t begin, int64_t end) {
+void Blocks8(const Coefficients<float>& k, const T* grad, T* var, State8 ms, State8 mom,
+             State8 mg, int64_t row_size, int64_t begin, int64_t end) {
   const DynamicMap& unsigned_map = UnsignedMap();
   const DynamicMap& signed_map = SignedMap();
   const Coefficients<float> kk = k;
   const int64_t per_row = BlocksPerRow(row_size);
-  alignas(64) float s[kBlock8], m[kBlock8], a[kBlock8];
   for (int64_t b = begin; b < end; ++b) {
     const int64_t in_row = (b % per_row) * kBlock8;
     const int64_t off = (b / per_row) * row_size + in_row;
-    const int64_t n = std::min(kBlock8, row_size - in_row);
-    DequantizeBlock(ms.codes + off, ms.absmax[b], n, unsigned_map, s);
-    if (kMomentum) DequantizeBlock(mom.codes + off, mom.absmax[b], n, signed_map, m);
-    if (kCentered) DequantizeBlock(mg.codes + off, mg.absmax[b], n, signed_map, a);
-    for (int64_t i = 0; i < n; ++i) {
-      float v = ToCompute(var[off + i]);
-      float mi = kMomentum ? m[i] : 0.0f;
-      float ai = kCentered ? a[i] : 0.0f;
-      UpdateElement<kCentered, kMomentum, float>(kk, ToCompute(grad[off + i]), v, s[i], mi, ai);
-      var[off + i] = FromCompute<T>(v);
-      if (kMomentum) m[i] = mi;
-      if (kCentered) a[i] = ai;
-    }
-    ms.absmax[b] = QuantizeBlock(s, n, unsigned_map, ms.codes + off);
-    if (kMomentum) mom.absmax[b] = QuantizeBlock(m, n, signed_map, mom.codes + off);
-    if (kCentered) mg.absmax[b] = QuantizeBlock(a, n, signed_map, mg.codes + off);
+    Block8<kCentered, kMomentum>(kk, grad + off, var + off, At(ms, off, b), At(mom, off, b),
+                                 At(mg, off, b), std::min(kBlock8, row_size - in_row),
+                                 unsigned_map, signed_map);
   }
+}
+
+template <bool kCentered, bool kMomentum, typename T>
+void Rows8(const Coefficients<float>& k, const T* grad, T* var, State8 ms, State8 mom,
+           State8 mg, const SparseRows& rows, int64_t begin, int64_t end) {
+  const DynamicMap& unsigned_map = UnsignedMap();
+  const DynamicMap& signed_map = SignedMap();
+  const Coefficients<float> kk = k;
+  const int64_t n = rows.row_size;
+  const int64_t per_row = BlocksPerRow(n);
+  std::vector<float> sum;  // one summed row, for indices that repeat
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t r = rows.row[u];
+    int32_t pos = rows.first[u];
+    const bool once = rows.next[pos] < 0;
+    if (!once) {  // duplicates: their gradient rows summed in input order, in float32
+      sum.resize(n);
+      for (int64_t i = 0; i < n; ++i) sum[i] = ToCompute(grad[pos * n + i]);
+      for (pos = rows.next[pos]; pos >= 0; pos = rows.next[pos]) {
+        for (int64_t i = 0; i < n; ++i) sum[i] += ToCompute(grad[pos * n + i]);
+      }
+    }
+    for (int64_t j = 0; j < per_row; ++j) {
+      const int64_t off = r * n + j * kBlock8, b = r * per_row + j;
+      const int64_t len = std::min(kBlock8, n - j * kBlock8);
+      if (once) {
+        Block8<kCentered, kMomentum>(kk, grad + rows.first[u] * n + j * kBlock8, var + off,
+                                     At(ms, off, b), At(mom, off, b), At(mg, off, b), len,
+                                     unsigned_map, signed_map);
+      } else {
+        Block8<kCentered, kMomentum>(kk, sum.data() + j * kBlock8, var + off, At(ms, off, b),
+                                     At(mom, off, b), At(mg, off, b), len, unsigned_map,
+                                     signed_map);
+      }
+    }
+  }
+}
+
+// Calls f(std::integral_constant<bool, centered>, ..<momentum>) for the variant.
+template <typename F>
+void WithSlots(const Variant& variant, F&& f) {
+  if (variant.centered) {
+    if (variant.momentum) return f(std::true_type(), std::true_type());
+    return f(std::true_type(), std::false_type());
+  }
+  if (variant.momentum) return f(std::false_type(), std::true_type());
+  return f(std::false_type(), std::false_type());
 }
 
 }  // namespace
@@ -48,22 +111,27 @@ template <typename T>
 void UpdateBlocks8(const Variant& variant, const Coefficients<float>& k, const T* grad, T* var,
                    State8 ms, State8 mom, State8 mg, int64_t row_size, int64_t block_begin,
                    int64_t block_end) {
-  auto run = [&](auto centered, auto momentum) {
-    Blocks8<decltype(centered)::value, decltype(momentum)::value>(k, grad, var, ms, mom, mg,
-                                                                  row_size, block_begin,
-                                                                  block_end);
-  };
-  if (variant.centered) {
-    if (variant.momentum) return run(std::true_type(), std::true_type());
-    return run(std::true_type(), std::false_type());
-  }
-  if (variant.momentum) return run(std::false_type(), std::true_type());
-  return run(std::false_type(), std::false_type());
+  WithSlots(variant, [&](auto centered, auto momentum) {
+    Blocks8<decltype(centered)::value, decltype(momentum)::value>(
+        k, grad, var, ms, mom, mg, row_size, block_begin, block_end);
+  });
+}
+
+template <typename T>
+void UpdateRows8(const Variant& variant, const Coefficients<float>& k, const T* grad, T* var,
+                 State8 ms, State8 mom, State8 mg, const SparseRows& rows, int64_t begin,
+                 int64_t end) {
+  WithSlots(variant, [&](auto centered, auto momentum) {
+    Rows8<decltype(centered)::value, decltype(momentum)::value>(k, grad, var, ms, mom, mg, rows,
+                                                                begin, end);
+  });
 }
 
 #define RMSPROPX_INSTANTIATE8(T)                                                          \
   template void UpdateBlocks8<T>(const Variant&, const Coefficients<float>&, const T*, T*, \
-                                 State8, State8, State8, int64_t, int64_t, int64_t);
+                                 State8, State8, State8, int64_t, int64_t, int64_t); \
+  template void UpdateRows8<T>(const Variant&, const Coefficients<float>&, const T*, T*,   \
+                               State8, State8, State8, const SparseRows&, int64_t, int64_t);
 RMSPROPX_INSTANTIATE8(Half)
 RMSPROPX_INSTANTIATE8(BFloat16)
 RMSPROPX_INSTANTIATE8(float)

@@ -4,6 +4,7 @@
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cc/kernels/rmsprop_x_shells.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -49,7 +50,7 @@ struct DenseLaunch<CPUDevice, T> {
 // one thread, so a call never tears a block), a few contiguous shards per thread.
 template <typename T>
 struct Dense8Launch<CPUDevice, T> {
-  static constexpr bool kAvailable = true;
+  static constexpr bool kAvailable = !std::is_same_v<T, double>;  // float32 state math
   static absl::Status Run(tensorflow::OpKernelContext* ctx, const Dense8Args<T>& a) {
     auto update = [&](int64_t begin, int64_t end) {
       cpu::UpdateBlocks8(a.variant, a.k, a.grad, a.var, a.ms, a.mom, a.mg, a.row_size, begin,

@@ -72,6 +72,106 @@ struct Dense8Launch {
   static constexpr bool kAvailable = false;
 };
 
+template <typename T, typename Index>
+struct Sparse8Args {
+  Variant variant;
+  Coefficients<float> k;
+  const CpuStorage<T>* grad;
+  const Index* indices;
+  int64_t num_indices;
+  int64_t rows;
+  int64_t row_size;
+  CpuStorage<T>* var;
+  cpu::State8 ms, mom, mg;
+};
+template <typename Device, typename T, typename Index>
+struct Sparse8Launch {
+  static constexpr bool kAvailable = false;
+};
+
+// OK when this device has the 8-bit kernel (`available`) and T is a 32- or 16-bit float.
+template <typename T>
+absl::Status State8Supported(bool available) {
+  if (std::is_same_v<T, double>) {
+    return absl::InvalidArgumentError(
+        "state_bits=8 is for half, bfloat16 and float32 variables (the state is computed in "
+        "float32); keep a float64 variable's slots at 32 bits");
+  }
+  if (!available) {
+    return absl::InvalidArgumentError(
+        "state_bits=8 has CPU kernels only so far: place this update on the CPU or keep the "
+        "variable's slots at 32 bits");
+  }
+  return absl::OkStatus();
+}
+
+// var and its (codes, absmax) slots, each copied first if a reader still shares its buffer
+// (copy-on-write, in each input's own dtype: var T, codes uint8, absmax float32). 8-bit
+// state always takes TF's default (copy-on-write) protocol, also for sparse updates: TF's
+// copy-on-read switch (EnsureSparseVariableAccess) copies in the op's T.
+template <typename Device, typename T>
+absl::Status GetState8Tensors(tensorflow::OpKernelContext* ctx, const VariableInputs& vars,
+                              bool use_locking, std::vector<tensorflow::Tensor>* t) {
+  t->resize(vars.ids.size());
+  for (size_t i = 0; i < t->size(); ++i) {
+    const auto dtype = vars.DtypeOf(i, tensorflow::DataTypeToEnum<T>::v());
+    tensorflow::Tensor* out = &(*t)[i];
+    TF_RETURN_IF_ERROR(
+        dtype == tensorflow::DT_UINT8
+            ? tensorflow::GetInputTensorFromVariable<Device, uint8_t>(ctx, vars.ids[i],
+                                                                      use_locking, false, out)
+        : dtype == tensorflow::DT_FLOAT
+            ? tensorflow::GetInputTensorFromVariable<Device, float>(ctx, vars.ids[i],
+                                                                    use_locking, false, out)
+            : tensorflow::GetInputTensorFromVariable<Device, T>(ctx, vars.ids[i], use_locking,
+                                                                false, out));
+  }
+  return absl::OkStatus();
+}
+
+// The block layout of var: [shape[0], prod(shape[1:])] for rank >= 2, else one row.
+struct Rows8 {
+  int64_t rows = 1;
+  int64_t row_size = 0;
+};
+
+// Codes must have var's shape, absmax [rows, blocks per row]; fills `rows`.
+inline absl::Status CheckState8Shapes(const VariableInputs& vars,
+                                      const std::vector<tensorflow::Tensor>& t, Rows8* rows) {
+  const tensorflow::TensorShape& shape = t[0].shape();
+  rows->rows = 1;
+  rows->row_size = shape.num_elements();
+  if (shape.dims() >= 2) {
+    rows->rows = shape.dim_size(0);
+    rows->row_size = 1;
+    for (int d = 1; d < shape.dims(); ++d) rows->row_size *= shape.dim_size(d);
+  }
+  const tensorflow::TensorShape absmax_shape({rows->rows, BlocksPerRow(rows->row_size)});
+  for (size_t i = 1; i < t.size(); ++i) {
+    if (i % 2 == 1) {
+      TF_RETURN_IF_ERROR(CheckSlotShape(vars.names[i], shape, t[i].shape()));
+    } else if (!t[i].shape().IsSameSize(absmax_shape)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          vars.names[i], " must have shape ", absmax_shape.DebugString(),
+          " (var's rows x blocks of 256 per row) for var of shape ", shape.DebugString(),
+          ", got ", t[i].shape().DebugString()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The enabled states' pointers (disabled ones stay null).
+inline void States8Of(const Variant& variant, std::vector<tensorflow::Tensor>* t,
+                      cpu::State8* ms, cpu::State8* mom, cpu::State8* mg) {
+  cpu::State8 state[3] = {};
+  for (size_t i = 1; i + 1 < t->size(); i += 2) {
+    state[i / 2] = {(*t)[i].flat<uint8_t>().data(), (*t)[i + 1].flat<float>().data()};
+  }
+  *ms = state[0];
+  *mom = variant.momentum ? state[1] : cpu::State8{};
+  *mg = variant.centered ? state[variant.momentum ? 2 : 1] : cpu::State8{};
+}
+
 // Whether the variable at `input` is in TF's copy-on-read mode (false when it cannot be
 // looked up: GetInputTensorFromVariable then reports the error).
 inline bool InCopyOnReadMode(tensorflow::OpKernelContext* ctx, int input) {
@@ -122,18 +222,10 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
   }
 
  private:
-  // 8-bit state (cc/state8.h): the slots are (codes, absmax) pairs. CPU only so far; T is
-  // half, bfloat16 or float (the state computes in float32).
+  // 8-bit state (cc/state8.h): the slots are (codes, absmax) pairs.
   absl::Status Compute8(tensorflow::OpKernelContext* ctx) {
-    if constexpr (std::is_same_v<T, double>) {
-      return absl::InvalidArgumentError(
-          "state_bits=8 is for half, bfloat16 and float32 variables (the state is computed in "
-          "float32); keep a float64 variable's slots at 32 bits");
-    } else if constexpr (!Dense8Launch<Device, T>::kAvailable) {
-      return absl::InvalidArgumentError(
-          "state_bits=8 has CPU kernels only so far: place this update on the CPU or keep the "
-          "variable's slots at 32 bits");
-    } else {
+    TF_RETURN_IF_ERROR(State8Supported<T>(Dense8Launch<Device, T>::kAvailable));
+    if constexpr (Dense8Launch<Device, T>::kAvailable) {
       const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
       // Everything is validated before the first write: a rejected call changes nothing.
       TF_RETURN_IF_ERROR(CheckScalarInputs(ctx, in));
@@ -143,57 +235,22 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
           CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
       auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
           ctx, use_locking_, /*sparse=*/false, vars_.ids);
-      std::vector<tensorflow::Tensor> t(vars_.ids.size());
-      for (size_t i = 0; i < t.size(); ++i) {
-        // Copy-on-write in each input's own dtype: var T, codes uint8, absmax float32.
-        const auto dtype = vars_.DtypeOf(i, tensorflow::DataTypeToEnum<T>::v());
-        TF_RETURN_IF_ERROR(
-            dtype == tensorflow::DT_UINT8
-                ? tensorflow::GetInputTensorFromVariable<Device, uint8_t>(
-                      ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i])
-            : dtype == tensorflow::DT_FLOAT
-                ? tensorflow::GetInputTensorFromVariable<Device, float>(
-                      ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i])
-                : tensorflow::GetInputTensorFromVariable<Device, T>(
-                      ctx, vars_.ids[i], use_locking_, /*sparse=*/false, &t[i]));
-      }
-      const tensorflow::TensorShape& shape = t[0].shape();
-      const int64_t n = shape.num_elements();
-      // Rows: [shape[0], prod(shape[1:])] for rank >= 2, else one row (also when empty).
-      int64_t rows = 1, row_size = n;
-      if (shape.dims() >= 2) {
-        rows = shape.dim_size(0);
-        row_size = 1;
-        for (int d = 1; d < shape.dims(); ++d) row_size *= shape.dim_size(d);
-      }
-      const tensorflow::TensorShape absmax_shape({rows, BlocksPerRow(row_size)});
-      for (size_t i = 1; i < t.size(); ++i) {
-        if (i % 2 == 1) {
-          TF_RETURN_IF_ERROR(CheckSlotShape(vars_.names[i], shape, t[i].shape()));
-        } else if (!t[i].shape().IsSameSize(absmax_shape)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              vars_.names[i], " must have shape ", absmax_shape.DebugString(),
-              " (var's rows x blocks of 256 per row) for var of shape ", shape.DebugString(),
-              ", got ", t[i].shape().DebugString()));
-        }
-      }
+      std::vector<tensorflow::Tensor> t;
+      TF_RETURN_IF_ERROR(GetState8Tensors<Device, T>(ctx, vars_, use_locking_, &t));
+      Rows8 rows;
+      TF_RETURN_IF_ERROR(CheckState8Shapes(vars_, t, &rows));
       const tensorflow::Tensor& grad = ctx->input(in.grad());
-      if (!shape.IsSameSize(grad.shape())) {
+      if (!t[0].shape().IsSameSize(grad.shape())) {
         return absl::InvalidArgumentError(absl::StrCat("grad must have var's shape ",
-                                                       shape.DebugString(), ", got ",
+                                                       t[0].shape().DebugString(), ", got ",
                                                        grad.shape().DebugString()));
       }
-      cpu::State8 state[3] = {};
-      for (size_t i = 1; i + 1 < t.size(); i += 2) {
-        state[i / 2] = {t[i].flat<uint8_t>().data(), t[i + 1].flat<float>().data()};
-      }
-      const cpu::State8 ms = state[0];
-      const cpu::State8 mom = variant_.momentum ? state[1] : cpu::State8{};
-      const cpu::State8 mg = variant_.centered ? state[variant_.momentum ? 2 : 1] : cpu::State8{};
-      const Dense8Args<T> args{variant_, k, CpuData<T>(grad), CpuData<T>(&t[0]), ms, mom, mg,
-                               row_size, rows * BlocksPerRow(row_size)};
+      Dense8Args<T> args{variant_, k, CpuData<T>(grad), CpuData<T>(&t[0]), {}, {}, {},
+                         rows.row_size, rows.rows * BlocksPerRow(rows.row_size)};
+      States8Of(variant_, &t, &args.ms, &args.mom, &args.mg);
       return Dense8Launch<Device, T>::Run(ctx, args);
     }
+    return absl::OkStatus();
   }
 
   Variant variant_;
@@ -206,12 +263,15 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
  public:
   explicit SparseApplyRMSpropXOp(tensorflow::OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
-    OP_REQUIRES_OK(c, RequireFloatState(variant_, "SparseApplyRMSpropX"));
     OP_REQUIRES_OK(c, c->GetAttr("use_locking", &use_locking_));
     vars_ = ListVariableInputs(variant_);
   }
 
   void Compute(tensorflow::OpKernelContext* ctx) override {
+    if (variant_.state_bits == 8) {
+      OP_REQUIRES_OK(ctx, Compute8(ctx));
+      return;
+    }
     const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
     const tensorflow::Tensor& grad = ctx->input(in.grad());
     const tensorflow::Tensor& indices = ctx->input(in.indices());
@@ -219,17 +279,7 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
     OP_REQUIRES_OK(ctx, CheckScalarInputs(ctx, in));
     Coefficients<cpu::ComputeType<CpuStorage<T>>> k;
     OP_REQUIRES_OK(ctx, ReadCoefficients<T>(ctx, in, variant_, &k));
-    OP_REQUIRES(ctx, indices.dims() == 1,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "indices must be a vector, got shape ", indices.shape().DebugString())));
-    OP_REQUIRES(ctx, grad.dims() >= 1,
-                absl::InvalidArgumentError("grad must have shape [N] + var.shape[1:], got a scalar"));
-    OP_REQUIRES(ctx, grad.dim_size(0) == indices.dim_size(0),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad has ", grad.dim_size(0), " rows but indices has ", indices.dim_size(0),
-                    " entries: they must match")));
-    OP_REQUIRES(ctx, indices.dim_size(0) <= std::numeric_limits<int32_t>::max(),
-                absl::InvalidArgumentError("more than 2^31 - 1 indices"));
+    OP_REQUIRES_OK(ctx, CheckIndicesAndGrad(indices, grad));
     OP_REQUIRES_OK(ctx, CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
     // How the rows are written depends on the table's access mode (TF's two protocols):
     // * Already copy-on-read (a TF sparse op switched it; the mode is sticky): TF's sparse
@@ -273,6 +323,70 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
   }
 
  private:
+  // Indices a vector with one gradient row each, at most 2^31 - 1 of them.
+  static absl::Status CheckIndicesAndGrad(const tensorflow::Tensor& indices,
+                                          const tensorflow::Tensor& grad) {
+    if (indices.dims() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "indices must be a vector, got shape ", indices.shape().DebugString()));
+    }
+    if (grad.dims() < 1) {
+      return absl::InvalidArgumentError("grad must have shape [N] + var.shape[1:], got a scalar");
+    }
+    if (grad.dim_size(0) != indices.dim_size(0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grad has ", grad.dim_size(0), " rows but indices has ", indices.dim_size(0),
+          " entries: they must match"));
+    }
+    if (indices.dim_size(0) > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError("more than 2^31 - 1 indices");
+    }
+    return absl::OkStatus();
+  }
+
+  // 8-bit state: a row is its own blocks, so a var of rank >= 2 only.
+  absl::Status Compute8(tensorflow::OpKernelContext* ctx) {
+    TF_RETURN_IF_ERROR(State8Supported<T>(Sparse8Launch<Device, T, Index>::kAvailable));
+    if constexpr (Sparse8Launch<Device, T, Index>::kAvailable) {
+      const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
+      const tensorflow::Tensor& grad = ctx->input(in.grad());
+      const tensorflow::Tensor& indices = ctx->input(in.indices());
+      TF_RETURN_IF_ERROR(CheckScalarInputs(ctx, in));
+      Coefficients<float> k;
+      TF_RETURN_IF_ERROR(ReadCoefficients<T>(ctx, in, variant_, &k));
+      TF_RETURN_IF_ERROR(CheckIndicesAndGrad(indices, grad));
+      TF_RETURN_IF_ERROR(
+          CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
+      auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
+          ctx, use_locking_, /*sparse=*/false, vars_.ids);
+      std::vector<tensorflow::Tensor> t;
+      TF_RETURN_IF_ERROR(GetState8Tensors<Device, T>(ctx, vars_, use_locking_, &t));
+      const tensorflow::TensorShape& var_shape = t[0].shape();
+      if (var_shape.dims() < 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "state_bits=8: a sparse update needs var of rank >= 2 (each row its own blocks of "
+            "256), got shape ", var_shape.DebugString(), "; keep this variable's slots at 32 "
+            "bits or update it densely"));
+      }
+      Rows8 rows;
+      TF_RETURN_IF_ERROR(CheckState8Shapes(vars_, t, &rows));
+      tensorflow::TensorShape var_row = var_shape, grad_row = grad.shape();
+      var_row.RemoveDim(0);
+      grad_row.RemoveDim(0);
+      if (!var_row.IsSameSize(grad_row)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "grad rows must have shape var.shape[1:] = ", var_row.DebugString(), ", got ",
+            grad_row.DebugString()));
+      }
+      Sparse8Args<T, Index> args{variant_, k, CpuData<T>(grad), indices.flat<Index>().data(),
+                                 indices.dim_size(0), rows.rows, rows.row_size,
+                                 CpuData<T>(&t[0]), {}, {}, {}};
+      States8Of(variant_, &t, &args.ms, &args.mom, &args.mg);
+      return Sparse8Launch<Device, T, Index>::Run(ctx, args);
+    }
+    return absl::OkStatus();
+  }
+
   Variant variant_;
   bool use_locking_ = false;
   VariableInputs vars_;

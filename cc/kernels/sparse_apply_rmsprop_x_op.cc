@@ -7,6 +7,7 @@
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cc/kernels/rmsprop_x_shells.h"
 #include "cc/kernels/unique_rows.h"
@@ -37,6 +38,35 @@ struct SparseLaunch<CPUDevice, T, Index> {
     // One contiguous run of rows per thread: each run restarts the row prefetch pipeline,
     // and cost-model shards (tensorflow::Shard) made many short runs; 5-7% slower per step
     // in a same-process A/B (10k indices; 2 or 4 runs per thread: 1-2% slower).
+    workers->workers->ParallelFor(
+        unique.size(),
+        tensorflow::thread::ThreadPool::SchedulingParams(
+            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt,
+            (unique.size() + threads - 1) / threads),
+        update_rows);
+    return absl::OkStatus();
+  }
+};
+
+// 8-bit state: the same deduplication, then each unique row's blocks (a row is its own
+// blocks: one thread writes a row's codes and absmax).
+template <typename T, typename Index>
+struct Sparse8Launch<CPUDevice, T, Index> {
+  static constexpr bool kAvailable = !std::is_same_v<T, double>;  // float32 state math
+  static absl::Status Run(tensorflow::OpKernelContext* ctx, const Sparse8Args<T, Index>& a) {
+    UniqueRows& unique = ThreadLocalUniqueRows();
+    TF_RETURN_IF_ERROR(unique.Find(a.indices, a.num_indices, a.rows));  // validates
+    if (a.row_size == 0) return absl::OkStatus();
+    const cpu::SparseRows rows = unique.View(a.row_size);
+    auto update_rows = [&](int64_t begin, int64_t end) {
+      cpu::UpdateRows8(a.variant, a.k, a.grad, a.var, a.ms, a.mom, a.mg, rows, begin, end);
+    };
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t threads = std::min<int64_t>(workers->num_threads, unique.size());
+    if (threads <= 1) {
+      update_rows(0, unique.size());
+      return absl::OkStatus();
+    }
     workers->workers->ParallelFor(
         unique.size(),
         tensorflow::thread::ThreadPool::SchedulingParams(
