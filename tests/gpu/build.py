@@ -80,14 +80,17 @@ def sanitized():
     return os.environ.get("GPU_HARNESS_SANITIZE") == "address"
 
 
-def build_emulated(out_dir=os.path.join(HERE, "build")):
+def build_emulated(out_dir=os.path.join(HERE, "build"), shipped_constants=False):
     """The harness on the CPU emulation of CUDA (tests/gpu/emu/cuda_emu.h says what it
     models). Built with UBSan, whose reports gpu_lib turns into test errors: a misaligned
     128-bit access (a GPU faults on it; x86 would not), an index out of an array's bounds, a
     signed overflow in index arithmetic, a bad shift. No FMA contraction, as nvcc's
     --fmad=false. At most 3 blocks per launch (a GPU build: 8192), so that the tests' small
     tensors take the kernels' grid-stride loops, and multi-tensor chunks of 1024 elements
-    (65536), so that tensors of hundreds of chunks stay small.
+    (65536), so that tensors of hundreds of chunks stay small. `shipped_constants=True`:
+    a second library (libharness_emu_shipped.so) with the constants a GPU build has, 8192
+    blocks and 65536-element chunks, for tests/gpu/test_gpu_shipped_constants.py (about 13 s
+    of g++ on 2 cores, once).
     With GPU_HARNESS_SANITIZE=address (.ci/sanitizers.sh: Python runs with the ASan runtime
     preloaded), AddressSanitizer too, every report fatal, and the arrays ordinary heap
     memory (RMSPROPX_EMU_PLAIN_MEMORY) rather than the emulation's device pages: ASan then
@@ -98,7 +101,12 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
         raise RuntimeError("no C++ compiler (g++ or $CXX)")
     os.makedirs(out_dir, exist_ok=True)
     asan = sanitized()
-    lib = os.path.join(out_dir, "libharness_emu_asan.so" if asan else "libharness_emu.so")
+    name = "libharness_emu_asan" if asan else "libharness_emu"
+    lib = os.path.join(out_dir, name + ("_shipped.so" if shipped_constants else ".so"))
+    # The shipped constants are the headers' defaults (cc/cuda/rmsprop_x_cuda_device.cuh,
+    # rmsprop_x_cuda.h); the smaller ones override them.
+    constants = ([] if shipped_constants else
+                 ["-DRMSPROPX_CUDA_MAX_BLOCKS=3", "-DRMSPROPX_CUDA_MULTI_CHUNK=1024"])
     sanitize = (["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                  "-fno-omit-frame-pointer", "-DRMSPROPX_EMU_PLAIN_MEMORY"]
                 if asan else ["-fsanitize=undefined"])
@@ -106,8 +114,7 @@ def build_emulated(out_dir=os.path.join(HERE, "build")):
     if _stale(lib, SOURCES + HEADERS + emu_headers + [os.path.abspath(__file__)]):
         _link_atomically([compiler, "-std=c++17", "-O1", "-g", "-shared", "-fPIC",
                           "-ffp-contract=off", *sanitize,
-                          "-DRMSPROPX_CUDA_EMULATION", "-DRMSPROPX_CUDA_MAX_BLOCKS=3",
-                          "-DRMSPROPX_CUDA_MULTI_CHUNK=1024",
+                          "-DRMSPROPX_CUDA_EMULATION", *constants,
                           f'-DRMSPROPX_EMU_UBSAN_LOG="{ubsan_log(out_dir)}"',
                           "-I", EMU, "-I", ROOT, "-x", "c++", *SOURCES,
                           os.path.join(EMU, "ubsan_options.cc"),
@@ -120,6 +127,9 @@ if __name__ == "__main__":
     parser.add_argument("--arch", default=None)
     parser.add_argument("--emulate", action="store_true",
                         help="the CPU emulation of CUDA (tests/gpu/emu/): no GPU, no nvcc")
+    parser.add_argument("--shipped-constants", action="store_true",
+                        help="with --emulate: 8192 blocks and 65536-element chunks, as on a GPU")
     args = parser.parse_args()
-    print(build_emulated() if args.emulate else build(args.arch))
+    print(build_emulated(shipped_constants=args.shipped_constants) if args.emulate
+          else build(args.arch))
     sys.exit(0)

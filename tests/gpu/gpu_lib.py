@@ -207,7 +207,18 @@ class CupyArrays:
 class UBSanReports:
     """The emulated harness's UBSan log of this process: a call after which it grew raises
     with the new reports (the emulated kernel did something a GPU would fault on or that is
-    undefined)."""
+    undefined). One per log (`for_log`): every emulated harness of a process writes to the
+    same file (the UBSan runtime takes its options from the first one loaded), so a second
+    harness's planted self-test report must be consumed for the first one too."""
+
+    _by_path = {}
+
+    @classmethod
+    def for_log(cls, prefix):
+        path = f"{prefix}.{os.getpid()}"
+        if path not in cls._by_path:
+            cls._by_path[path] = cls(prefix)
+        return cls._by_path[path]
 
     def __init__(self, prefix):
         self.path = f"{prefix}.{os.getpid()}"
@@ -231,16 +242,19 @@ class UBSanReports:
 EMULATED_STREAM = 0x5EED0
 
 
-def open_harness(which):
-    """The harness library of `which` backend, built if needed, and its array module."""
+def open_harness(which, shipped_constants=False):
+    """The harness library of `which` backend, built if needed, and its array module.
+    `shipped_constants`: on the emulation, the build with a GPU build's launch constants
+    (build.build_emulated); the cuda build always has them. Each emulated harness has its own
+    device memory: arrays are allocated through the harness that uses them."""
     import build
     if which == "cuda":
         return Harness(build.build(), CupyArrays())
-    path = build.build_emulated()
+    path = build.build_emulated(shipped_constants=shipped_constants)
     if build.sanitized():  # ASan's run: UBSAN_OPTIONS sends reports elsewhere and halts;
         # heap arrays, so that ASan knows where each one ends
         return Harness(path, HostArrays(), default_stream=EMULATED_STREAM)
-    reports = UBSanReports(build.ubsan_log())
+    reports = UBSanReports.for_log(build.ubsan_log())
     harness = Harness(path, None, reports, default_stream=EMULATED_STREAM)
     harness.arrays = EmulatedDeviceArrays(harness.lib)
     # The check can fail: a planted misaligned 128-bit load must reach the log.
@@ -272,6 +286,9 @@ class Harness:
         self.lib.rx_multi.argtypes = [i] * 7 + [p, i64] + [p] * 7
         self.lib.rx_multi_chunk.restype = i64
         self.multi_chunk = int(self.lib.rx_multi_chunk())  # elements per multi-tensor chunk
+        self.lib.rx_threads.restype = self.lib.rx_max_blocks.restype = i64
+        self.threads = int(self.lib.rx_threads())  # threads per block
+        self.max_blocks = int(self.lib.rx_max_blocks())  # beyond: grid-stride loops
 
     def _stream(self, stream):
         return ctypes.c_void_p(self.default_stream if stream is None else stream)

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cc/cuda/rmsprop_x_cuda.h"
+#include "cc/cuda/rmsprop_x_cuda_device.cuh"  // kThreads, kMaxBlocks (rx_threads, ...)
 
 using namespace tf_rmsprop_ops;  // NOLINT
 
@@ -74,6 +75,11 @@ extern "C" {
 
 // The multi-tensor kernel's chunk (elements), for tests that cut tensors at chunk bounds.
 int64_t rx_multi_chunk() { return cuda::kMultiChunk; }
+
+// Threads per block and the most blocks of a grid-stride launch, for tests that size
+// tensors past one grid's worth (the emulated build lowers the blocks; see build.py).
+int64_t rx_threads() { return cuda::kThreads; }
+int64_t rx_max_blocks() { return cuda::kMaxBlocks; }
 
 // Multi-tensor: arrays of `count` device pointers (mom / mg null arrays when off) and sizes.
 int rx_multi(int dtype, int centered, int momentum, int nesterov, int eps_outside,

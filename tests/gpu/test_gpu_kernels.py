@@ -27,12 +27,16 @@ BACKEND = "cuda" if os.environ.get("GPU_HARNESS_REQUIRED") else gpu_lib.backend(
 REASON = gpu_lib.unavailable(BACKEND)
 if REASON is not None and os.environ.get("GPU_HARNESS_REQUIRED"):
     raise RuntimeError(f"GPU harness required but unavailable: {REASON}")
+# A skip here is over tests/conftest.py's skip budget: the run fails, with this reason.
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness ({BACKEND}): {REASON}")
 
 # Each element's error relative to its update's operands (see _assert_matches).
 RTOL = {"float32": 1e-6, "float64": 1e-12, "float16": 1e-3, "bfloat16": 8e-3}
-# Absolute floor for 16-bit storage only: the rounding of results in its subnormal range.
-ATOL = {"float32": 0.0, "float64": 0.0, "float16": 1e-6, "bfloat16": 8e-6}
+# Absolute floor for 16-bit storage only: the rounding of results in its subnormal range,
+# where RTOL's relative bound runs out. Half a float16 subnormal step (2^-24) is 2^-25; a
+# normal result rounds within 2^-11 of its magnitude, under RTOL. bfloat16's subnormals are
+# float32's (below 1.2e-38), which these draws never reach: 0.
+ATOL = {"float32": 0.0, "float64": 0.0, "float16": 2.0 ** -25, "bfloat16": 0.0}
 # Elements after each array that must keep their bits. Under ASan (the sanitizer stage) none:
 # every array is then its own allocation with ASan's redzone right after it, so a read past
 # its end is reported too, not only a write.
@@ -252,6 +256,18 @@ def test_one_misaligned_array_takes_the_scalar_path(harness, rng, op, misaligned
                         slack=slack.get(name, 0.0))
 
 
+# How far past the bound test_dense_matches_torch_rmsprop lets its few elements go. Measured
+# on the emulated backend: 150 runs of every configuration, and 1,550 (the equivalent in
+# elements) of each of the two with momentum and weight decay, whose `mom` held every element
+# past the bound: 29 runs with one such element, none with two, the worst at 6.1 x the bound.
+# They are ill-conditioned elements (L2 decay cancelling the gradient), where error / bound is
+# mostly ours over the float32 peer's independent error (`spread`): a long tail, P(worst > x)
+# ~ 0.01 / x^2 per configuration and run fits the 29. 500 x puts that below 1e-7 per run and
+# still fails a NaN, an inf, or any element off by more than 500 x its bound (>= 0.4% of the
+# array's largest magnitude).
+TORCH_FAR_CAP = 500
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("centered", [False, True])
@@ -268,7 +284,7 @@ def test_dense_matches_torch_rmsprop(harness, rng, centered, momentum, weight_de
     element may differ from the float64 peer by a few float32 roundings plus the float32
     peer's own deviation (x4), and at most 0.2% of the elements by more. A different formula
     (epsilon inside the sqrt, lr inside the momentum) moves most of them."""
-    torch = pytest.importorskip("torch")
+    import torch  # a peer the README's test command installs: missing is an error, not a skip
     n, steps = 3001, 4
     variant = Variant(centered, momentum > 0, False, "outside_sqrt",
                       "outside_momentum" if momentum > 0 else "inside_momentum",
@@ -312,9 +328,14 @@ def test_dense_matches_torch_rmsprop(harness, rng, centered, momentum, weight_de
         # and a few float32 roundings of the array's largest element (its terms' scale).
         bound = (8e-6 * np.max(np.abs(expected))
                  + 4 * RTOL["float32"] * np.abs(expected) + 4 * spread)
-        bad = np.abs(got - expected) > bound
-        assert bad.sum() <= n // 500, (
-            f"{name}: {bad.sum()} of {n} elements beyond the bound; first at "
+        error = np.abs(got - expected)
+        bad = ~(error <= bound)  # NaN fails too
+        # The elements allowed past the bound must stay within TORCH_FAR_CAP x the bound.
+        far = ~(error <= TORCH_FAR_CAP * bound)
+        worst = np.max(error / bound)  # NaN where an element is NaN
+        assert bad.sum() <= n // 500 and not far.any(), (
+            f"{name}: {bad.sum()} of {n} elements beyond the bound ({far.sum()} beyond "
+            f"{TORCH_FAR_CAP} x it; worst error / bound {worst:.3g}); first at "
             f"{np.argmax(bad)}: ours {got[bad][0]!r}, torch float64 {expected[bad][0]!r}, "
             f"torch float32 {want32[name].double().numpy()[bad][0]!r}")
 
@@ -431,8 +452,10 @@ def test_sparse_matches_reference(harness, rng, variant, index_dtype, pattern, d
         named[unique] = True
         np.testing.assert_array_equal(got[~named], state[name][~named],  # rows not named
                                       err_msg=f"{name}: a row no index names was written")
+        # The plain bound, as for dense: over 7,920 runs (11 seeds of every case) the worst
+        # error was 0.18 of it in float32, 0.48 in 16-bit (its rounding, under half of RTOL).
         _assert_matches(got[named], want[name][named], state[name][named], dtype, name,
-                        factor=4, slack=np.broadcast_to(slack.get(name, 0.0), got.shape)[named])
+                        slack=np.broadcast_to(slack.get(name, 0.0), got.shape)[named])
 
 
 @pytest.mark.parametrize("index_dtype", [0, 1])
