@@ -132,8 +132,12 @@ def test_from_the_zero_state_ten_steps_follow_the_reference_step_by_step(rng):
     variant = next(v for v in VARIANTS if v.centered and v.momentum and not v.nesterov)
     shape = (9, 520)
     var = tf.Variable(rng.uniform(-2, 2, shape).astype(np.float32))
-    v = {"var": var, "ms": state8.zeros(shape, "ms"), "mom": state8.zeros(shape, "mom"),
-         "mg": state8.zeros(shape, "mg")}
+    v = {"var": var, "ms": state8.zeros(shape, False, "ms"),
+         "mom": state8.zeros(shape, True, "mom"), "mg": state8.zeros(shape, True, "mg")}
+    for k in ("ms", "mom", "mg"):  # the zero state is what quantizing zeros gives
+        want = reference.quantize_blockwise(np.zeros(shape), reference.STATE_SIGNED[k])
+        np.testing.assert_array_equal(v[k].codes.numpy(), want[0])
+        np.testing.assert_array_equal(v[k].absmax.numpy(), want[1])
     hyper = as_op_sees(dict(lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0),
                        tf.float32)
     for step in range(10):

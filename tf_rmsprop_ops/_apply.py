@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tf_rmsprop_ops import _dtensor, _hyper, ops
 from tf_rmsprop_ops.ops import apply_rmsprop_x, apply_rmsprop_x_multi, sparse_apply_rmsprop_x
+from tf_rmsprop_ops.state8 import State8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,10 @@ class Slots:
 
     def present(self):
         return [s for s in (self.ms, self.mom, self.mg) if s is not None]
+
+    def quantized(self):
+        """Whether the state is 8-bit (`state8.State8` slots)."""
+        return isinstance(self.ms, State8)
 
 
 def call_op(var, slots, values, indices, structure, **scalars):
@@ -199,7 +204,9 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     The results are the same bits either way (one formula, one kernel loop)."""
     groups, single = {}, []
     for item in items:
-        key = _multi_tensor_key(item[0], item[1], item[3]) if multi_tensor else None
+        # 8-bit state: the one-variable ops (ApplyRMSpropXMulti has no 8-bit form yet)
+        key = (_multi_tensor_key(item[0], item[1], item[3])
+               if multi_tensor and not item[2].quantized() else None)
         (groups.setdefault(key, []) if key is not None else single).append(item)
     scalars = {structure: _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
                                       momentum=momentum, epsilon=epsilon,

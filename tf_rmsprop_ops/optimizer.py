@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
 from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, _hyper, ops, presets
+from tf_rmsprop_ops import state8
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # Slot names, and the names Keras uses for the same state.
@@ -70,6 +71,12 @@ class RMSpropX(tf.Module):
       multi_tensor (default True: the dense updates of a step are one ApplyRMSpropXMulti
       call per group of variables with equal dtype and formula; the same bits as one op
       per variable, which `multi_tensor=False` selects).
+      state_bits (32, or 8: blockwise 8-bit optimizer state, a quarter of the slot memory;
+      docs/design.md 1.7): with 8, the slots of each half, bfloat16 or float32 variable of at
+      least `min_8bit_size` elements (default 4096, as bitsandbytes) are uint8 codes plus a
+      float32 absmax per block of 256 elements of a row; `exclude_from_8bit_state` keeps
+      chosen variables at 32 bits; `get_slot` returns the dequantized value. CPU kernels,
+      dense and sparse, no jit_compile, strategy or DTensor yet (each raises ValueError).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
 
@@ -93,7 +100,8 @@ class RMSpropX(tf.Module):
                  gradient_accumulation_steps=None, jit_compile=False, mesh=None,
                  name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
                  lr_placement="inside_momentum", weight_decay_mode="decoupled",
-                 initial_scale=0.0, bias_correction=False, multi_tensor=True, **kwargs):
+                 initial_scale=0.0, bias_correction=False, multi_tensor=True, state_bits=32,
+                 min_8bit_size=state8.MIN_8BIT_SIZE, **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
         super().__init__(name=name)
@@ -104,7 +112,9 @@ class RMSpropX(tf.Module):
                   loss_scale_factor=loss_scale_factor,
                   gradient_accumulation_steps=gradient_accumulation_steps,
                   epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-                  weight_decay_mode=weight_decay_mode, nesterov=nesterov, mesh=mesh)
+                  weight_decay_mode=weight_decay_mode, nesterov=nesterov, mesh=mesh,
+                  state_bits=state_bits, min_8bit_size=min_8bit_size,
+                  jit_compile=jit_compile)
         self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
         self.centered, self.nesterov = bool(centered), bool(nesterov)
         self.weight_decay = None if weight_decay is None else float(weight_decay)
@@ -119,6 +129,7 @@ class RMSpropX(tf.Module):
         self.use_momentum = self.momentum > 0 or self.nesterov
         self.bias_correction = bool(bias_correction)
         self.multi_tensor = bool(multi_tensor)
+        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
         if self.bias_correction:
             _apply.check_bias_correction(self._structure(None), self.rho)
 
@@ -131,6 +142,7 @@ class RMSpropX(tf.Module):
         self._index = {}  # _distribute.var_key(variable) -> position
         self._trainable_variables = []
         self._exclude_keys, self._exclude_pattern = set(), None
+        self._keep32_keys, self._keep32_pattern, self._keep32_predicate = set(), None, None
         self._warned_missing = set()
         # (device, variable keys) -> XLA function; a cache, not state to save.
         self._compiled_updates = NoDependency({})
@@ -205,9 +217,15 @@ class RMSpropX(tf.Module):
             self._trainable_variables.append(var)
             base = _base_name(var)
 
-            def slot(name, value=0.0, create=True):
+            bits = self._state_bits_for(var)
+
+            def slot(name, value=0.0, create=True, quantized=False):
                 if not create:
                     return None
+                if quantized and bits == 8:
+                    with _distribute.creation_scope(var):
+                        return state8.full(var.shape, value, state8.SIGNED[name],
+                                           f"{base}_{name}")
                 if _dtensor.is_dvariable(var):
                     with tf.init_scope():
                         return _dtensor.variable_like(var, value, f"{base}_{name}")
@@ -217,9 +235,9 @@ class RMSpropX(tf.Module):
                     return tf.Variable(tf.fill(var.shape, ops.as_scalar(value, var.dtype)),
                                        name=f"{base}_{name}", trainable=False)
 
-            self._ms.append(slot("ms", self.initial_scale))
-            self._mom.append(slot("mom", create=self.use_momentum))
-            self._mg.append(slot("mg", create=self.centered))
+            self._ms.append(slot("ms", self.initial_scale, quantized=True))
+            self._mom.append(slot("mom", create=self.use_momentum, quantized=True))
+            self._mg.append(slot("mg", create=self.centered, quantized=True))
             self._ema.append(slot("average", create=self.use_ema))
             self._accumulators.append(
                 slot("accumulator", create=bool(self.gradient_accumulation_steps)))
@@ -231,10 +249,52 @@ class RMSpropX(tf.Module):
         return self._index[key]
 
     def get_slot(self, var, name):
+        """The slot `name` of `var`: its variable, or for 8-bit state (`state_bits=8`) its
+        dequantized value, a float32 tensor (map[code] * absmax; the codes and absmax are in
+        `variables`)."""
         name = SLOT_ALIASES.get(name, name)
         if name not in self.slot_names:
             raise KeyError(f"No slot '{name}': this optimizer has {self.slot_names}")
-        return {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._position(var)]
+        slot = {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._position(var)]
+        if isinstance(slot, state8.State8):
+            return state8.dequantize(slot, state8.SIGNED[name], var.shape)
+        return slot
+
+    def exclude_from_8bit_state(self, var_list=None, var_names=None, predicate=None):
+        """Variables that keep 32-bit state under `state_bits=8`: those in `var_list`, those
+        whose name matches any regular expression of `var_names`, and those for which
+        `predicate(variable)` is true (e.g. embedding tables a model wants exact). Must be
+        called before `build`, as `exclude_from_weight_decay`."""
+        if self.built:
+            raise ValueError("exclude_from_8bit_state() can only be configured before the "
+                             "optimizer is built.")
+        self._keep32_keys = {_distribute.var_key(v) for v in (var_list or [])}
+        self._keep32_pattern = re.compile("|".join(set(var_names))) if var_names else None
+        self._keep32_predicate = predicate
+
+    def _state_bits_for(self, var):
+        """8 or 32: 8 when `state_bits=8` and the variable (the logical one) is a half,
+        bfloat16 or float32 variable of at least `min_8bit_size` elements not excluded by
+        `exclude_from_8bit_state`."""
+        if self.state_bits != 8:
+            return 32
+        if var.dtype.base_dtype not in (tf.float16, tf.bfloat16, tf.float32):
+            return 32
+        if not var.shape.is_fully_defined() or var.shape.num_elements() < self.min_8bit_size:
+            return 32
+        if _distribute.var_key(var) in self._keep32_keys:
+            return 32
+        if self._keep32_pattern is not None and self._keep32_pattern.search(var.name):
+            return 32
+        if self._keep32_predicate is not None and self._keep32_predicate(var):
+            return 32
+        if (_dtensor.is_dvariable(var) or _distribute._strategy() is not None
+                or isinstance(var, tf.distribute.DistributedValues)):
+            raise ValueError(
+                f"state_bits=8: {var.name} is a DTensor or tf.distribute variable, and 8-bit "
+                "state is not wired into DTensor or tf.distribute strategies yet; use "
+                "state_bits=32 there (or exclude_from_8bit_state for this variable)")
+        return 8
 
     @property
     def variables(self):
@@ -244,7 +304,11 @@ class RMSpropX(tf.Module):
         if isinstance(self._learning_rate, tf.Variable):
             out.append(self._learning_rate)
         for group in zip(self._ms, self._mom, self._mg, self._ema, self._accumulators):
-            out.extend(v for v in group if v is not None)
+            for v in group:
+                if isinstance(v, state8.State8):
+                    out.extend((v.codes, v.absmax))
+                elif v is not None:
+                    out.append(v)
         return out
 
     def set_weights(self, weights):
@@ -495,7 +559,8 @@ class RMSpropX(tf.Module):
             jit_compile=self.jit_compile, nesterov=self.nesterov,
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
             weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale,
-            bias_correction=self.bias_correction, multi_tensor=self.multi_tensor)
+            bias_correction=self.bias_correction, multi_tensor=self.multi_tensor,
+            state_bits=self.state_bits, min_8bit_size=self.min_8bit_size)
 
     @classmethod
     def from_preset(cls, preset, **overrides):
@@ -554,4 +619,15 @@ def _validate(**args):
     mesh = args.get("mesh")
     if mesh is not None and not isinstance(mesh, tf.experimental.dtensor.Mesh):
         bad("mesh", "must be a tf.experimental.dtensor.Mesh or None")
+    if args.get("state_bits", 32) not in (8, 32):
+        bad("state_bits", "must be 32 (slots in the variable's dtype) or 8 (blockwise 8-bit)")
+    size = args.get("min_8bit_size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        bad("min_8bit_size", "must be an integer >= 0")
+    if args.get("state_bits") == 8 and args.get("jit_compile"):
+        bad("jit_compile", "cannot be True with state_bits=8 yet (the 8-bit update has no XLA "
+                           "lowering so far)")
+    if args.get("state_bits") == 8 and mesh is not None:
+        bad("mesh", "cannot be given with state_bits=8 yet (8-bit state is not wired into "
+                    "DTensor so far)")
 

@@ -8,22 +8,28 @@ State8 slots to `apply_rmsprop_x` runs the op with `state_bits=8`: the state is 
 updated in float32, and requantized in the same pass; the variable moves with the
 unquantized new state. ms takes the unsigned dynamic map, mom and mg the signed one.
 """
-from typing import NamedTuple
-
 import numpy as np
 import tensorflow as tf
 
 from tf_rmsprop_ops import reference
 
 BLOCK_SIZE = reference.BLOCK_SIZE
+MIN_8BIT_SIZE = reference.MIN_8BIT_SIZE
 SIGNED = reference.STATE_SIGNED  # {"ms": False, "mom": True, "mg": True}
 
 
-class State8(NamedTuple):
+class State8(tf.Module):
     """One 8-bit state: `codes` (uint8, the variable's shape) and `absmax` (float32, [rows,
-    blocks per row]), resource variables or their handles."""
-    codes: object
-    absmax: object
+    blocks per row]), resource variables (or their handles). A `tf.Module`, so that a
+    checkpoint tracks both variables (as `codes` and `absmax`)."""
+
+    def __init__(self, codes, absmax, name=None):
+        super().__init__(name=name)
+        self.codes = codes
+        self.absmax = absmax
+
+    def __iter__(self):
+        return iter((self.codes, self.absmax))
 
 
 def absmax_shape(shape):
@@ -31,16 +37,30 @@ def absmax_shape(shape):
     return reference.absmax_shape(tuple(tf.TensorShape(shape).as_list()))
 
 
-def zeros(shape, name):
-    """A State8 of new variables holding the all-zero state (every code the map's zero, absmax
-    0), for a variable of `shape`; `name` prefixes the two variables' names."""
+def zeros(shape, signed, name):
+    """A State8 of new variables holding the all-zero state for a variable of `shape`: every
+    code the map's zero, every absmax 0 (what quantizing zeros gives); `name` prefixes the
+    two variables' names."""
     shape = tuple(tf.TensorShape(shape).as_list())
-    # The zero code is the same for both maps' purposes only by value: an absmax of 0 makes
-    # every code dequantize to 0, and the kernels store the map's zero code there.
-    codes = tf.Variable(tf.zeros(shape, tf.uint8), trainable=False, name=f"{name}_codes")
+    zero = int(np.flatnonzero(reference.dynamic_map(signed) == 0)[0])
+    codes = tf.Variable(tf.fill(shape, tf.constant(zero, tf.uint8)), trainable=False,
+                        name=f"{name}_codes")
     absmax = tf.Variable(tf.zeros(absmax_shape(shape), tf.float32), trainable=False,
                          name=f"{name}_absmax")
     return State8(codes, absmax)
+
+
+def full(shape, value, signed, name):
+    """A State8 of new variables holding `value` everywhere (as a constant array quantizes:
+    absmax |value| in every block, every code the one of value / |value|)."""
+    shape = tuple(tf.TensorShape(shape).as_list())
+    if value == 0:
+        return zeros(shape, signed, name)
+    code, absmax = reference.quantize_blockwise(np.array([value], np.float32), signed)
+    return State8(tf.Variable(tf.fill(shape, tf.constant(code[0], tf.uint8)), trainable=False,
+                              name=f"{name}_codes"),
+                  tf.Variable(tf.fill(absmax_shape(shape), tf.constant(absmax[0, 0])),
+                              trainable=False, name=f"{name}_absmax"))
 
 
 def from_values(values, signed, name):
