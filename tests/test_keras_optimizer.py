@@ -1,11 +1,13 @@
-"""`tf_rmsprop_ops.keras.RMSpropX`: Keras 3 trajectories, sparse rows, model.fit (also under
-MirroredStrategy), .keras save/load, loss scaling, constraints, jit_compile."""
+"""`tf_rmsprop_ops.keras.RMSpropX`: Keras 3 trajectories, sparse rows, model.fit against
+Keras' RMSprop (also under MirroredStrategy and jit_compile, with constraints) and, with
+repeated and missed embedding rows, against the reference step by step, .keras save/load,
+loss scaling."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import as_op_sees
+from helpers import as_op_sees, assert_matches
 from test_optimizer import KERAS_CASES, _assert_same_trajectory, _grads, _init, _schedule, _trajectory
 from tf_rmsprop_ops import reference
 from tf_rmsprop_ops.keras import RMSpropX
@@ -51,11 +53,25 @@ def test_indexed_slices_go_to_the_sparse_op_lazily(rng):
     assert velocity[1].min() > 0  # touched at step 1 only: not decayed at step 2
 
 
-def _model(seed=1):
+BATCH = 32
+# model.fit's arguments for the comparisons below (the Keras peer takes the same ones).
+# epsilon 1e-3 bounds a step's response to its gradient by lr / sqrt(epsilon) = 0.3. With
+# Keras' 1e-7 it is 32, and a gradient near 0 whose rounding is large against it moves the
+# weights by 32x that rounding: the output bias's, a mean of residuals that cancel, which
+# XLA sums in another order (1.3e-3 of itself apart at step 1 of seed 13's XLA test), put
+# the two sides 1.6e-5 of the largest weight apart after 16 steps, 50x the usual.
+FIT_KWARGS = dict(learning_rate=0.01, momentum=0.9, centered=True, epsilon=1e-3)
+# As the float32 ops see them (rho: the default, 0.9), for the reference.
+FIT_HYPER = as_op_sees(dict(lr=FIT_KWARGS["learning_rate"], rho=0.9,
+                            momentum=FIT_KWARGS["momentum"], epsilon=FIT_KWARGS["epsilon"]),
+                       tf.float32)
+
+
+def _model(rows, seed=1):
     keras.utils.set_random_seed(seed)
     ids = keras.Input((3,), dtype="int32")
     x = keras.Input((6,))
-    emb = keras.layers.Flatten()(keras.layers.Embedding(VOCAB, DIM)(ids))
+    emb = keras.layers.Flatten()(keras.layers.Embedding(rows, DIM)(ids))
     # Glorot columns of a [6, 8] kernel have norms ~0.9: MaxNorm(0.3) must act.
     h = keras.layers.Dense(8, activation="tanh", name="hidden",
                            kernel_constraint=keras.constraints.MaxNorm(0.3))(x)
@@ -63,40 +79,199 @@ def _model(seed=1):
     return keras.Model([ids, x], out)
 
 
-def _data(rng, n=128):
-    return ([rng.integers(0, VOCAB, size=(n, 3)).astype(np.int32),
-             rng.normal(size=(n, 6)).astype(np.float32)], rng.normal(size=(n, 1)).astype(np.float32))
+# Each sample names 3 rows: a batch of BATCH samples names each row of a 3 * BATCH-row table
+# exactly once when its ids are a permutation. Only there do Keras' RMSprop and the lazy
+# sparse op do the same arithmetic: Keras decays the rows a batch misses (we leave them)
+# and adds a repeated row's squared gradients one by one (we square their sum, as a dense
+# gradient would). With misses or repeats Keras is no peer; the reference is
+# (`_ReferenceSteps`).
+ROWS = 3 * BATCH
+
+
+def _data(rng, n=4 * BATCH, every_row_once=True, rows=ROWS):
+    if every_row_once:
+        assert rows == 3 * BATCH and n % BATCH == 0
+        ids = np.concatenate([rng.permutation(rows) for _ in range(n // BATCH)])
+    else:
+        ids = rng.integers(0, rows, size=3 * n)
+    return ([ids.reshape(n, 3).astype(np.int32), rng.normal(size=(n, 6)).astype(np.float32)],
+            rng.normal(size=(n, 1)).astype(np.float32))
+
+
+def _keras_twin(init, kwargs):
+    """`_model(ROWS)` from the weights `init`, compiled with Keras' RMSprop (native:
+    Keras' own RMSprop under jit_compile takes seconds a step here)."""
+    twin = _model(ROWS)
+    twin.set_weights(init)
+    twin.compile(optimizer=keras.optimizers.RMSprop(**kwargs), loss="mse")
+    return twin
+
+
+SLOT_KINDS = ("velocity", "momentum", "average_gradient")
+# RMSpropX against keras.optimizers.RMSprop after model.fit on the same model, initial
+# weights, data in the same order (shuffle=False) and arguments: the same formula with other
+# float32 roundings (Keras computes lr * g / sqrt(...) in another order and weight decay in a
+# pass of its own; under XLA the model's gradients round differently too), a few ulps a step
+# that feed back through the later steps' gradients. An element's error is relative to its
+# value plus the largest value of its kind in the model (weights; each slot kind): momentum
+# and average_gradient are sums of signed terms of about that size, which may cancel near 0.
+# Measured with FIT_KWARGS (16 steps in each setting, seeds 1-30; the tests take 8 to 16):
+# at most 5.2e-7 (natively, under XLA against Keras native, under MirroredStrategy, with
+# weight decay alike); bound 1e-5, 19x that.
+FIT_RTOL = 1e-5
+
+
+def _assert_fit_matches_keras(ours, theirs):
+    assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy())
+    kinds = {"weights": list(zip(ours.weights, theirs.weights))}
+    slots = [v for v in ours.optimizer.variables if v.name.endswith(SLOT_KINDS)]
+    peer_slots = [v for v in theirs.optimizer.variables if v.name.endswith(SLOT_KINDS)]
+    assert len(slots) == len(peer_slots) == len(SLOT_KINDS) * len(ours.weights)
+    for a, b in zip(slots, peer_slots):
+        kind = next(k for k in SLOT_KINDS if a.name.endswith(k))
+        assert b.name.endswith(kind), (a.name, b.name)
+        kinds.setdefault(kind, []).append((a, b))
+    for kind, pairs in kinds.items():
+        pairs = [(np.asarray(a.numpy()), np.asarray(b.numpy()), a.name) for a, b in pairs]
+        scale = max(float(np.abs(b).max()) for _, b, _ in pairs)
+        for a, b, name in pairs:
+            np.testing.assert_allclose(a, b, rtol=FIT_RTOL, atol=FIT_RTOL * scale,
+                                       err_msg=f"{kind} {name}")
+
+
+def _assert_moved(model, init):
+    """The comparison means something: the weights moved 100x beyond its tolerance (a
+    single weight may end where it started: the output bias, stepping by the mean residual)."""
+    moved = max(np.abs(np.asarray(w.numpy()) - w0).max() for w, w0 in zip(model.weights, init))
+    assert moved > 1e-3
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["native", "xla"])
-def test_model_fit_trains_and_applies_constraints(rng, jit):
+def test_model_fit_matches_keras_rmsprop_and_applies_constraints(rng, jit):
     x, y = _data(rng)
-    model = _model()
-    model.compile(optimizer=RMSpropX(learning_rate=0.01, momentum=0.9, centered=True),
-                  loss="mse", jit_compile=jit)
-    history = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
-    assert history[-1] < history[0]
+    model = _model(ROWS)
+    init = model.get_weights()
+    model.compile(optimizer=RMSpropX(**FIT_KWARGS), loss="mse", jit_compile=jit)
+    model.fit(x, y, epochs=4, batch_size=BATCH, verbose=0, shuffle=False)
+    twin = _keras_twin(init, FIT_KWARGS)
+    twin.fit(x, y, epochs=4, batch_size=BATCH, verbose=0, shuffle=False)
+    _assert_moved(model, init)
+    _assert_fit_matches_keras(model, twin)
     kernel = model.get_layer("hidden").kernel.numpy()
     assert np.sqrt((kernel ** 2).sum(axis=0)).max() <= 0.3 + 1e-5
 
 
+class _Recording(RMSpropX):
+    """RMSpropX keeping a copy of each step's gradients (as `apply` gets them from
+    model.fit) in variables made beforehand by `record(model)`."""
+
+    def record(self, model):
+        self.kinds = None  # which gradients are IndexedSlices (set while tracing)
+        self.grads = [(tf.Variable(tf.zeros([3 * BATCH, DIM])),
+                       tf.Variable(tf.zeros([3 * BATCH], tf.int64)))
+                      if "embeddings" in w.path else tf.Variable(tf.zeros(w.shape))
+                      for w in model.trainable_weights]
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        self.kinds = [isinstance(g, tf.IndexedSlices) for g in grads]
+        for g, copy in zip(grads, self.grads):
+            if isinstance(g, tf.IndexedSlices):
+                copy[0].assign(g.values)
+                copy[1].assign(tf.cast(g.indices, tf.int64))
+            else:
+                copy.assign(g)
+        return super().apply(grads, trainable_variables)
+
+
+class _ReferenceSteps(keras.callbacks.Callback):
+    """Checks each step of model.fit against the float64 reference, from the state the
+    step started from, driven with the gradients the optimizer got (`_Recording`), then the
+    hidden kernel's MaxNorm as Keras computes it."""
+
+    def __init__(self, hyper):
+        super().__init__()
+        self.hyper, self.steps, self.repeats, self.misses = hyper, 0, 0, 0
+
+    def _state(self):
+        opt, out = self.model.optimizer, []
+        for w in self.model.trainable_weights:
+            value = np.asarray(w.numpy(), np.float64)
+            slots = {name: (np.asarray(opt.get_slot(w, name).numpy(), np.float64)
+                            if opt.built else np.zeros_like(value)) for name in ("ms", "mom", "mg")}
+            out.append(dict(var=value, **slots))
+        return out
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.before = self._state()
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt = self.model.optimizer
+        for w, copy, s, got in zip(self.model.trainable_weights, opt.grads, self.before,
+                                   self._state()):
+            if isinstance(copy, tuple):  # the embedding's rows
+                values, ids = (c.numpy() for c in copy)
+                want = reference.sparse_rmsprop_x_step(s["var"], values, ids, s["ms"],
+                                                       s["mom"], s["mg"], **self.hyper)
+                self.repeats += len(np.unique(ids)) < len(ids)
+                self.misses += len(np.unique(ids)) < len(s["var"])
+            else:
+                want = reference.rmsprop_x_step(s["var"], copy.numpy(), s["ms"], s["mom"],
+                                                s["mg"], **self.hyper)
+            if w.constraint is not None:  # keras.constraints.MaxNorm(0.3), axis 0
+                norms = np.sqrt((want["var"] ** 2).sum(axis=0, keepdims=True))
+                want["var"] = want["var"] * (np.minimum(norms, 0.3) / (1e-7 + norms))
+            assert_matches(got, {k: want[k] for k in got}, tf.float32,
+                           rtol=REFERENCE_STEP_RTOL, what=f"step {self.steps} {w.name} ",
+                           before=s)
+        self.steps += 1
+
+
+# One float32 step against float64 from the same float32 state and gradients (helpers.RTOL:
+# 1e-6), then MaxNorm's float32 norm, quotient and product (another 1e-6). Measured (seeds
+# 1-30, 8 steps each): at most 3.9e-7 of an element's value plus its array's scale before
+# and after the step (helpers.assert_matches); bound 2e-6.
+REFERENCE_STEP_RTOL = 2e-6
+
+
+def test_model_fit_updates_embedding_rows_lazily_as_the_reference(rng):
+    """Ids with repeats and misses (no Keras peer: see ROWS): each step of model.fit against
+    the reference, which sums a repeated row's gradients and leaves a missed row and its
+    slots alone."""
+    x, y = _data(rng, every_row_once=False, rows=VOCAB)
+    model = _model(VOCAB)
+    opt = _Recording(**FIT_KWARGS)
+    opt.record(model)
+    model.compile(optimizer=opt, loss="mse")
+    check = _ReferenceSteps(FIT_HYPER)
+    model.fit(x, y, epochs=2, batch_size=BATCH, verbose=0, shuffle=False, callbacks=[check])
+    assert opt.kinds == ["embeddings" in w.path for w in model.trainable_weights]
+    # 96 ids of 50 rows: repeats every step; a step names all 50 with probability ~1e-3.
+    assert check.steps == check.repeats == 8 and check.misses > 0
+
+
 def test_save_and_load_continue_exactly(rng, tmp_path):
     x, y = _data(rng)
-    model = _model()
-    model.compile(optimizer=RMSpropX(learning_rate=0.01, momentum=0.9, centered=True,
-                                     weight_decay=0.01), loss="mse")
-    model.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    model = _model(ROWS)
+    init = model.get_weights()
+    kwargs = dict(FIT_KWARGS, weight_decay=0.01)
+    model.compile(optimizer=RMSpropX(**kwargs), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, shuffle=False)
     path = str(tmp_path / "m.keras")
     model.save(path)
-    model.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, shuffle=False)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.optimizer, RMSpropX)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     assert int(loaded.optimizer.iterations.numpy()) == 4
-    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, shuffle=False)
     for a, b in zip(model.weights + model.optimizer.variables,
                     loaded.weights + loaded.optimizer.variables):
         np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+    twin = _keras_twin(init, kwargs)  # and where Keras' RMSprop gets in 2 epochs unsaved
+    twin.fit(x, y, epochs=2, batch_size=BATCH, verbose=0, shuffle=False)
+    _assert_moved(model, init)
+    _assert_fit_matches_keras(model, twin)
 
 
 def test_loss_scale_optimizer_wraps_it(rng):
@@ -108,21 +283,26 @@ def test_loss_scale_optimizer_wraps_it(rng):
     _assert_same_trajectory(ours, theirs)
 
 
-def test_model_fit_under_mirrored_strategy_keeps_replicas_identical(rng):
+def test_model_fit_under_mirrored_strategy_matches_keras_and_keeps_replicas_identical(rng):
+    """Each replica gets half of each batch; both optimizers see the replicas' gradients
+    summed, so each step still names each table row once (see ROWS)."""
     from test_distribute import _strategy
     strategy = _strategy()
     x, y = _data(rng)
     with strategy.scope():
-        model = _model()
-        model.compile(optimizer=RMSpropX(learning_rate=0.01, momentum=0.9, centered=True),
-                      loss="mse")
-    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0).history["loss"]
-    assert history[-1] < history[0]
+        model = _model(ROWS)
+        init = model.get_weights()
+        model.compile(optimizer=RMSpropX(**FIT_KWARGS), loss="mse")
+        twin = _keras_twin(init, FIT_KWARGS)
+    model.fit(x, y, epochs=3, batch_size=BATCH, verbose=0, shuffle=False)
+    twin.fit(x, y, epochs=3, batch_size=BATCH, verbose=0, shuffle=False)
     for var in model.weights + model.optimizer.variables:
         copies = [np.asarray(c.numpy()) for c in
                   strategy.experimental_local_results(getattr(var, "value", var))]
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
+    _assert_moved(model, init)
+    _assert_fit_matches_keras(model, twin)
 
 
 def test_serialization_round_trip():
