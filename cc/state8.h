@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace tf_rmsprop_ops {
 
@@ -23,10 +24,23 @@ constexpr int64_t kBlock8 = 256;
 // Blocks of a row of `row_size` elements (the last may be partial).
 inline int64_t BlocksPerRow(int64_t row_size) { return (row_size + kBlock8 - 1) / kBlock8; }
 
+// Quantizing looks codes up by the top 16 bits of x / absmax (sign, exponent, 7 mantissa
+// bits): 2 x 27 x 128 buckets cover |x| in [2^-26, 2); smaller magnitudes share the
+// smallest bucket (no midpoint lies below 2^-22). Every bucket holds at most one midpoint
+// of either map (tests/test_state8_reference.py checks it), so a bucket's code is its
+// lowest value's, plus one where x reaches that one midpoint: exact nearest, branch-free.
+constexpr uint32_t kLutMinExponent = 101;  // 2^-26
+constexpr uint32_t kLutExponents = 27;     // 2^-26 .. 2^0
+constexpr uint32_t kLutMantissaBits = 7;
+
 struct DynamicMap {
   float value[256];  // sorted
-  float mid[255];    // float32 midpoints (value[j] + value[j + 1]) / 2
+  float mid[256];    // float32 midpoints (value[j] + value[j + 1]) / 2; mid[255] = +inf
   uint8_t zero;      // the code of 0
+  // Per bucket: the number of midpoints <= the bucket's lowest value, and the next midpoint
+  // (mid[lut[b]]; both tables are indexed by the bucket, so the two lookups are independent).
+  int32_t lut[2 * kLutExponents << kLutMantissaBits];
+  float lut_mid[2 * kLutExponents << kLutMantissaBits];
 };
 
 namespace state8_internal {
@@ -59,7 +73,24 @@ inline DynamicMap Build(bool is_signed) {
   m.value[n++] = 1.0f;
   std::sort(m.value, m.value + 256);
   for (int j = 0; j < 255; ++j) m.mid[j] = (m.value[j] + m.value[j + 1]) / 2.0f;
+  m.mid[255] = INFINITY;
   m.zero = static_cast<uint8_t>(std::find(m.value, m.value + 256, 0.0f) - m.value);
+  for (uint32_t sign = 0; sign < 2; ++sign) {
+    for (uint32_t e = 0; e < kLutExponents; ++e) {
+      for (uint32_t mant = 0; mant < (1u << kLutMantissaBits); ++mant) {
+        // The bucket's lowest value: its smallest magnitude when positive, its largest
+        // when negative.
+        uint32_t bits = (sign << 31) | ((e + kLutMinExponent) << 23) |
+                        (mant << (23 - kLutMantissaBits));
+        if (sign) bits |= (1u << (23 - kLutMantissaBits)) - 1;
+        float lowest;
+        std::memcpy(&lowest, &bits, sizeof(lowest));
+        const uint32_t b = ((sign * kLutExponents + e) << kLutMantissaBits) + mant;
+        m.lut[b] = static_cast<int32_t>(std::upper_bound(m.mid, m.mid + 255, lowest) - m.mid);
+        m.lut_mid[b] = m.mid[m.lut[b]];
+      }
+    }
+  }
   return m;
 }
 
@@ -76,31 +107,42 @@ inline const DynamicMap& UnsignedMap() {
 }
 
 // The code of norm = x / absmax: the number of midpoints <= norm (the nearest entry; a value
-// on a midpoint takes the upper one), by a branch-free search over the 255 midpoints.
-// NaN takes the zero code.
+// on a midpoint takes the upper one). NaN takes the zero code.
 inline uint8_t QuantizeNormalized(float norm, const DynamicMap& m) {
-  int idx = 0;
-  for (int step = 128; step >= 1; step >>= 1) {
-    idx += (m.mid[idx + step - 1] <= norm) ? step : 0;
-  }
-  return norm == norm ? static_cast<uint8_t>(idx) : m.zero;
+  uint32_t bits;
+  std::memcpy(&bits, &norm, sizeof(bits));
+  const uint32_t exponent = (bits >> 23) & 0xffu;
+  const bool tiny = exponent < kLutMinExponent;
+  const uint32_t e = tiny ? 0u
+                     : exponent >= kLutMinExponent + kLutExponents ? kLutExponents - 1
+                                                                   : exponent - kLutMinExponent;
+  const uint32_t mant = tiny ? 0u : (bits >> (23 - kLutMantissaBits)) &
+                                        ((1u << kLutMantissaBits) - 1);
+  const uint32_t bucket = (((bits >> 31) * kLutExponents + e) << kLutMantissaBits) + mant;
+  const int32_t code = m.lut[bucket] + (norm >= m.lut_mid[bucket] ? 1 : 0);
+  return norm == norm ? static_cast<uint8_t>(code) : m.zero;
 }
 
-// max |x[i]| over a block; NaN when any element is NaN (as NumPy's max).
-inline float BlockAbsMax(const float* x, int64_t n) {
-  float m = 0.0f;
-  bool nan = false;
+// max |x[i]| over a block; NaN when any element is NaN (as NumPy's max). On the bits: a
+// float with its sign cleared orders as its bit pattern, and a NaN's pattern is above
+// inf's, so an integer max (which vectorises) is the float max with NaN propagating.
+inline float BlockAbsMax(const float* __restrict__ x, int64_t n) {
+  uint32_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(x[i]);
-    m = a > m ? a : m;
-    nan |= a != a;
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], sizeof(bits));
+    bits &= 0x7fffffffu;
+    m = bits > m ? bits : m;
   }
-  return nan ? std::nanf("") : m;
+  float out;
+  std::memcpy(&out, &m, sizeof(out));
+  return out;
 }
 
 // Quantizes one block of n <= kBlock8 float32 values: returns its absmax, writes the codes.
 // An all-zero block stores the zero code everywhere.
-inline float QuantizeBlock(const float* x, int64_t n, const DynamicMap& m, uint8_t* codes) {
+inline float QuantizeBlock(const float* __restrict__ x, int64_t n, const DynamicMap& m,
+                           uint8_t* __restrict__ codes) {
   const float absmax = BlockAbsMax(x, n);
   if (absmax == 0.0f) {
     for (int64_t i = 0; i < n; ++i) codes[i] = m.zero;
@@ -110,8 +152,8 @@ inline float QuantizeBlock(const float* x, int64_t n, const DynamicMap& m, uint8
   return absmax;
 }
 
-inline void DequantizeBlock(const uint8_t* codes, float absmax, int64_t n, const DynamicMap& m,
-                            float* x) {
+inline void DequantizeBlock(const uint8_t* __restrict__ codes, float absmax, int64_t n,
+                            const DynamicMap& m, float* __restrict__ x) {
   for (int64_t i = 0; i < n; ++i) x[i] = m.value[codes[i]] * absmax;
 }
 

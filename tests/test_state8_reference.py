@@ -221,3 +221,21 @@ def test_the_sparse_8bit_step_touches_only_the_named_rows(rng):
         np.testing.assert_array_equal(out["ms"][0][r], dense["ms"][0][0])
     with pytest.raises(ValueError, match="rank >= 2"):
         ref.sparse_rmsprop_x_step_8bit(var[0], grad[:, 0], idx, ms, **hyper)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_every_lookup_bucket_of_the_kernels_holds_at_most_one_midpoint(signed):
+    """cc/state8.h finds a code from the top 16 bits of x / absmax (sign, exponent 2^-26 ..
+    2^0, 7 mantissa bits) plus one comparison with the next midpoint: exact only if no
+    bucket holds two midpoints, and if nothing below 2^-26 reaches one."""
+    t = ref.dynamic_map(signed)
+    mids = (t[:-1] + t[1:]) / np.float32(2)
+    assert np.min(np.abs(mids)) > 2.0 ** -26
+    for sign in (0, 1):
+        e = np.arange(101, 128, dtype=np.uint32)[:, None]
+        m = np.arange(128, dtype=np.uint32)[None, :]
+        first = ((np.uint32(sign) << 31) | (e << 23) | (m << 16)).ravel()
+        ends = np.stack([first, first | np.uint32(0xFFFF)]).view(np.float32)
+        lo, hi = np.sort(ends, axis=0)
+        inside = np.searchsorted(mids, hi, side="right") - np.searchsorted(mids, lo, side="right")
+        assert inside.max() <= 1

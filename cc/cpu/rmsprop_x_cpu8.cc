@@ -2,6 +2,7 @@
 // codec of cc/state8.h, one block of 256 elements at a time (the block's state lives in
 // L1 between its dequantization and its requantization: one pass over memory).
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -9,9 +10,63 @@
 #include "cc/cpu/storage.h"
 #include "cc/state8.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace tf_rmsprop_ops {
 namespace cpu {
 namespace {
+
+// QuantizeBlock of cc/state8.h, eight elements at a time with AVX2 (GCC leaves the scalar
+// loop scalar): the same bucket lookup, midpoint comparison and NaN rule, so the same codes
+// (tests/test_state8_op.py pins the op's codes to the reference's).
+inline float Quantize(const float* __restrict__ x, int64_t n, const DynamicMap& m,
+                      uint8_t* __restrict__ codes) {
+#if defined(__AVX2__)
+  const float absmax = BlockAbsMax(x, n);
+  if (absmax == 0.0f) return QuantizeBlock(x, n, m, codes);  // the zero code everywhere
+  const __m256 scale = _mm256_set1_ps(absmax);
+  const __m256i exponent_mask = _mm256_set1_epi32(0xff);
+  const __m256i min_exponent = _mm256_set1_epi32(static_cast<int>(kLutMinExponent));
+  const __m256i last_exponent = _mm256_set1_epi32(static_cast<int>(kLutExponents - 1));
+  const __m256i mantissa_mask = _mm256_set1_epi32((1 << kLutMantissaBits) - 1);
+  const __m256i exponents = _mm256_set1_epi32(static_cast<int>(kLutExponents));
+  const __m256i zero_code = _mm256_set1_epi32(m.zero);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 norm = _mm256_div_ps(_mm256_loadu_ps(x + i), scale);
+    const __m256i bits = _mm256_castps_si256(norm);
+    const __m256i exponent = _mm256_and_si256(_mm256_srli_epi32(bits, 23), exponent_mask);
+    const __m256i tiny = _mm256_cmpgt_epi32(min_exponent, exponent);
+    const __m256i e = _mm256_andnot_si256(
+        tiny, _mm256_min_epi32(_mm256_sub_epi32(exponent, min_exponent), last_exponent));
+    const __m256i mant = _mm256_andnot_si256(
+        tiny, _mm256_and_si256(_mm256_srli_epi32(bits, 23 - kLutMantissaBits), mantissa_mask));
+    const __m256i bucket = _mm256_add_epi32(
+        _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(bits, 31), exponents), e),
+            kLutMantissaBits),
+        mant);
+    const __m256i low = _mm256_i32gather_epi32(m.lut, bucket, 4);
+    const __m256 mid = _mm256_i32gather_ps(m.lut_mid, bucket, 4);
+    const __m256 reached = _mm256_cmp_ps(norm, mid, _CMP_GE_OQ);  // false for NaN
+    __m256i code = _mm256_sub_epi32(low, _mm256_castps_si256(reached));  // -(-1) = +1
+    const __m256 nan = _mm256_cmp_ps(norm, norm, _CMP_UNORD_Q);
+    code = _mm256_blendv_epi8(code, zero_code, _mm256_castps_si256(nan));
+    const __m256i words = _mm256_packus_epi32(code, code);   // per lane: c0..c3 c0..c3
+    const __m256i bytes = _mm256_packus_epi16(words, words);  // per lane: c0..c3 x4
+    const uint32_t lo = static_cast<uint32_t>(_mm256_extract_epi32(bytes, 0));
+    const uint32_t hi = static_cast<uint32_t>(_mm256_extract_epi32(bytes, 4));
+    std::memcpy(codes + i, &lo, 4);
+    std::memcpy(codes + i + 4, &hi, 4);
+  }
+  for (; i < n; ++i) codes[i] = QuantizeNormalized(x[i] / absmax, m);
+  return absmax;
+#else
+  return QuantizeBlock(x, n, m, codes);
+#endif
+}
 
 // One block of n <= kBlock8 elements, every pointer at the block's start (absmax: the
 // block's own). G: T (a dense gradient) or float (a summed sparse row).
@@ -32,9 +87,9 @@ inline void Block8(const Coefficients<float>& k, const G* __restrict__ grad, T* 
     if (kMomentum) m[i] = mi;
     if (kCentered) a[i] = ai;
   }
-  *ms.absmax = QuantizeBlock(s, n, unsigned_map, ms.codes);
-  if (kMomentum) *mom.absmax = QuantizeBlock(m, n, signed_map, mom.codes);
-  if (kCentered) *mg.absmax = QuantizeBlock(a, n, signed_map, mg.codes);
+  *ms.absmax = Quantize(s, n, unsigned_map, ms.codes);
+  if (kMomentum) *mom.absmax = Quantize(m, n, signed_map, mom.codes);
+  if (kCentered) *mg.absmax = Quantize(a, n, signed_map, mg.codes);
 }
 
 // A state's pointers at element `off` and block `b` (null stays null).
