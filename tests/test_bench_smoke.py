@@ -121,3 +121,14 @@ def test_models_target_line_derives_what_the_update_needs():
     assert "1.8x Keras 3 jit allows 3.333 ms, 0.833 ms after the call" in line
     assert "85% of the roofline allows 2.000 ms, -0.500 ms after the call: the call alone " \
            "takes longer" in line
+
+
+def test_state8_case_times_8bit_and_32bit_state(tmp_path, capsys):
+    from tf_rmsprop_ops import cli
+    cli.main(["bench", "--quick", "--state8", "--sizes", "64K",
+              "--json", str(tmp_path / "s.json")])
+    (result,) = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert set(result["ms"]) == {"rmspropx", "dense_32bit", "sparse_8bit", "sparse_32bit"}
+    assert all(ms > 0 for ms in result["ms"].values()) and result["roofline_ms"] > 0
+    assert result["state_bytes_per_element"] == {"8": 2 * (1 + 4 / 256), "32": 8}
+    assert "25.4% of float32's 8" in capsys.readouterr().out

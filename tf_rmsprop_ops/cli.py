@@ -51,6 +51,9 @@ def _parser():
     bench.add_argument("--denormals", action="store_true",
                        help="only the denormal case: the dense op with normal vs subnormal "
                             "inputs, eager and in a tf.function (sizes: --sizes)")
+    bench.add_argument("--state8", action="store_true",
+                       help="only the 8-bit optimizer state case: the dense and sparse op with "
+                            "momentum, 8-bit vs float32 state (sizes: --sizes)")
     bench.add_argument("--quick", action="store_true",
                        help="tiny sizes and few repeats: checks the harness, not the speed")
     return parser

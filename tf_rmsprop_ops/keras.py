@@ -17,7 +17,7 @@ Decoupled weight decay is fused into the op (Keras would make a separate pass be
 import keras
 import tensorflow as tf
 
-from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, ops, presets
+from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, ops, presets, state8
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 
@@ -39,7 +39,9 @@ class _Fill(keras.initializers.Initializer):
 class RMSpropX(keras.optimizers.Optimizer):
     """RMSprop on the fused ops. Arguments as `keras.optimizers.RMSprop`, plus `nesterov`,
     `epsilon_placement`, `lr_placement`, `weight_decay_mode` ("decoupled" | "coupled"),
-    `initial_scale` and `bias_correction` (see `tf_rmsprop_ops.RMSpropX`), and
+    `initial_scale`, `bias_correction`, `state_bits` and `min_8bit_size` (see
+    `tf_rmsprop_ops.RMSpropX`; with `state_bits=8`, `get_slot` returns the dequantized state
+    and the optimizer's variables hold the uint8 codes and float32 absmax), and
     `from_preset(name, **overrides)`."""
 
     # Checked on every assignment (ValueError naming the argument); see _hyper.
@@ -65,7 +67,8 @@ class RMSpropX(keras.optimizers.Optimizer):
                  gradient_accumulation_steps=None, name="rmspropx", nesterov=False,
                  epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
-                 multi_tensor=True, **kwargs):
+                 multi_tensor=True, state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
+                 **kwargs):
         _hyper.check("learning_rate", learning_rate)
         if epsilon_placement not in EPSILON_PLACEMENTS:
             raise ValueError(f"Argument `epsilon_placement` must be one of {EPSILON_PLACEMENTS}; "
@@ -76,6 +79,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         if weight_decay_mode not in ("decoupled", "coupled"):
             raise ValueError("Argument `weight_decay_mode` must be 'decoupled' or 'coupled'; "
                              f"received {weight_decay_mode!r}.")
+        selection = state8.Selection(state_bits, min_8bit_size)  # checks both
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
             clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
@@ -88,6 +92,8 @@ class RMSpropX(keras.optimizers.Optimizer):
         self.weight_decay_mode, self.initial_scale = weight_decay_mode, initial_scale
         self.bias_correction = bias_correction
         self.multi_tensor = multi_tensor
+        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
+        self._selection = selection
         self.use_momentum = momentum > 0 or nesterov
         if bias_correction:
             _apply.check_bias_correction(self._structure(None), self.rho)
@@ -101,13 +107,41 @@ class RMSpropX(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        self._velocities = self.add_optimizer_variables(
-            var_list, "velocity",
-            initializer=_Fill(self.initial_scale))
-        self._momentums = (self.add_optimizer_variables(var_list, "momentum")
-                           if self.use_momentum else [])
-        self._average_gradients = (self.add_optimizer_variables(var_list, "average_gradient")
-                                   if self.centered else [])
+        if self.state_bits == 8 and getattr(self, "jit_compile", False) is True:
+            raise ValueError("state_bits=8 cannot run with jit_compile=True yet (the 8-bit "
+                             "update has no XLA lowering so far)")
+        bits = [self._selection.bits_for(v, id(_distribute.unwrap(v)),
+                                         _distribute._strategy() is not None) for v in var_list]
+        self._velocities, self._velocity_absmax = self._add_state(
+            var_list, bits, "velocity", self.initial_scale)
+        self._momentums, self._momentum_absmax = (
+            self._add_state(var_list, bits, "momentum") if self.use_momentum else ([], []))
+        self._average_gradients, self._average_gradient_absmax = (
+            self._add_state(var_list, bits, "average_gradient") if self.centered else ([], []))
+
+    def _add_state(self, var_list, bits, name, value=0.0):
+        """One state for every variable: a slot like the variable (32-bit), or for 8-bit
+        state its uint8 codes (in the slot list) and float32 absmax (in the second list)."""
+        if 8 not in bits:
+            return self.add_optimizer_variables(var_list, name, initializer=_Fill(value)), []
+        signed = state8.SIGNED[{"velocity": "ms", "momentum": "mom",
+                                "average_gradient": "mg"}[name]]
+        slots, absmaxes = [], []
+        for var, b in zip(var_list, bits):
+            if b != 8:
+                slots.append(self.add_variable_from_reference(var, name,
+                                                              initializer=_Fill(value)))
+                absmaxes.append(None)
+                continue
+            code, absmax = state8.constant(value, signed)
+            base = f"{getattr(var, 'path', var.name).replace('/', '_')}_{name}"
+            slots.append(self.add_variable(
+                tuple(var.shape), initializer=keras.initializers.Constant(code), dtype="uint8",
+                name=f"{base}_codes"))
+            absmaxes.append(self.add_variable(
+                state8.absmax_shape(var.shape), initializer=keras.initializers.Constant(absmax),
+                dtype="float32", name=f"{base}_absmax"))
+        return slots, absmaxes
 
     def _structure(self, variable):
         if not self.weight_decay or (variable is not None and
@@ -129,13 +163,20 @@ class RMSpropX(keras.optimizers.Optimizer):
         for gradient, variable in zip(grads, variables):
             i = self._get_variable_index(variable)
 
-            def slot(slots, i=i):
-                return _distribute.unwrap(slots[i]) if slots else None
+            def slot(slots, absmaxes, i=i):
+                if not slots:
+                    return None
+                if absmaxes and absmaxes[i] is not None:  # 8-bit state
+                    return state8.State8(_distribute.unwrap(slots[i]),
+                                         _distribute.unwrap(absmaxes[i]))
+                return _distribute.unwrap(slots[i])
 
             items.append((_gradients.cast_to_variable(gradient, variable),
                           _distribute.unwrap(variable),
-                          _apply.Slots(slot(self._velocities), slot(self._momentums),
-                                       slot(self._average_gradients)),
+                          _apply.Slots(slot(self._velocities, self._velocity_absmax),
+                                       slot(self._momentums, self._momentum_absmax),
+                                       slot(self._average_gradients,
+                                            self._average_gradient_absmax)),
                           self._structure(variable)))
         return items
 
@@ -208,7 +249,15 @@ class RMSpropX(keras.optimizers.Optimizer):
                  "average_gradient": self._average_gradients}.get(name)
         if not slots:
             raise KeyError(f"No slot '{name}' in {self.name}")
-        return slots[self._get_variable_index(variable)]
+        i = self._get_variable_index(variable)
+        absmaxes = {"velocity": self._velocity_absmax, "momentum": self._momentum_absmax,
+                    "average_gradient": self._average_gradient_absmax}[name]
+        if absmaxes and absmaxes[i] is not None:  # 8-bit state: the dequantized value
+            signed = state8.SIGNED[{"velocity": "ms", "momentum": "mom",
+                                    "average_gradient": "mg"}[name]]
+            return state8.dequantize(state8.State8(slots[i], absmaxes[i]), signed,
+                                     variable.shape)
+        return slots[i]
 
     def get_config(self):
         config = super().get_config()
@@ -217,5 +266,6 @@ class RMSpropX(keras.optimizers.Optimizer):
                       epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
                       weight_decay_mode=self.weight_decay_mode,
                       initial_scale=self.initial_scale, bias_correction=self.bias_correction,
-                      multi_tensor=self.multi_tensor)
+                      multi_tensor=self.multi_tensor, state_bits=self.state_bits,
+                      min_8bit_size=self.min_8bit_size)
         return config

@@ -129,6 +129,7 @@ class RMSpropX(tf.Module):
         self.use_momentum = self.momentum > 0 or self.nesterov
         self.bias_correction = bool(bias_correction)
         self.multi_tensor = bool(multi_tensor)
+        self._selection = state8.Selection(state_bits, min_8bit_size)
         self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
         if self.bias_correction:
             _apply.check_bias_correction(self._structure(None), self.rho)
@@ -142,7 +143,6 @@ class RMSpropX(tf.Module):
         self._index = {}  # _distribute.var_key(variable) -> position
         self._trainable_variables = []
         self._exclude_keys, self._exclude_pattern = set(), None
-        self._keep32_keys, self._keep32_pattern, self._keep32_predicate = set(), None, None
         self._warned_missing = set()
         # (device, variable keys) -> XLA function; a cache, not state to save.
         self._compiled_updates = NoDependency({})
@@ -268,33 +268,14 @@ class RMSpropX(tf.Module):
         if self.built:
             raise ValueError("exclude_from_8bit_state() can only be configured before the "
                              "optimizer is built.")
-        self._keep32_keys = {_distribute.var_key(v) for v in (var_list or [])}
-        self._keep32_pattern = re.compile("|".join(set(var_names))) if var_names else None
-        self._keep32_predicate = predicate
+        self._selection.exclude([_distribute.var_key(v) for v in (var_list or [])], var_names,
+                                 predicate)
 
     def _state_bits_for(self, var):
-        """8 or 32: 8 when `state_bits=8` and the variable (the logical one) is a half,
-        bfloat16 or float32 variable of at least `min_8bit_size` elements not excluded by
-        `exclude_from_8bit_state`."""
-        if self.state_bits != 8:
-            return 32
-        if var.dtype.base_dtype not in (tf.float16, tf.bfloat16, tf.float32):
-            return 32
-        if not var.shape.is_fully_defined() or var.shape.num_elements() < self.min_8bit_size:
-            return 32
-        if _distribute.var_key(var) in self._keep32_keys:
-            return 32
-        if self._keep32_pattern is not None and self._keep32_pattern.search(var.name):
-            return 32
-        if self._keep32_predicate is not None and self._keep32_predicate(var):
-            return 32
-        if (_dtensor.is_dvariable(var) or _distribute._strategy() is not None
-                or isinstance(var, tf.distribute.DistributedValues)):
-            raise ValueError(
-                f"state_bits=8: {var.name} is a DTensor or tf.distribute variable, and 8-bit "
-                "state is not wired into DTensor or tf.distribute strategies yet; use "
-                "state_bits=32 there (or exclude_from_8bit_state for this variable)")
-        return 8
+        """8 or 32 (`state8.Selection`)."""
+        distributed = (_dtensor.is_dvariable(var) or _distribute._strategy() is not None
+                       or isinstance(var, tf.distribute.DistributedValues))
+        return self._selection.bits_for(var, _distribute.var_key(var), distributed)
 
     @property
     def variables(self):
@@ -619,11 +600,7 @@ def _validate(**args):
     mesh = args.get("mesh")
     if mesh is not None and not isinstance(mesh, tf.experimental.dtensor.Mesh):
         bad("mesh", "must be a tf.experimental.dtensor.Mesh or None")
-    if args.get("state_bits", 32) not in (8, 32):
-        bad("state_bits", "must be 32 (slots in the variable's dtype) or 8 (blockwise 8-bit)")
-    size = args.get("min_8bit_size", 0)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        bad("min_8bit_size", "must be an integer >= 0")
+    state8.Selection(args.get("state_bits", 32), args.get("min_8bit_size", 0))  # checks
     if args.get("state_bits") == 8 and args.get("jit_compile"):
         bad("jit_compile", "cannot be True with state_bits=8 yet (the 8-bit update has no XLA "
                            "lowering so far)")

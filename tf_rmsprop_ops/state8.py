@@ -50,6 +50,12 @@ def zeros(shape, signed, name):
     return State8(codes, absmax)
 
 
+def constant(value, signed):
+    """(code, absmax) of a state holding `value` everywhere (a constant array's blocks)."""
+    codes, absmax = reference.quantize_blockwise(np.array([value], np.float32), signed)
+    return int(codes[0]), float(absmax[0, 0])
+
+
 def full(shape, value, signed, name):
     """A State8 of new variables holding `value` everywhere (as a constant array quantizes:
     absmax |value| in every block, every code the one of value / |value|)."""
@@ -86,3 +92,49 @@ def dequantize(state, signed, shape=None):
     values = tf.gather(table, tf.cast(tf.reshape(codes, [rows, row]), tf.int32))
     scale = tf.repeat(absmax, BLOCK_SIZE, axis=1)[:, :row]
     return tf.reshape(values * scale, dims)
+
+
+class Selection:
+    """Which variables get 8-bit state, for both optimizers: `state_bits=8`, the variable a
+    half, bfloat16 or float32 one of at least `min_8bit_size` elements (its full, logical
+    shape), not excluded (`exclude`: a list of variables, regular expressions over names,
+    a predicate)."""
+
+    def __init__(self, state_bits=32, min_8bit_size=MIN_8BIT_SIZE):
+        if state_bits not in (8, 32):
+            raise ValueError("Argument `state_bits` must be 32 (slots in the variable's dtype) "
+                             f"or 8 (blockwise 8-bit); received {state_bits!r}.")
+        if not isinstance(min_8bit_size, int) or isinstance(min_8bit_size, bool) or (
+                min_8bit_size < 0):
+            raise ValueError("Argument `min_8bit_size` must be an integer >= 0; received "
+                             f"{min_8bit_size!r}.")
+        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
+        self.keys, self.pattern, self.predicate = set(), None, None
+
+    def exclude(self, keys=(), var_names=None, predicate=None):
+        import re
+        self.keys = set(keys)
+        self.pattern = re.compile("|".join(set(var_names))) if var_names else None
+        self.predicate = predicate
+
+    def bits_for(self, var, key, distributed):
+        """8 or 32 for `var` (`key`: its stable key; `distributed`: whether it is a DTensor
+        or tf.distribute variable, which 8-bit state does not support yet: ValueError)."""
+        if self.state_bits != 8:
+            return 32
+        dtype = tf.as_dtype(var.dtype).base_dtype
+        shape = tf.TensorShape(var.shape)
+        if dtype not in (tf.float16, tf.bfloat16, tf.float32):
+            return 32
+        if not shape.is_fully_defined() or shape.num_elements() < self.min_8bit_size:
+            return 32
+        if key in self.keys or (self.pattern is not None and self.pattern.search(var.name)):
+            return 32
+        if self.predicate is not None and self.predicate(var):
+            return 32
+        if distributed:
+            raise ValueError(
+                f"state_bits=8: {var.name} is a DTensor or tf.distribute variable, and 8-bit "
+                "state is not wired into DTensor or tf.distribute strategies yet; use "
+                "state_bits=32 there (or exclude this variable from 8-bit state)")
+        return 8

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cc/cpu/rmsprop_x_cpu.h"
+#include "cc/cpu/row_prefetch.h"
 #include "cc/cpu/storage.h"
 #include "cc/state8.h"
 
@@ -121,8 +122,27 @@ void Rows8(const Coefficients<float>& k, const T* grad, T* var, State8 ms, State
   const Coefficients<float> kk = k;
   const int64_t n = rows.row_size;
   const int64_t per_row = BlocksPerRow(n);
+  // Rows are random in memory: request var's, the codes' and absmax's rows ahead, at the
+  // 32-bit loop's two distances (cc/cpu/row_prefetch.h).
+  auto request = [&](auto near, int64_t u) __attribute__((always_inline)) {
+    constexpr bool kNear = decltype(near)::value;
+    const int64_t r = rows.row[u];
+    PrefetchRow<kNear>(var + r * n, n * static_cast<int64_t>(sizeof(T)));
+    for (const State8* s : {&ms, &mom, &mg}) {
+      if (s->codes == nullptr) continue;
+      PrefetchRow<kNear>(s->codes + r * n, n);
+      PrefetchRow<kNear>(s->absmax + r * per_row, per_row * 4);
+    }
+    if (kNear) PrefetchRow<true>(grad + rows.first[u] * n, n * static_cast<int64_t>(sizeof(T)));
+  };
+  const std::true_type near;
+  const std::false_type far;
+  for (int64_t u = begin; u < std::min(end, begin + kFarRows); ++u) request(far, u);
+  for (int64_t u = begin; u < std::min(end, begin + kNearRows); ++u) request(near, u);
   std::vector<float> sum;  // one summed row, for indices that repeat
   for (int64_t u = begin; u < end; ++u) {
+    if (u + kFarRows < end) request(far, u + kFarRows);
+    if (u + kNearRows < end) request(near, u + kNearRows);
     const int64_t r = rows.row[u];
     int32_t pos = rows.first[u];
     const bool once = rows.next[pos] < 0;

@@ -30,6 +30,9 @@ def main(spec):
     elif spec["kind"] == "dtensor":
         from tf_rmsprop_ops.benchmark import dtensor
         result = dtensor.run(spec["n"], threads, spec["repeats"], rng)
+    elif spec["kind"] == "state8":
+        from tf_rmsprop_ops.benchmark import state8
+        result = state8.run(spec["n"], threads, spec["repeats"], rng)
     elif spec["kind"] == "denormals":
         from tf_rmsprop_ops.benchmark import denormals
         result = denormals.run(spec["n"], threads, spec["repeats"], rng)

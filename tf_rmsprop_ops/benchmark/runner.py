@@ -69,6 +69,9 @@ def case_specs(args):
     if getattr(args, "denormals", False):
         return [dict(kind="denormals", n=parse_size(size), threads=args.threads,
                      repeats=args.repeats) for size in args.sizes.split(",")]
+    if getattr(args, "state8", False):
+        return [dict(kind="state8", n=parse_size(size), threads=args.threads,
+                     repeats=args.repeats) for size in args.sizes.split(",")]
     if getattr(args, "dtensor", False):
         return [dict(kind="dtensor", n=parse_size(size), threads=args.threads,
                      repeats=args.repeats) for size in args.sizes.split(",")]
@@ -98,6 +101,8 @@ def describe(result):
                 f"batch {result['batch']:,})")
     if result["kind"] == "denormals":
         return f"denormals {result['n']:,} float32 momentum"
+    if result["kind"] == "state8":
+        return f"8-bit state {result['n']:,} float32 momentum"
     if result["kind"] == "dtensor":
         return f"dtensor row-sharded [{result['rows']:,}, {result['dim']}] momentum"
     return (f"sparse [{result['rows']:,}, {result['dim']}] {result['indices']:,} idx "
@@ -183,6 +188,13 @@ def table(results, quick=False):
         lines.append("n/a*: that implementation cannot run this case here (the reason is "
                      "printed above, 'cannot run here').")
     for r in results:
+        if r["kind"] == "state8":
+            sb = r["state_bytes_per_element"]
+            lines.append(f"{describe(r)}: rmspropx = the dense update with 8-bit state "
+                         f"({float(sb['8']):.3f} state bytes per element, "
+                         f"{100 * float(sb['8']) / float(sb['32']):.1f}% of float32's "
+                         f"{float(sb['32']):.0f}); dense_32bit the same with float32 slots; "
+                         f"sparse_*: a [{r['n'] // 64:,}, 64] table, 10,000 indices.")
         if r["kind"] == "denormals":
             lines.append(f"{describe(r)}: rmspropx = normal inputs in a tf.function; the "
                          f"subnormal inputs' outputs flushed to zero: {r['flushed']}.")
