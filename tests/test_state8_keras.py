@@ -109,6 +109,18 @@ def test_keras_save_and_load_resume_bit_for_bit(rng, tmp_path):
         np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
 
 
+def test_exclusion_keeps_a_variable_at_32_bits(rng):
+    x, y, model = _data("embedding", rng)
+    m = model()
+    opt = RMSpropX(state_bits=8)
+    opt.exclude_from_8bit_state(var_names=["embedding"])
+    m.compile(optimizer=opt, loss="mse")
+    m.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)
+    assert not any(v.dtype == "uint8" for v in opt.variables)
+    with pytest.raises(ValueError, match="before the optimizer is built"):
+        opt.exclude_from_8bit_state(var_names=["x"])
+
+
 def test_refused_settings():
     with pytest.raises(ValueError, match="state_bits"):
         RMSpropX(state_bits=4)

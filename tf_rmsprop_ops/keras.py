@@ -119,6 +119,16 @@ class RMSpropX(keras.optimizers.Optimizer):
         self._average_gradients, self._average_gradient_absmax = (
             self._add_state(var_list, bits, "average_gradient") if self.centered else ([], []))
 
+    def exclude_from_8bit_state(self, var_list=None, var_names=None, predicate=None):
+        """Variables that keep 32-bit state under `state_bits=8` (a list, regular
+        expressions over names, a predicate), as `tf_rmsprop_ops.RMSpropX`'s. Before
+        `build`."""
+        if self.built:
+            raise ValueError("exclude_from_8bit_state() can only be configured before the "
+                             "optimizer is built.")
+        self._selection.exclude([id(_distribute.unwrap(v)) for v in (var_list or [])],
+                                var_names, predicate)
+
     def _add_state(self, var_list, bits, name, value=0.0):
         """One state for every variable: a slot like the variable (32-bit), or for 8-bit
         state its uint8 codes (in the slot list) and float32 absmax (in the second list)."""
