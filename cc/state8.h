@@ -1,7 +1,9 @@
 // 8-bit optimizer state: the blockwise dynamic-map codec (docs/design.md 1.7), the one
 // place its format lives. TensorFlow-free (the CPU loops, later the CUDA kernels and their
 // harness include it); tf_rmsprop_ops/reference.py (quantize_blockwise, dynamic_map) is
-// its NumPy statement and the tests pin the two together bit for bit.
+// its NumPy statement. The tests pin the maps bit for bit (through the ops' dequantized
+// state), and the ops' codes to the reference's: equal except adjacent codes where the
+// float32 state lies within rounding of a midpoint.
 //
 // A state tensor is one uint8 code per element plus one float32 absmax per block of
 // kBlock8 consecutive elements of a row (a variable of rank >= 2 is [shape[0],
@@ -26,7 +28,7 @@ inline int64_t BlocksPerRow(int64_t row_size) { return (row_size + kBlock8 - 1) 
 
 // Quantizing looks codes up by the top 16 bits of x / absmax (sign, exponent, 7 mantissa
 // bits): 2 x 27 x 128 buckets cover |x| in [2^-26, 2); smaller magnitudes share the
-// smallest bucket (no midpoint lies below 2^-22). Every bucket holds at most one midpoint
+// smallest bucket (every midpoint's magnitude is above 2^-23). Every bucket holds at most one midpoint
 // of either map (tests/test_state8_reference.py checks it), so a bucket's code is its
 // lowest value's, plus one where x reaches that one midpoint: exact nearest, branch-free.
 constexpr uint32_t kLutMinExponent = 101;  // 2^-26

@@ -34,10 +34,13 @@ def test_skips(i):
 """
 
 
+_PREFETCH = next(count for text, count, _ in conftest.SKIP_BUDGET if text == "x86 prefetch opcodes")
+
+
 @pytest.mark.parametrize("reason, count, allowed", [
     ("peer torch not installed", 1, False),            # on no line
-    ("x86 prefetch opcodes", 4, True),                 # within its count
-    ("x86 prefetch opcodes", 5, False),                # one past its count
+    ("x86 prefetch opcodes", _PREFETCH, True),         # within its count
+    ("x86 prefetch opcodes", _PREFETCH + 1, False),    # one past its count
 ])
 def test_only_budgeted_skips_pass(tmp_path, reason, count, allowed):
     rc, out = _run(tmp_path, SAMPLE.format(count=count, reason=reason))
@@ -55,3 +58,11 @@ def test_a_failure_keeps_its_exit_status(tmp_path):
 def test_every_budget_line_has_a_reason_and_a_small_count():
     for text, count, why in conftest.SKIP_BUDGET:
         assert text and len(why) > 20 and 1 <= count <= 8
+
+
+def test_a_module_skipped_whole_and_an_xfail_count_too(tmp_path):
+    rc, out = _run(tmp_path, "import pytest\npytest.skip('no peer', allow_module_level=True)\n")
+    assert rc != 0 and "SKIP BUDGET" in out and "no peer" in out, out  # 5: nothing ran
+    rc, out = _run(tmp_path, "import pytest\n\n@pytest.mark.xfail(reason='known bug')\n"
+                             "def test_x():\n    assert False\n")
+    assert rc == 1 and "xfail: known bug" in out, out

@@ -221,3 +221,47 @@ def test_refused_settings():
     with pytest.raises(ValueError, match="before the optimizer is built"):
         opt.exclude_from_8bit_state(var_names=["x"])
     assert RMSpropX.from_config(opt.get_config()).state_bits == 8
+
+
+def test_a_rank1_variable_takes_indexed_slices_densely(rng):
+    """A 1-D weight of >= 4096 elements has 8-bit state as one row of blocks; an IndexedSlices
+    gradient (tf.gather of it) cannot update it sparsely (neighbours share blocks), so the
+    optimizer updates it densely: the reference's dense 8-bit step on the summed gradient."""
+    var = tf.Variable(rng.uniform(-2, 2, 5000).astype(np.float32))
+    opt = RMSpropX(learning_rate=0.01, state_bits=8)
+    idx = rng.integers(0, 5000, 40)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(var, idx) ** 2)
+    grad = tape.gradient(loss, var)
+    assert isinstance(grad, tf.IndexedSlices)
+    before_var = var.numpy().astype(np.float64)
+    opt.apply_gradients([(grad, var)])
+    dense = np.asarray(tf.convert_to_tensor(grad), np.float64)
+    zero = reference.quantize_blockwise(np.zeros(5000), False)
+    hyper = as_op_sees(dict(lr=0.01, rho=0.9, epsilon=1e-7), tf.float32)
+    want = reference.rmsprop_x_step_8bit(before_var, dense, zero, **hyper)
+    assert_matches({"var": var.numpy().astype(np.float64)}, {"var": want["var"]}, tf.float32,
+                   before={"var": before_var})
+
+
+def test_a_refused_build_changes_nothing_and_an_exclusion_then_works():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        small = tf.Variable(np.zeros((10,), np.float32), name="small")
+        big = tf.Variable(np.zeros((100, 64), np.float32), name="big")
+        opt = RMSpropX(state_bits=8)
+        with pytest.raises(ValueError, match="not wired into DTensor or tf.distribute"):
+            opt.build([small, big])
+        assert not opt.built and opt.variables == [opt.iterations, opt._learning_rate]
+        opt.exclude_from_8bit_state(var_names=["big"])
+        opt.build([small, big])
+    assert not any(v.dtype == tf.uint8 for v in opt.variables)
+    assert opt.get_slot(big, "ms").shape == (100, 64)
+
+
+def test_a_gpu_variable_is_refused_by_name():
+    selection = state8.Selection(8)
+    var = tf.Variable(np.zeros((100, 64), np.float32))
+    with pytest.raises(ValueError, match="CPU kernels only so far"):
+        selection.bits_for(var, 0, False, "/job:localhost/replica:0/task:0/device:GPU:0")
+    assert selection.bits_for(var, 0, False, var.device) == 8

@@ -96,6 +96,11 @@ def apply_update(grad, var, slots, structure, scalars):
     """Updates `var` and `slots` in place with `grad` (a dense tensor or IndexedSlices);
     `scalars`: the ops' five scalar inputs (`_op_scalars`)."""
     sparse = isinstance(grad, tf.IndexedSlices)
+    if sparse and slots.quantized() and var.shape.rank is not None and var.shape.rank < 2:
+        # 8-bit state of a rank-1 variable is one row of blocks: the sparse op would
+        # requantize neighbours it does not name, so it refuses; the update is dense (every
+        # element's state decays, as Keras' RMSprop does for every IndexedSlices).
+        grad, sparse = tf.convert_to_tensor(grad), False
     values = grad.values if sparse else grad
     indices = grad.indices if sparse else None
     if _dtensor.is_dvariable(var):

@@ -106,12 +106,13 @@ class RMSpropX(keras.optimizers.Optimizer):
     def build(self, var_list):
         if self.built:
             return
-        super().build(var_list)
-        if self.state_bits == 8 and getattr(self, "jit_compile", False) is True:
-            raise ValueError("state_bits=8 cannot run with jit_compile=True yet (the 8-bit "
-                             "update has no XLA lowering so far)")
+        # Every variable's state format first: a refusal (ValueError) leaves the optimizer
+        # unbuilt, so that exclude_from_8bit_state and a retry still work.
         bits = [self._selection.bits_for(v, id(_distribute.unwrap(v)),
-                                         _distribute._strategy() is not None) for v in var_list]
+                                         _distribute._strategy() is not None,
+                                         getattr(_distribute.unwrap(v), "device", ""))
+                for v in var_list]
+        super().build(var_list)
         self._velocities, self._velocity_absmax = self._add_state(
             var_list, bits, "velocity", self.initial_scale)
         self._momentums, self._momentum_absmax = (

@@ -208,6 +208,12 @@ class RMSpropX(tf.Module):
         self.built = True
 
     def _create_slots(self, var_list):
+        # Every variable's state format first: a refusal (ValueError) changes nothing.
+        bits_of = {}
+        for var in var_list:
+            key = _distribute.var_key(var)
+            if key not in self._index and key not in bits_of:
+                bits_of[key] = self._state_bits_for(_distribute.unwrap(var))
         for var in var_list:
             key = _distribute.var_key(var)
             if key in self._index:
@@ -216,8 +222,7 @@ class RMSpropX(tf.Module):
             self._index[key] = len(self._trainable_variables)
             self._trainable_variables.append(var)
             base = _base_name(var)
-
-            bits = self._state_bits_for(var)
+            bits = bits_of[key]
 
             def slot(name, value=0.0, create=True, quantized=False):
                 if not create:
@@ -275,7 +280,8 @@ class RMSpropX(tf.Module):
         """8 or 32 (`state8.Selection`)."""
         distributed = (_dtensor.is_dvariable(var) or _distribute._strategy() is not None
                        or isinstance(var, tf.distribute.DistributedValues))
-        return self._selection.bits_for(var, _distribute.var_key(var), distributed)
+        return self._selection.bits_for(var, _distribute.var_key(var), distributed,
+                                        getattr(var, "device", ""))
 
     @property
     def variables(self):

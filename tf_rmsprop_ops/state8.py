@@ -112,14 +112,19 @@ class Selection:
         self.keys, self.pattern, self.predicate = set(), None, None
 
     def exclude(self, keys=(), var_names=None, predicate=None):
+        """Replaces the exclusions (as `exclude_from_weight_decay` does)."""
         import re
+        if isinstance(var_names, str):
+            var_names = [var_names]  # one pattern, not its characters
         self.keys = set(keys)
         self.pattern = re.compile("|".join(set(var_names))) if var_names else None
         self.predicate = predicate
 
-    def bits_for(self, var, key, distributed):
+    def bits_for(self, var, key, distributed, device=""):
         """8 or 32 for `var` (`key`: its stable key; `distributed`: whether it is a DTensor
-        or tf.distribute variable, which 8-bit state does not support yet: ValueError)."""
+        or tf.distribute variable, which 8-bit state does not support yet: ValueError; a
+        variable on a GPU (`device`) is refused too: the 8-bit kernels are CPU kernels, and
+        slots live on their variable's device)."""
         if self.state_bits != 8:
             return 32
         dtype = tf.as_dtype(var.dtype).base_dtype
@@ -132,6 +137,11 @@ class Selection:
             return 32
         if self.predicate is not None and self.predicate(var):
             return 32
+        if "GPU" in (device or "").upper():
+            raise ValueError(
+                f"state_bits=8: {var.name} is on {device}, and 8-bit state has CPU kernels "
+                "only so far (its slots would live on the GPU too); create the variable on "
+                "the CPU, use state_bits=32, or exclude this variable from 8-bit state")
         if distributed:
             raise ValueError(
                 f"state_bits=8: {var.name} is a DTensor or tf.distribute variable, and 8-bit "

@@ -85,8 +85,8 @@ std::vector<std::string> SlotNames(const Variant& v) {
 absl::Status RequireFloatState(const Variant& v, std::string_view what) {
   if (v.state_bits == 32) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      "state_bits=", v.state_bits, ": ", what, " has no 8-bit-state form yet (the dense op "
-      "on the CPU has); keep this variable's slots at 32 bits"));
+      "state_bits=", v.state_bits, ": ", what, " has no 8-bit-state form yet (the dense and "
+      "sparse ops on the CPU have); keep this variable's slots at 32 bits"));
 }
 
 }  // namespace tf_rmsprop_ops

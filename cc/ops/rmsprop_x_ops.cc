@@ -121,7 +121,7 @@ var and slots are resource variables of dtype T. slots holds, in order, ms (alwa
 mom (when use_momentum) and mg (when centered); no slot is passed for a disabled feature.
 lr, rho, momentum, epsilon and weight_decay are scalars so that schedules need no retracing.
 The update is docs/design.md section 1.1 / tf_rmsprop_ops.reference; half types compute in float32.
-state_bits=8 (ApplyRMSpropX on the CPU so far): each state is two slots, its uint8 codes
+state_bits=8 (ApplyRMSpropX and SparseApplyRMSpropX on the CPU so far): each state is two slots, its uint8 codes
 (var's shape) and its float32 absmax ([rows, ceil(row / 256)]), docs/design.md 1.7.
 )doc";
 
