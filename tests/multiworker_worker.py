@@ -67,7 +67,9 @@ def main(seed, steps, mode):
         w = tf.Variable(init_w, name="w")
         table = tf.Variable(init_t, name="table")
         # Slots are built lazily, inside strategy.run.
-        opt = RMSpropX(jit_compile=(mode == "xla"), **KWARGS)
+        # "state8": every variable's state 8-bit (min_8bit_size=0).
+        eight = dict(state_bits=8, min_8bit_size=0) if mode == "state8" else {}
+        opt = RMSpropX(jit_compile=(mode == "xla"), **KWARGS, **eight)
 
     def replica_fn(x, ids):
         with tf.GradientTape() as tape:
@@ -101,10 +103,30 @@ def main(seed, steps, mode):
         slots={name: dict(w=local(opt.get_slot(w, name)), table=local(opt.get_slot(table, name)))
                for name in opt.slot_names},
         mirrored=all(isinstance(v, tf.distribute.DistributedValues)
-                     for v in [w, table] + [opt.get_slot(u, n) for u in (w, table)
-                                            for n in opt.slot_names]),
+                     for v in [w, table] + [s for u in (w, table) for n in opt.slot_names
+                                            for s in state_variables(opt, u, n)
+                                            if s.dtype != tf.uint8 and mode != "state8"]),
+        # 8-bit state: plain variables on each worker (TF cannot broadcast uint8 initial
+        # values between workers), equal because every worker applies the same update.
+        state8_devices=sorted({s.device for u in (w, table) for n in opt.slot_names
+                               for s in state_variables(opt, u, n) if mode == "state8"}),
+        state8_values={n: {which: [local(s) for s in state_variables(opt, u, n)]
+                           for which, u in (("w", w), ("table", table))}
+                       for n in opt.slot_names} if mode == "state8" else {},
+        state_bits=sorted({8 if hasattr(state_of(opt, u, n), "codes") else 32
+                           for u in (w, table) for n in opt.slot_names}),
     )
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def state_of(opt, var, name):
+    return {"ms": opt._ms, "mom": opt._mom, "mg": opt._mg}[name][opt._position(var)]
+
+
+def state_variables(opt, var, name):
+    """The variables holding a slot: it, or an 8-bit state's codes and absmax."""
+    state = state_of(opt, var, name)
+    return [state.codes, state.absmax] if hasattr(state, "codes") else [state]
 
 
 if __name__ == "__main__":

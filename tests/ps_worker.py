@@ -117,15 +117,18 @@ def run_case(strategy, coordinator, case, rng, result):
              rng.integers(0, ROWS, size=6).astype(np.int64)) for _ in range(STEPS)]
     with strategy.scope():
         w = tf.Variable(init_w, name=f"{case}_w")
-        SHARDING[0] = case == "sharded"
+        SHARDING[0] = case in ("sharded", "state8_sharded")
         try:
             table = tf.Variable(init_t, name=f"{case}_table")
         finally:
             SHARDING[0] = False
-        opt = RMSpropX(jit_compile=(case == "xla"), **KWARGS)
+        # state8_sharded: 8-bit state for the table (decided on the whole table: each shard
+        # is smaller than min_8bit_size), 32-bit for w.
+        eight = dict(state_bits=8, min_8bit_size=ROWS * DIM) if case == "state8_sharded" else {}
+        opt = RMSpropX(jit_compile=(case == "xla"), **KWARGS, **eight)
     # A ShardedVariable is trained through its shards (tf.GradientTape cannot differentiate
     # with respect to the ShardedVariable itself).
-    parts = list(table.variables) if case == "sharded" else [table]
+    parts = list(table.variables) if case in ("sharded", "state8_sharded") else [table]
     result.update(w_device=w.device, part_devices=[p.device for p in parts],
                   lr_device=opt.learning_rate.device, is_sharded=type(table).__name__)
 
@@ -164,11 +167,29 @@ def run_case(strategy, coordinator, case, rng, result):
         slots={name: dict(w=value(opt.get_slot(w, name)),
                           parts=[value(opt.get_slot(p, name)) for p in parts])
                for name in opt.slot_names},
-        slot_devices={name: dict(w=opt.get_slot(w, name).device,
-                                 parts=[opt.get_slot(p, name).device for p in parts])
+        slot_devices={name: dict(w=slot_device(opt, w, name),
+                                 parts=[slot_device(opt, p, name) for p in parts])
                       for name in opt.slot_names},
+        state_bits={name: dict(w=state_bits(opt, w, name),
+                               parts=[state_bits(opt, p, name) for p in parts])
+                    for name in opt.slot_names},
         update_ops=update_ops_by_compilation(graph.as_graph_def()),
     )
+
+
+def _state(opt, var, name):
+    return {"ms": opt._ms, "mom": opt._mom, "mg": opt._mg}[name][opt._position(var)]
+
+
+def slot_device(opt, var, name):
+    """Where the slot's state lives (an 8-bit state's codes; get_slot's dequantized value
+    is computed where it is read)."""
+    state = _state(opt, var, name)
+    return state.codes.device if hasattr(state, "codes") else state.device
+
+
+def state_bits(opt, var, name):
+    return 8 if hasattr(_state(opt, var, name), "codes") else 32
 
 
 def main(seed, num_ps, cases):

@@ -86,7 +86,7 @@ def _one_device_run(init_w, init_t, per_worker_grads, kwargs):
     return w, table, opt
 
 
-@pytest.fixture(scope="module", params=["native", "xla"])
+@pytest.fixture(scope="module", params=["native", "xla", "state8"])
 def cluster_results(request):
     return request.param, _run_cluster(BASE_SEED, request.param)
 
@@ -94,7 +94,16 @@ def cluster_results(request):
 def test_workers_bit_identical_and_equal_one_device_on_summed_gradients(cluster_results):
     mode, (r0, r1) = cluster_results
     assert (r0["task"], r1["task"]) == (0, 1)
-    assert r0["mirrored"] and r1["mirrored"]
+    assert r0["mirrored"] and r1["mirrored"]  # variables and every slot (codes, absmax)
+    assert r0["state_bits"] == [8 if mode == "state8" else 32]
+    if mode == "state8":  # codes and absmax: each worker's own copy, on its device, equal
+        assert r0["state8_devices"] == ["/job:worker/replica:0/task:0/device:CPU:0"]
+        assert r1["state8_devices"] == ["/job:worker/replica:0/task:1/device:CPU:0"]
+        for name, parts in r0["state8_values"].items():
+            for which, (codes, absmax) in parts.items():
+                other = r1["state8_values"][name][which]
+                np.testing.assert_array_equal(np.uint8(codes), np.uint8(other[0]))
+                np.testing.assert_array_equal(np.float32(absmax), np.float32(other[1]))
     assert r0["iterations"] == r1["iterations"] == STEPS
     assert r0["slot_names"] == ["ms", "mom", "mg"]
     # The step's graph: one dense and one sparse update, in XLA functions iff "xla".
@@ -115,8 +124,9 @@ def test_workers_bit_identical_and_equal_one_device_on_summed_gradients(cluster_
 
     init_w, init_t = np.float32(r0["init_w"]), np.float32(r0["init_t"])
     np.testing.assert_array_equal(init_w, np.float32(r1["init_w"]))
+    eight = dict(state_bits=8, min_8bit_size=0) if mode == "state8" else {}
     ref_w, ref_t, ref_opt = _one_device_run(init_w, init_t, [r0["grads"], r1["grads"]],
-                                            dict(KWARGS))
+                                            dict(KWARGS, **eight))
     np.testing.assert_allclose(np.float32(r0["w"]), ref_w.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.float32(r0["table"]), ref_t.numpy(), rtol=1e-5, atol=1e-7)
     for name in r0["slot_names"]:

@@ -46,7 +46,7 @@ def _run_worker(num_ps, cases):
 
 @pytest.fixture(scope="module")
 def two_ps():
-    return _run_worker(2, ["dense_and_sparse", "sharded", "xla"])
+    return _run_worker(2, ["dense_and_sparse", "sharded", "xla", "state8_sharded"])
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,12 @@ def one_ps():
     return _run_worker(1, ["xla"])
 
 
-def _one_device_run(r):
+def _one_device_run(r, **extra):
     """One device applying the gradients the workers fetched, step by step; a partitioned
     table's per-shard IndexedSlices become one (indices shifted by the shard's offset)."""
     offsets = np.cumsum([0] + r["part_rows"])[:-1]
     w, table = tf.Variable(np.float32(r["init_w"])), tf.Variable(np.float32(r["init_t"]))
-    opt = RMSpropX(**KWARGS)
+    opt = RMSpropX(**KWARGS, **extra)
     for g in r["grads"]:
         values = np.concatenate([np.float32(p["values"]).reshape(-1, table.shape[1])
                                  for p in g["parts"]])
@@ -72,11 +72,11 @@ def _one_device_run(r):
     return w, table, opt
 
 
-def _check_against_one_device(r):
+def _check_against_one_device(r, **extra):
     assert "error" not in r, r.get("traceback", r.get("error"))
     assert r["iterations"] == STEPS
     assert r["slot_names"] == ["ms", "mom", "mg"]
-    ref_w, ref_t, ref_opt = _one_device_run(r)
+    ref_w, ref_t, ref_opt = _one_device_run(r, **extra)
     got_t = np.concatenate([np.float32(p) for p in r["parts"]])
     np.testing.assert_allclose(np.float32(r["w"]), ref_w.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got_t, ref_t.numpy(), rtol=1e-5, atol=1e-7)
@@ -146,6 +146,23 @@ def test_partitioned_table_shards_get_own_slots_and_sparse_updates(two_ps):
     # Every step's gradient reached both shards or one, with shard-local indices.
     for g in r["grads"]:
         assert all(0 <= i < 5 for p in g["parts"] for i in p["indices"])
+
+
+def test_8bit_state_of_a_partitioned_table_decided_on_the_whole_table(two_ps):
+    """8-bit state under ParameterServerStrategy: each shard of a partitioned table has
+    8-bit state because the whole table reaches min_8bit_size (a shard does not), its codes
+    and absmax on the shard's PS, the sparse 8-bit updates run there, and the result is the
+    one-device 8-bit run on the unpartitioned table (rows are their own blocks, so the
+    shards' blocks are the table's)."""
+    r = two_ps["state8_sharded"]
+    assert "error" not in r, r.get("traceback", r.get("error"))
+    assert r["part_rows"] == [5, 5] and len(set(r["part_devices"])) == 2
+    for name in r["slot_names"]:
+        assert r["state_bits"][name] == dict(w=32, parts=[8, 8]), name
+    _check_against_one_device(r, state_bits=8, min_8bit_size=40)
+    _check_slots_colocated(r)
+    assert r["placement"]["SparseApplyRMSpropX"] == sorted(r["part_devices"])
+    assert r["placement"]["ApplyRMSpropX"] == [r["w_device"]]
 
 
 def _check_xla_on_ps(r):

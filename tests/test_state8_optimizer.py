@@ -210,12 +210,6 @@ def test_refused_settings():
         RMSpropX(state_bits=8, min_8bit_size=-1)
     with pytest.raises(ValueError, match="no XLA lowering so far"):
         RMSpropX(state_bits=8, jit_compile=True)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        var = tf.Variable(np.zeros((100, 64), np.float32))
-        opt = RMSpropX(state_bits=8)
-        with pytest.raises(ValueError, match="not wired into DTensor or tf.distribute"):
-            opt.build([var])
     opt = RMSpropX(state_bits=8)
     opt.build([tf.Variable(np.zeros((100, 64), np.float32))])
     with pytest.raises(ValueError, match="before the optimizer is built"):
@@ -244,19 +238,85 @@ def test_a_rank1_variable_takes_indexed_slices_densely(rng):
                    before={"var": before_var})
 
 
-def test_a_refused_build_changes_nothing_and_an_exclusion_then_works():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        small = tf.Variable(np.zeros((10,), np.float32), name="small")
-        big = tf.Variable(np.zeros((100, 64), np.float32), name="big")
-        opt = RMSpropX(state_bits=8)
-        with pytest.raises(ValueError, match="not wired into DTensor or tf.distribute"):
-            opt.build([small, big])
-        assert not opt.built and opt.variables == [opt.iterations, opt._learning_rate]
-        opt.exclude_from_8bit_state(var_names=["big"])
+def _refuse(opt, name, monkeypatch):
+    """Makes `opt` refuse 8-bit state for variables called `name` (as it refuses a GPU or
+    DTensor variable), to test what a refusal leaves behind."""
+    decide = opt._selection.bits_for
+
+    def bits_for(var, key, dtensor=False, device=""):
+        bits = decide(var, key, dtensor, device)
+        if bits == 8 and var.name.startswith(name):
+            raise ValueError(f"state_bits=8: {var.name} refused")
+        return bits
+    monkeypatch.setattr(opt._selection, "bits_for", bits_for)
+
+
+def test_a_refused_build_changes_nothing_and_an_exclusion_then_works(monkeypatch):
+    small = tf.Variable(np.zeros((10,), np.float32), name="small")
+    big = tf.Variable(np.zeros((100, 64), np.float32), name="big")
+    opt = RMSpropX(state_bits=8)
+    _refuse(opt, "big", monkeypatch)
+    with pytest.raises(ValueError, match="big:0 refused"):
         opt.build([small, big])
+    assert not opt.built and opt.variables == [opt.iterations, opt._learning_rate]
+    opt.exclude_from_8bit_state(var_names=["big"])
+    opt.build([small, big])
     assert not any(v.dtype == tf.uint8 for v in opt.variables)
     assert opt.get_slot(big, "ms").shape == (100, 64)
+
+
+def test_a_dtensor_variable_is_refused_by_name():
+    from tensorflow.experimental import dtensor
+    mesh = dtensor.create_mesh([("x", 1)], devices=["CPU:0"])
+    var = dtensor.DVariable(dtensor.call_with_layout(
+        tf.zeros, dtensor.Layout.replicated(mesh, 2), shape=(100, 64)))
+    with pytest.raises(ValueError, match="not wired into DTensor yet"):
+        RMSpropX(state_bits=8).build([var])
+
+
+@pytest.mark.parametrize("build_inside_run", [False, True], ids=["built", "lazy"])
+def test_mirrored_replicas_identical_and_equal_one_device(rng, build_inside_run):
+    """MirroredStrategy (2 CPUs): the codes and absmax are mirrored like their variable,
+    every replica holds the same bits, equal to one device applying the summed gradients."""
+    from test_distribute import DIM, KWARGS, ROWS, _components, _data, _mirrored_run, \
+        _one_device_run
+    kwargs = dict(KWARGS, state_bits=8, min_8bit_size=0)
+    init_w = rng.normal(size=(DIM, 3)).astype(np.float32)
+    init_t = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    data = _data(rng, 4)
+    strategy, w, table, opt = _mirrored_run(init_w, init_t, data, kwargs, build_inside_run)
+    ref_w, ref_t, ref_opt = _one_device_run(init_w, init_t, data, kwargs)
+    assert int(opt.iterations.numpy()) == 4
+    for var, ref in ((w, ref_w), (table, ref_t)):
+        copies = _components(strategy, var)
+        np.testing.assert_array_equal(copies[0], copies[1])
+        np.testing.assert_array_equal(copies[0], ref.numpy())
+        for kind in opt.slot_names:
+            state = {"ms": opt._ms, "mom": opt._mom, "mg": opt._mg}[kind][opt._position(var)]
+            single = {"ms": ref_opt._ms, "mom": ref_opt._mom,
+                      "mg": ref_opt._mg}[kind][ref_opt._position(ref)]
+            assert isinstance(state, state8.State8)
+            for part in ("codes", "absmax"):
+                mirrored = getattr(state, part)
+                assert isinstance(mirrored, tf.distribute.DistributedValues), part
+                got = _components(strategy, mirrored)
+                np.testing.assert_array_equal(got[0], got[1], err_msg=f"{kind} {part}")
+                np.testing.assert_array_equal(got[0], getattr(single, part).numpy(),
+                                              err_msg=f"{kind} {part}")
+    assert np.max(np.abs(_components(strategy, w)[0] - init_w)) > 1e-3  # it trained
+
+
+def test_a_shard_decides_by_its_sharded_variable():
+    """A ShardedVariable's shards take 8-bit state when the whole table is large enough
+    (bitsandbytes#2080: deciding per shard changed the numerics with the sharding)."""
+    from tensorflow.python.distribute import sharded_variable
+    shards = [tf.Variable(np.ones((30, 64), np.float32), name=f"table/part_{i}")
+              for i in range(2)]
+    table = sharded_variable.ShardedVariable(shards)
+    assert table.shape == (60, 64)
+    selection = state8.Selection(8, min_8bit_size=3000)  # a shard has 1920 elements
+    assert [selection.bits_for(s, i) for i, s in enumerate(shards)] == [8, 8]
+    assert state8.Selection(8, min_8bit_size=4000).bits_for(shards[0], 0) == 32
 
 
 def test_a_gpu_variable_is_refused_by_name():

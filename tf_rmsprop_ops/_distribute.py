@@ -76,6 +76,33 @@ def creation_scope(var):
     return stack
 
 
+def state8_variable_maker():
+    """How to make the variables of an 8-bit state (inside `creation_scope`): tf.Variable,
+    except under MultiWorkerMirroredStrategy with several workers, where TensorFlow
+    broadcasts every new variable's initial value from the chief with a collective that has
+    no uint8 kernel (CollectiveBcastRecv: bool, float, half, double, int32, int64). There the
+    codes and absmax are plain variables on the worker's one device: their initial value is
+    a constant every worker computes alike, and every worker applies the same all-reduced
+    update to them, so they stay equal without being mirrored. Several local devices per
+    worker would need mirrored copies: ValueError."""
+    strategy = _strategy()
+    if strategy is None or getattr(strategy.extended, "_num_workers", 1) <= 1 or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return tf.Variable
+    devices = strategy.extended.worker_devices
+    if len(devices) != 1:
+        raise ValueError(
+            "state_bits=8 under MultiWorkerMirroredStrategy needs one device per worker (its "
+            f"workers have {len(devices)}): TensorFlow cannot broadcast the uint8 codes' "
+            "initial value; use state_bits=32")
+    from tensorflow.python.ops import resource_variable_ops
+
+    def make(initial_value, **kwargs):
+        with tf.device(devices[0]):
+            return resource_variable_ops.ResourceVariable(initial_value, **kwargs)
+    return make
+
+
 def in_cross_replica(fn, *args):
     """Runs fn(*args) in a cross-replica context (a merge_call inside strategy.run)."""
     if in_replica_context():

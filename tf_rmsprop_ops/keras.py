@@ -15,6 +15,7 @@ Decoupled weight decay is fused into the op (Keras would make a separate pass be
 `update_step`; the result is the same, except that sparse updates decay only their rows).
 """
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, ops, presets, state8
@@ -108,10 +109,15 @@ class RMSpropX(keras.optimizers.Optimizer):
             return
         # Every variable's state format first: a refusal (ValueError) leaves the optimizer
         # unbuilt, so that exclude_from_8bit_state and a retry still work.
-        bits = [self._selection.bits_for(v, id(_distribute.unwrap(v)),
-                                         _distribute._strategy() is not None,
-                                         getattr(_distribute.unwrap(v), "device", ""))
+        bits = [self._selection.bits_for(_distribute.unwrap(v), id(_distribute.unwrap(v)),
+                                         device=getattr(_distribute.unwrap(v), "device", ""))
                 for v in var_list]
+        if 8 in bits and _distribute.state8_variable_maker() is not tf.Variable:
+            raise ValueError(
+                "state_bits=8 under MultiWorkerMirroredStrategy with several workers is not "
+                "supported by the Keras optimizer yet (TensorFlow cannot broadcast the uint8 "
+                "codes' initial value between workers; tf_rmsprop_ops.RMSpropX can); use "
+                "state_bits=32 or exclude these variables from 8-bit state")
         super().build(var_list)
         self._velocities, self._velocity_absmax = self._add_state(
             var_list, bits, "velocity", self.initial_scale)
@@ -269,6 +275,78 @@ class RMSpropX(keras.optimizers.Optimizer):
             return state8.dequantize(state8.State8(slots[i], absmaxes[i]), signed,
                                      variable.shape)
         return slots[i]
+
+    def _state_lists(self):
+        """(name, slots, absmaxes) of each state kind the optimizer keeps, in build order."""
+        kinds = [("velocity", self._velocities, self._velocity_absmax)]
+        if self.use_momentum:
+            kinds.append(("momentum", self._momentums, self._momentum_absmax))
+        if self.centered:
+            kinds.append(("average_gradient", self._average_gradients,
+                          self._average_gradient_absmax))
+        return kinds
+
+    def load_own_variables(self, store):
+        """Keras' `load_own_variables` (`.keras`, `.weights.h5`, `BackupAndRestore`), which
+        also converts between state formats: a saved 32-bit state loaded into 8-bit state is
+        quantized, a saved 8-bit state (uint8 codes, then float32 absmax) loaded into 32-bit
+        state is dequantized; the rest loads as Keras loads it."""
+        saved = [store[str(i)] for i in range(len(store.keys()))]
+        variables = list(self.variables)
+        plan = self._load_plan(saved, variables) if self.built else None
+        if plan is None:  # same format, or not ours to parse: Keras' own behaviour
+            return super().load_own_variables(store)
+        for assign in plan:
+            assign()
+
+    def _load_plan(self, saved, variables):
+        """The assignments that load `saved` when some state's format differs, else None."""
+        kinds = self._state_lists()
+        first = next(iter(kinds[0][1]), None)
+        if first is None:
+            return None
+        start = next((i for i, v in enumerate(variables) if v is first), None)
+        if start is None or len(saved) < start:
+            return None
+        plan = [lambda v=v, a=a: v.assign(a) for v, a in zip(variables[:start], saved[:start])]
+        j, converted = start, False
+        for name, slots, absmaxes in kinds:
+            signed = state8.SIGNED[{"velocity": "ms", "momentum": "mom",
+                                    "average_gradient": "mg"}[name]]
+            for i, slot in enumerate(slots):
+                if j >= len(saved):
+                    return None
+                eight_bit = bool(absmaxes) and absmaxes[i] is not None
+                if np.asarray(saved[j]).dtype == np.uint8:
+                    if j + 1 >= len(saved):
+                        return None
+                    codes, absmax = np.asarray(saved[j]), np.asarray(saved[j + 1])
+                    j += 2
+                    if tuple(codes.shape) != tuple(slot.shape):
+                        return None
+                    if eight_bit:
+                        plan += [lambda s=slot, c=codes: s.assign(c),
+                                 lambda s=absmaxes[i], a=absmax: s.assign(a)]
+                    else:
+                        values = state8.reference.dequantize_blockwise(codes, absmax, signed)
+                        plan.append(lambda s=slot, x=values: s.assign(
+                            tf.cast(x, s.dtype)))
+                        converted = True
+                else:
+                    values = np.asarray(saved[j], np.float32)
+                    j += 1
+                    if eight_bit:
+                        if tuple(values.shape) != tuple(slot.shape):
+                            return None
+                        codes, absmax = state8.reference.quantize_blockwise(values, signed)
+                        plan += [lambda s=slot, c=codes: s.assign(c),
+                                 lambda s=absmaxes[i], a=absmax: s.assign(a)]
+                        converted = True
+                    else:
+                        plan.append(lambda s=slot, x=saved[j - 1]: s.assign(x))
+        if j != len(saved) or not converted:
+            return None
+        return plan
 
     def get_config(self):
         config = super().get_config()

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
 from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, _hyper, ops, presets
+from tf_rmsprop_ops import _slot_table
 from tf_rmsprop_ops import state8
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
@@ -76,7 +77,9 @@ class RMSpropX(tf.Module):
       least `min_8bit_size` elements (default 4096, as bitsandbytes) are uint8 codes plus a
       float32 absmax per block of 256 elements of a row; `exclude_from_8bit_state` keeps
       chosen variables at 32 bits; `get_slot` returns the dequantized value. CPU kernels,
-      dense and sparse, no jit_compile, strategy or DTensor yet (each raises ValueError).
+      dense and sparse, under tf.distribute strategies too (a ShardedVariable's shards
+      decide by the whole variable); no jit_compile or DTensor yet (each raises ValueError).
+      Checkpoints restore across formats (32-bit state is quantized, 8-bit dequantized).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
 
@@ -137,8 +140,9 @@ class RMSpropX(tf.Module):
         with tf.init_scope():
             self._iterations = self._scalar_variable(0, tf.int64, "iteration")
             self._learning_rate = self._make_learning_rate(learning_rate)
-        # Per-variable state, in build order (tracked by position for checkpoints).
-        self._ms, self._mom, self._mg = [], [], []
+        # Per-variable state, in build order (tracked by position for checkpoints; a
+        # SlotTable restores a checkpoint of either state format into either).
+        self._ms, self._mom, self._mg = (_slot_table.SlotTable(k) for k in ("ms", "mom", "mg"))
         self._ema, self._accumulators = [], []
         self._index = {}  # _distribute.var_key(variable) -> position
         self._trainable_variables = []
@@ -230,7 +234,8 @@ class RMSpropX(tf.Module):
                 if quantized and bits == 8:
                     with _distribute.creation_scope(var):
                         return state8.full(var.shape, value, state8.SIGNED[name],
-                                           f"{base}_{name}")
+                                           f"{base}_{name}",
+                                           _distribute.state8_variable_maker())
                 if _dtensor.is_dvariable(var):
                     with tf.init_scope():
                         return _dtensor.variable_like(var, value, f"{base}_{name}")
@@ -240,9 +245,9 @@ class RMSpropX(tf.Module):
                     return tf.Variable(tf.fill(var.shape, ops.as_scalar(value, var.dtype)),
                                        name=f"{base}_{name}", trainable=False)
 
-            self._ms.append(slot("ms", self.initial_scale, quantized=True))
-            self._mom.append(slot("mom", create=self.use_momentum, quantized=True))
-            self._mg.append(slot("mg", create=self.centered, quantized=True))
+            self._ms.append(slot("ms", self.initial_scale, quantized=True), var)
+            self._mom.append(slot("mom", create=self.use_momentum, quantized=True), var)
+            self._mg.append(slot("mg", create=self.centered, quantized=True), var)
             self._ema.append(slot("average", create=self.use_ema))
             self._accumulators.append(
                 slot("accumulator", create=bool(self.gradient_accumulation_steps)))
@@ -278,10 +283,8 @@ class RMSpropX(tf.Module):
 
     def _state_bits_for(self, var):
         """8 or 32 (`state8.Selection`)."""
-        distributed = (_dtensor.is_dvariable(var) or _distribute._strategy() is not None
-                       or isinstance(var, tf.distribute.DistributedValues))
-        return self._selection.bits_for(var, _distribute.var_key(var), distributed,
-                                        getattr(var, "device", ""))
+        return self._selection.bits_for(var, _distribute.var_key(var),
+                                        _dtensor.is_dvariable(var), getattr(var, "device", ""))
 
     @property
     def variables(self):

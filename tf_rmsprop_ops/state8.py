@@ -37,17 +37,12 @@ def absmax_shape(shape):
     return reference.absmax_shape(tuple(tf.TensorShape(shape).as_list()))
 
 
-def zeros(shape, signed, name):
+def zeros(shape, signed, name, variable=tf.Variable):
     """A State8 of new variables holding the all-zero state for a variable of `shape`: every
     code the map's zero, every absmax 0 (what quantizing zeros gives); `name` prefixes the
-    two variables' names."""
-    shape = tuple(tf.TensorShape(shape).as_list())
-    zero = int(np.flatnonzero(reference.dynamic_map(signed) == 0)[0])
-    codes = tf.Variable(tf.fill(shape, tf.constant(zero, tf.uint8)), trainable=False,
-                        name=f"{name}_codes")
-    absmax = tf.Variable(tf.zeros(absmax_shape(shape), tf.float32), trainable=False,
-                         name=f"{name}_absmax")
-    return State8(codes, absmax)
+    two variables' names; `variable` makes them (tf.Variable, or the strategy-aware maker
+    of `_distribute.state8_variable_maker`)."""
+    return full(shape, 0.0, signed, name, variable)
 
 
 def constant(value, signed):
@@ -56,17 +51,16 @@ def constant(value, signed):
     return int(codes[0]), float(absmax[0, 0])
 
 
-def full(shape, value, signed, name):
+def full(shape, value, signed, name, variable=tf.Variable):
     """A State8 of new variables holding `value` everywhere (as a constant array quantizes:
-    absmax |value| in every block, every code the one of value / |value|)."""
+    absmax |value| in every block, every code the one of value / |value|; zero: the zero
+    code and absmax 0)."""
     shape = tuple(tf.TensorShape(shape).as_list())
-    if value == 0:
-        return zeros(shape, signed, name)
     code, absmax = reference.quantize_blockwise(np.array([value], np.float32), signed)
-    return State8(tf.Variable(tf.fill(shape, tf.constant(code[0], tf.uint8)), trainable=False,
-                              name=f"{name}_codes"),
-                  tf.Variable(tf.fill(absmax_shape(shape), tf.constant(absmax[0, 0])),
-                              trainable=False, name=f"{name}_absmax"))
+    return State8(variable(tf.fill(shape, tf.constant(code[0], tf.uint8)), trainable=False,
+                           name=f"{name}_codes"),
+                  variable(tf.fill(absmax_shape(shape), tf.constant(absmax[0, 0])),
+                           trainable=False, name=f"{name}_absmax"))
 
 
 def from_values(values, signed, name):
@@ -80,18 +74,45 @@ def from_values(values, signed, name):
 def dequantize(state, signed, shape=None):
     """The float32 values of a State8 (map[code] * absmax, one float32 product each), as a
     tensor of the codes' shape."""
-    codes = tf.convert_to_tensor(state.codes.read_value() if hasattr(state.codes, "read_value")
-                                 else state.codes)
-    absmax = tf.convert_to_tensor(state.absmax.read_value()
-                                  if hasattr(state.absmax, "read_value") else state.absmax)
+    def read(v):
+        return tf.convert_to_tensor(v.read_value() if hasattr(v, "read_value") else v)
+    return dequantize_tensors(read(state.codes), read(state.absmax), signed, shape)
+
+
+def dequantize_tensors(codes, absmax, signed, shape=None):
+    """`dequantize` of codes and absmax tensors (graph or eager)."""
     shape = codes.shape if shape is None else tf.TensorShape(shape)
     dims = shape.as_list()
-    rows = dims[0] if len(dims) >= 2 else 1
-    row = int(np.prod(dims[1:] if len(dims) >= 2 else dims, dtype=np.int64))
+    rows, row = reference._rows_of(dims)
     table = tf.constant(reference.dynamic_map(signed))
     values = tf.gather(table, tf.cast(tf.reshape(codes, [rows, row]), tf.int32))
     scale = tf.repeat(absmax, BLOCK_SIZE, axis=1)[:, :row]
     return tf.reshape(values * scale, dims)
+
+
+def quantize(values, signed):
+    """(codes, absmax) tensors of float32(values): the reference's quantizer in TensorFlow
+    ops, bit for bit (blocks of a row, absmax NaN when the block holds a NaN, the nearest map
+    entry by the float32 midpoints with ties up, the zero code for NaN and all-zero blocks).
+    Used where a checkpoint's 32-bit state enters 8-bit state."""
+    x = tf.cast(values, tf.float32)
+    dims = x.shape.as_list()
+    rows, row = reference._rows_of(dims)
+    nblocks = -(-row // BLOCK_SIZE)
+    padded = tf.pad(tf.reshape(x, [rows, row]), [[0, 0], [0, nblocks * BLOCK_SIZE - row]])
+    blocks = tf.reshape(padded, [rows, nblocks, BLOCK_SIZE])
+    has_nan = tf.reduce_any(tf.math.is_nan(blocks), axis=2)
+    absmax = tf.where(has_nan, tf.constant(np.nan, tf.float32),
+                      tf.reduce_max(tf.abs(blocks), axis=2))
+    norm = blocks / absmax[:, :, None]
+    table = reference.dynamic_map(signed)
+    mids = tf.constant((table[:-1] + table[1:]) / np.float32(2))
+    codes = tf.reshape(tf.searchsorted(mids, tf.reshape(norm, [-1]), side="right"),
+                       [rows, nblocks, BLOCK_SIZE])
+    zero = int(np.flatnonzero(table == 0)[0])
+    codes = tf.where(tf.math.is_nan(norm) | (absmax == 0)[:, :, None], zero, codes)
+    codes = tf.reshape(codes, [rows, nblocks * BLOCK_SIZE])[:, :row]
+    return tf.reshape(tf.cast(codes, tf.uint8), dims), absmax
 
 
 class Selection:
@@ -120,15 +141,18 @@ class Selection:
         self.pattern = re.compile("|".join(set(var_names))) if var_names else None
         self.predicate = predicate
 
-    def bits_for(self, var, key, distributed, device=""):
-        """8 or 32 for `var` (`key`: its stable key; `distributed`: whether it is a DTensor
-        or tf.distribute variable, which 8-bit state does not support yet: ValueError; a
-        variable on a GPU (`device`) is refused too: the 8-bit kernels are CPU kernels, and
-        slots live on their variable's device)."""
+    def bits_for(self, var, key, dtensor=False, device=""):
+        """8 or 32 for `var` (`key`: its stable key). The size is the logical variable's: a
+        shard of a ShardedVariable decides by the whole table (its rows are its own blocks,
+        so a sharded table's 8-bit state is the unsharded one's, cut by rows), a replica of
+        a mirrored variable by the variable. A DTensor variable (`dtensor`) is refused (8-bit
+        state is not wired into DTensor yet: ValueError), and so is a variable on a GPU
+        (`device`): the 8-bit kernels are CPU kernels, and slots live on their variable's
+        device."""
         if self.state_bits != 8:
             return 32
         dtype = tf.as_dtype(var.dtype).base_dtype
-        shape = tf.TensorShape(var.shape)
+        shape = tf.TensorShape(logical_shape(var))
         if dtype not in (tf.float16, tf.bfloat16, tf.float32):
             return 32
         if not shape.is_fully_defined() or shape.num_elements() < self.min_8bit_size:
@@ -142,9 +166,17 @@ class Selection:
                 f"state_bits=8: {var.name} is on {device}, and 8-bit state has CPU kernels "
                 "only so far (its slots would live on the GPU too); create the variable on "
                 "the CPU, use state_bits=32, or exclude this variable from 8-bit state")
-        if distributed:
+        if dtensor:
             raise ValueError(
-                f"state_bits=8: {var.name} is a DTensor or tf.distribute variable, and 8-bit "
-                "state is not wired into DTensor or tf.distribute strategies yet; use "
-                "state_bits=32 there (or exclude this variable from 8-bit state)")
+                f"state_bits=8: {var.name} is a DTensor variable, and 8-bit state is not "
+                "wired into DTensor yet; use state_bits=32 there (or exclude this variable "
+                "from 8-bit state)")
         return 8
+
+
+def logical_shape(var):
+    """The shape of the variable `var` is part of: a ShardedVariable's for one of its
+    shards (TensorFlow links each shard to its container), else var's."""
+    container = getattr(var, "_sharded_container", None)
+    whole = container() if callable(container) else None
+    return whole.shape if whole is not None else var.shape
