@@ -12,6 +12,7 @@ TF_SOURCES = [
     "cc/kernels/sparse_apply_rmsprop_x_op.cc",
     "cc/kernels/unique_rows.cc",
     "cc/xla/rmsprop_x_xla_math.cc",
+    "cc/xla/rmsprop_x_xla_state8.cc",
     "cc/xla/apply_rmsprop_x_xla.cc",
     "cc/xla/apply_rmsprop_x_multi_xla.cc",
     "cc/xla/sparse_apply_rmsprop_x_xla.cc",
@@ -39,6 +40,7 @@ HEADERS = [
     "cc/kernels/index_error.h",
     "cc/kernels/unique_rows.h",
     "cc/xla/rmsprop_x_xla_math.h",
+    "cc/xla/rmsprop_x_xla_state8.h",
 ]
 
 # Flags of every C++ translation unit (TensorFlow's own flags come from the installed

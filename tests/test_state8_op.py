@@ -124,11 +124,13 @@ def assert_state_matches(got, want_q, want_exact, old, signed, what, slack=None)
                       f"at a midpoint allows; first: got {codes[~ok][:3]}, want {wcodes[~ok][:3]}")
 
 
-def _check_step(rng, shape, dtype, variant, hyper=None):
+def _check_step(rng, shape, dtype, variant, hyper=None, apply=None):
+    """One step (`apply(v, grad, variant, hyper, dtype)`: the op, by default) against the
+    reference's 8-bit step."""
     state, q = _quantized_state(rng, shape, dtype, variant)
     hyper = random_hyper(rng, dtype, variant) if hyper is None else hyper
     v = _variables(state, q, dtype)
-    _apply(v, state["grad"], variant, hyper, dtype)
+    (apply or _apply)(v, state["grad"], variant, hyper, dtype)
     want = reference.rmsprop_x_step_8bit(state["var"], state["grad"], q["ms"], q["mom"], q["mg"],
                                          **hyper, **variant.op_kwargs())
     assert_matches({"var": v["var"].numpy().astype(np.float64)}, {"var": want["var"]}, dtype,
@@ -207,7 +209,8 @@ def test_the_dequantized_state_is_map_times_absmax(rng):
 
 # --- sparse -----------------------------------------------------------------------------
 
-def _check_sparse(rng, shape, dtype, variant, n_indices, index_dtype=np.int64):
+def _check_sparse(rng, shape, dtype, variant, n_indices, index_dtype=np.int64,
+                  sparse_apply=tf_rmsprop_ops.sparse_apply_rmsprop_x):
     state, q = _quantized_state(rng, shape, dtype, variant)
     hyper = random_hyper(rng, dtype, variant)
     # heavy duplicates: about a third of the named rows repeat
@@ -217,8 +220,8 @@ def _check_sparse(rng, shape, dtype, variant, n_indices, index_dtype=np.int64):
     v = _variables(state, q, dtype)
     before = _snapshot(v)
     slots = {k: v[k] for k in ("mom", "mg") if k in v}
-    tf_rmsprop_ops.sparse_apply_rmsprop_x(v["var"], v["ms"], tf.cast(grad, dtype), indices,
-                                          **slots, **hyper, **variant.op_kwargs())
+    sparse_apply(v["var"], v["ms"], tf.cast(grad, dtype), indices, **slots, **hyper,
+                 **variant.op_kwargs())
     want = reference.sparse_rmsprop_x_step_8bit(state["var"], grad, indices, q["ms"], q["mom"],
                                                 q["mg"], **hyper, **variant.op_kwargs())
     named = np.zeros(shape[0], bool)
@@ -359,9 +362,14 @@ def test_the_ops_without_an_8bit_form_refuse_it(rng):
 
     @tf.function(jit_compile=True)
     def step(grad):
-        _apply(v, grad, variant, HYPER, tf.float32)
+        raw.apply_rm_sprop_x_multi(
+            vars=[v["var"].handle], slots=[v["ms"].codes.handle, v["ms"].absmax.handle,
+                                           v["mom"].codes.handle, v["mom"].absmax.handle],
+            lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0,
+            grads=[grad], num_slots=4, use_momentum=True, state_bits=8)
 
-    with pytest.raises(tf.errors.InvalidArgumentError, match="XLA lowering of ApplyRMSpropX"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="XLA lowering of ApplyRMSpropXMulti"):
         step(tf.constant(state["grad"], tf.float32))
     _assert_untouched(v, before)
 

@@ -208,8 +208,6 @@ def test_refused_settings():
         RMSpropX(state_bits=16)
     with pytest.raises(ValueError, match="min_8bit_size"):
         RMSpropX(state_bits=8, min_8bit_size=-1)
-    with pytest.raises(ValueError, match="no XLA lowering so far"):
-        RMSpropX(state_bits=8, jit_compile=True)
     opt = RMSpropX(state_bits=8)
     opt.build([tf.Variable(np.zeros((100, 64), np.float32))])
     with pytest.raises(ValueError, match="before the optimizer is built"):

@@ -77,8 +77,9 @@ class RMSpropX(tf.Module):
       least `min_8bit_size` elements (default 4096, as bitsandbytes) are uint8 codes plus a
       float32 absmax per block of 256 elements of a row; `exclude_from_8bit_state` keeps
       chosen variables at 32 bits; `get_slot` returns the dequantized value. CPU kernels,
-      dense and sparse, under tf.distribute strategies too (a ShardedVariable's shards
-      decide by the whole variable); no jit_compile or DTensor yet (each raises ValueError).
+      dense and sparse, under jit_compile (XLA lowerings, the same bits) and tf.distribute
+      strategies (a ShardedVariable's shards decide by the whole variable); no DTensor yet
+      (ValueError).
       Checkpoints restore across formats (32-bit state is quantized, 8-bit dequantized).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
@@ -610,9 +611,6 @@ def _validate(**args):
     if mesh is not None and not isinstance(mesh, tf.experimental.dtensor.Mesh):
         bad("mesh", "must be a tf.experimental.dtensor.Mesh or None")
     state8.Selection(args.get("state_bits", 32), args.get("min_8bit_size", 0))  # checks
-    if args.get("state_bits") == 8 and args.get("jit_compile"):
-        bad("jit_compile", "cannot be True with state_bits=8 yet (the 8-bit update has no XLA "
-                           "lowering so far)")
     if args.get("state_bits") == 8 and mesh is not None:
         bad("mesh", "cannot be given with state_bits=8 yet (8-bit state is not wired into "
                     "DTensor so far)")

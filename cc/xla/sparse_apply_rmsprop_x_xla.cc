@@ -10,6 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "cc/xla/rmsprop_x_xla_math.h"
+#include "cc/state8.h"
+#include "cc/xla/rmsprop_x_xla_state8.h"
 #include "tensorflow/compiler/tf2xla/type_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "xla/hlo/builder/lib/arithmetic.h"
@@ -48,12 +50,14 @@ xla::XlaOp ScatterRows(xla::XlaOp table, xla::XlaOp rows, xla::XlaOp updates, in
                       sorted, unique);
 }
 
-// (old_0..old_k-1, new_0..new_k-1) -> (new_0..new_k-1): a plain overwrite of k arrays.
-xla::XlaComputation TakeUpdates(xla::XlaBuilder* b, xla::PrimitiveType type, int k) {
+// (old_0..old_k-1, new_0..new_k-1) -> (new_0..new_k-1): a plain overwrite of k arrays of
+// the given element types.
+xla::XlaComputation TakeUpdates(xla::XlaBuilder* b, const std::vector<xla::PrimitiveType>& types) {
   auto sub = b->CreateSubBuilder("take_update");
-  const xla::Shape scalar = xla::ShapeUtil::MakeShape(type, {});
+  const int k = static_cast<int>(types.size());
   std::vector<xla::XlaOp> updates;
   for (int i = 0; i < 2 * k; ++i) {
+    const xla::Shape scalar = xla::ShapeUtil::MakeShape(types[i % k], {});
     xla::XlaOp p = xla::Parameter(sub.get(), i, scalar, absl::StrCat(i < k ? "old" : "new", i % k));
     if (i >= k) updates.push_back(p);
   }
@@ -61,20 +65,32 @@ xla::XlaComputation TakeUpdates(xla::XlaBuilder* b, xla::PrimitiveType type, int
   return sub->BuildAndNoteError();
 }
 
+xla::XlaComputation TakeUpdates(xla::XlaBuilder* b, xla::PrimitiveType type, int k) {
+  return TakeUpdates(b, std::vector<xla::PrimitiveType>(k, type));
+}
+
 // tables[j][rows[i], :] = updates[j][i, :] for every j, as ONE variadic scatter: one pass
 // over the rows, and no sibling scatters sharing `rows` (XLA:CPU's multi-output fusion
-// would merge siblings into a loop fusion that its emitter cannot compile).
+// would merge siblings into a loop fusion that its emitter cannot compile). The tables
+// share their shape; `types` are their element types.
 std::vector<xla::XlaOp> ScatterRowsBack(xla::XlaBuilder* b, const std::vector<xla::XlaOp>& tables,
                                         xla::XlaOp rows, const std::vector<xla::XlaOp>& updates,
-                                        int64_t n, xla::PrimitiveType type) {
+                                        int64_t n, const std::vector<xla::PrimitiveType>& types) {
   const int k = static_cast<int>(tables.size());
   const xla::XlaOp scattered =
-      xla::Scatter(tables, xla::Reshape(rows, {n, 1}), updates, TakeUpdates(b, type, k),
+      xla::Scatter(tables, xla::Reshape(rows, {n, 1}), updates, TakeUpdates(b, types),
                    RowScatterDims(), /*indices_are_sorted=*/true, /*unique_indices=*/false);
   if (k == 1) return {scattered};
   std::vector<xla::XlaOp> out;
   for (int j = 0; j < k; ++j) out.push_back(xla::GetTupleElement(scattered, j));
   return out;
+}
+
+std::vector<xla::XlaOp> ScatterRowsBack(xla::XlaBuilder* b, const std::vector<xla::XlaOp>& tables,
+                                        xla::XlaOp rows, const std::vector<xla::XlaOp>& updates,
+                                        int64_t n, xla::PrimitiveType type) {
+  return ScatterRowsBack(b, tables, rows, updates, n,
+                         std::vector<xla::PrimitiveType>(tables.size(), type));
 }
 
 // Inclusive prefix sum of a rank-1 int32 array in log2(n) shifted adds.
@@ -86,20 +102,45 @@ xla::XlaOp InclusivePrefixSum(xla::XlaOp x, int64_t n) {
   return x;
 }
 
+// What steps 1-4 below give: each segment's summed gradient row and its var row.
+struct Segments {
+  xla::XlaOp summed;       // [n, d] in compute precision; rows past the segments are 0
+  xla::XlaOp segment_row;  // [n]: the row of each segment, `rows` where none (skipped)
+};
+
 class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
  public:
   explicit SparseApplyRMSpropXXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
-    OP_REQUIRES_OK(c, RequireFloatState(variant_, "the XLA lowering of SparseApplyRMSpropX"));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
     const InputIndex in(static_cast<int>(SlotNames(variant_).size()));
     const tensorflow::DataType dtype = ctx->input_type(in.grad());
+    const bool eight = variant_.state_bits == 8;
+    OP_REQUIRES(ctx, !eight || dtype == tensorflow::DT_HALF || dtype == tensorflow::DT_BFLOAT16 ||
+                         dtype == tensorflow::DT_FLOAT,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "state_bits=8 needs a half, bfloat16 or float32 variable, got ",
+                    tensorflow::DataTypeString(dtype))));
     const xla::PrimitiveType compute = ComputeTypeFor(dtype);
     TensorShape var_shape;
     XlaState state;
-    OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, compute, &var_shape, &state));
+    std::vector<Xla8> states8;
+    ResourceInputs r{in.var(), {}};
+    for (int i = 0; i < in.num_slots; ++i) r.slots.push_back(in.slot(i));
+    if (eight) {
+      OP_REQUIRES_OK(ctx, ctx->ReadVariableInput(in.var(), dtype, &var_shape, &state.var));
+      state.var = xla::ConvertElementType(state.var, compute);
+      OP_REQUIRES(ctx, var_shape.dims() >= 2,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "state_bits=8: the sparse update needs var of rank >= 2 (a row is its own "
+                      "blocks; a rank-1 variable is one row), got shape ",
+                      var_shape.DebugString())));
+      OP_REQUIRES_OK(ctx, ReadXla8States(ctx, r, variant_, var_shape, &states8));
+    } else {
+      OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, compute, &var_shape, &state));
+    }
     const TensorShape indices_shape = ctx->InputShape(in.indices());
     const TensorShape grad_shape = ctx->InputShape(in.grad());
     OP_REQUIRES(ctx, var_shape.dims() >= 1,
@@ -127,10 +168,39 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     if (n == 0 || rows == 0 || d == 0) return;  // nothing can be touched
 
     xla::XlaBuilder* b = ctx->builder();
+    Segments seg;
+    OP_REQUIRES_OK(ctx, SegmentsOf(ctx, in, n, rows, d, compute, &seg));
+    if (eight) return Compile8(ctx, r, k->h, k->valid, seg, var_shape, state.var, states8, n, rows, d, dtype);
+
+    // 5. One update per touched row, scattered back in place.
+    const XlaState tables =
+        MapState(variant_, state, [&](xla::XlaOp x) { return xla::Reshape(x, {rows, d}); });
+    const XlaState gathered = MapState(variant_, tables, [&](xla::XlaOp x) {
+      return GatherRows(x, seg.segment_row, n, d, /*sorted=*/true);
+    });
+    XlaState updated = XlaUpdate(variant_, k->h, seg.summed, gathered, k->valid);
+    XlaState result = tables;
+    std::vector<xla::XlaOp> table_list, update_list;
+    for (const xla::XlaOp* x : StateOps(variant_, &result)) table_list.push_back(*x);
+    for (const xla::XlaOp* x : StateOps(variant_, &updated)) update_list.push_back(*x);
+    const std::vector<xla::XlaOp> written =
+        ScatterRowsBack(b, table_list, seg.segment_row, update_list, n, compute);
+    const std::vector<xla::XlaOp*> outputs = StateOps(variant_, &result);
+    for (size_t j = 0; j < outputs.size(); ++j) {
+      *outputs[j] = xla::Reshape(written[j], var_shape.dim_sizes());
+    }
+    OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, result));
+  }
+
+ private:
+  // Steps 1-4: the segments of equal indices, their summed gradient rows and var rows.
+  absl::Status SegmentsOf(XlaOpKernelContext* ctx, const InputIndex& in, int64_t n, int64_t rows,
+                          int64_t d, xla::PrimitiveType compute, Segments* out) {
+    xla::XlaBuilder* b = ctx->builder();
     const xla::XlaOp indices = ctx->Input(in.indices());
     xla::PrimitiveType index_type;
-    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(ctx->input_type(in.indices()),
-                                                            &index_type));
+    TF_RETURN_IF_ERROR(tensorflow::DataTypeToPrimitiveType(ctx->input_type(in.indices()),
+                                                           &index_type));
     // 1. Stable sort of the indices with their positions: equal indices become adjacent,
     //    in input order.
     const xla::XlaOp position = xla::Iota(b, xla::S32, n);
@@ -150,7 +220,7 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     // 3. The summed gradient of each segment (segments number at most n).
     const xla::XlaOp grad = xla::ConvertElementType(
         xla::Reshape(ctx->Input(in.grad()), {n, d}), compute);
-    const xla::XlaOp summed =
+    out->summed =
         ScatterRows(xla::Zeros(b, xla::ShapeUtil::MakeShape(compute, {n, d})), segment,
                     GatherRows(grad, perm, n, d, /*sorted=*/false), n,
                     xla::CreateScalarAddComputation(compute, b), /*sorted=*/true, /*unique=*/false);
@@ -161,33 +231,60 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
                                       xla::Lt(sorted_index, out_of_range));
     const xla::XlaOp head_target =
         xla::Select(is_head, segment, xla::Broadcast(xla::ScalarLike(position, n), {n}));
-    const xla::XlaOp segment_row = xla::Reshape(
+    out->segment_row = xla::Reshape(
         ScatterRows(xla::Broadcast(out_of_range, {n, 1}), head_target,
                     xla::Reshape(xla::Select(valid, sorted_index, xla::Broadcast(out_of_range, {n})),
                                  {n, 1}),
                     n, TakeUpdates(b, index_type, 1), /*sorted=*/true, /*unique=*/true),
         {n});
-    // 5. One update per touched row, scattered back in place.
-    const XlaState tables =
-        MapState(variant_, state, [&](xla::XlaOp x) { return xla::Reshape(x, {rows, d}); });
-    const XlaState gathered = MapState(variant_, tables, [&](xla::XlaOp x) {
-      return GatherRows(x, segment_row, n, d, /*sorted=*/true);
-    });
-    XlaState updated = XlaUpdate(variant_, k->h, summed, gathered, k->valid);
-    XlaState result = tables;
-    std::vector<xla::XlaOp> table_list, update_list;
-    for (const xla::XlaOp* x : StateOps(variant_, &result)) table_list.push_back(*x);
-    for (const xla::XlaOp* x : StateOps(variant_, &updated)) update_list.push_back(*x);
-    const std::vector<xla::XlaOp> written =
-        ScatterRowsBack(b, table_list, segment_row, update_list, n, compute);
-    const std::vector<xla::XlaOp*> outputs = StateOps(variant_, &result);
-    for (size_t j = 0; j < outputs.size(); ++j) {
-      *outputs[j] = xla::Reshape(written[j], var_shape.dim_sizes());
-    }
-    OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, result));
+    return absl::OkStatus();
   }
 
- private:
+  // 5, with 8-bit state: the segments' rows of var, codes and absmax gathered, updated as
+  // n rows of blocks (cc/xla/rmsprop_x_xla_state8.h) and scattered back; every other row
+  // keeps its codes and absmax.
+  void Compile8(XlaOpKernelContext* ctx, const ResourceInputs& r, const HyperParams<xla::XlaOp>& h,
+                const std::optional<xla::XlaOp>& valid, const Segments& seg,
+                const TensorShape& var_shape, xla::XlaOp var, const std::vector<Xla8>& states,
+                int64_t n, int64_t rows, int64_t d, tensorflow::DataType dtype) {
+    xla::XlaBuilder* b = ctx->builder();
+    const int64_t nb = BlocksPerRow(d);
+    const xla::XlaOp var_table = xla::Reshape(var, {rows, d});
+    std::vector<Xla8> gathered;
+    for (const Xla8& s : states) {
+      gathered.push_back({GatherRows(s.codes, seg.segment_row, n, d, /*sorted=*/true),
+                          GatherRows(s.absmax, seg.segment_row, n, nb, /*sorted=*/true)});
+    }
+    const Xla8Step step =
+        XlaUpdate8(b, variant_, h, seg.summed,
+                   GatherRows(var_table, seg.segment_row, n, d, /*sorted=*/true), gathered, n, d,
+                   valid);
+    // var and the codes share [rows, d]: one scatter; the absmax tables another.
+    std::vector<xla::XlaOp> tables = {var_table}, updates = {step.var}, absmax_tables,
+                            absmax_updates;
+    std::vector<xla::PrimitiveType> types = {xla::F32};
+    for (size_t j = 0; j < states.size(); ++j) {
+      tables.push_back(states[j].codes);
+      updates.push_back(step.states[j].codes);
+      types.push_back(xla::U8);
+      absmax_tables.push_back(states[j].absmax);
+      absmax_updates.push_back(step.states[j].absmax);
+    }
+    const std::vector<xla::XlaOp> written =
+        ScatterRowsBack(b, tables, seg.segment_row, updates, n, types);
+    const std::vector<xla::XlaOp> absmax_written =
+        ScatterRowsBack(b, absmax_tables, seg.segment_row, absmax_updates, n, xla::F32);
+    xla::PrimitiveType storage;
+    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(dtype, &storage));
+    OP_REQUIRES_OK(ctx, ctx->AssignVariable(
+                            r.var, dtype,
+                            xla::Reshape(xla::ConvertElementType(written[0], storage),
+                                         var_shape.dim_sizes())));
+    std::vector<Xla8> result;
+    for (size_t j = 0; j < states.size(); ++j) result.push_back({written[1 + j], absmax_written[j]});
+    OP_REQUIRES_OK(ctx, AssignXla8States(ctx, r, variant_, var_shape, result));
+  }
+
   Variant variant_;
 };
 
