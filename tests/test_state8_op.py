@@ -346,34 +346,6 @@ def test_mixed_slot_kinds_are_refused(rng):
                                        mom=tf.Variable(np.zeros((5, 300), np.float32)), **HYPER)
 
 
-def test_the_ops_without_an_8bit_form_refuse_it(rng):
-    from tf_rmsprop_ops._library import ops as raw
-    variant, state, q, v = _setup(rng)
-    before = _snapshot(v)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="ApplyRMSpropXMulti has no 8-bit-state form yet"):
-        raw.apply_rm_sprop_x_multi(
-            vars=[v["var"].handle], slots=[v["ms"].codes.handle, v["ms"].absmax.handle,
-                                           v["mom"].codes.handle, v["mom"].absmax.handle],
-            lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0,
-            grads=[tf.constant(state["grad"], tf.float32)], num_slots=4, use_momentum=True,
-            state_bits=8)
-    _assert_untouched(v, before)
-
-    @tf.function(jit_compile=True)
-    def step(grad):
-        raw.apply_rm_sprop_x_multi(
-            vars=[v["var"].handle], slots=[v["ms"].codes.handle, v["ms"].absmax.handle,
-                                           v["mom"].codes.handle, v["mom"].absmax.handle],
-            lr=0.01, rho=0.9, momentum=0.9, epsilon=1e-7, weight_decay=0.0,
-            grads=[grad], num_slots=4, use_momentum=True, state_bits=8)
-
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="XLA lowering of ApplyRMSpropXMulti"):
-        step(tf.constant(state["grad"], tf.float32))
-    _assert_untouched(v, before)
-
-
 def test_state_bits_other_than_8_and_32_and_a_wrong_slot_count_are_refused(rng):
     from tf_rmsprop_ops._library import ops as raw
     variant, state, q, v = _setup(rng, momentum=False)

@@ -108,13 +108,15 @@ def apply_update(grad, var, slots, structure, scalars):
     return call_op(var, slots, values, indices, structure, **scalars)
 
 
-def _multi_tensor_key(grad, var, structure):
+def _multi_tensor_key(grad, var, structure, slots):
     """The group of a (grad, var) pair for ApplyRMSpropXMulti, or None for the one-variable
     ops: IndexedSlices (the sparse op) and DTensor variables (their own paths) stay per
-    variable. Groups are per device (CPU kernel, GPU chunk-list kernel, XLA lowering)."""
+    variable. Groups are per device (CPU kernel, GPU chunk-list kernel, XLA lowering) and
+    per state format (8-bit and 32-bit state are separate calls)."""
     if isinstance(grad, tf.IndexedSlices) or _dtensor.is_dvariable(var):
         return None
-    return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "")
+    return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "",
+            slots.quantized())
 
 
 def _rule(name):
@@ -209,9 +211,7 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     The results are the same bits either way (one formula, one kernel loop)."""
     groups, single = {}, []
     for item in items:
-        # 8-bit state: the one-variable ops (ApplyRMSpropXMulti has no 8-bit form yet)
-        key = (_multi_tensor_key(item[0], item[1], item[3])
-               if multi_tensor and not item[2].quantized() else None)
+        key = _multi_tensor_key(item[0], item[1], item[3], item[2]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)
     scalars = {structure: _op_scalars(structure, bias_correction_step, lr=lr, rho=rho,
                                       momentum=momentum, epsilon=epsilon,

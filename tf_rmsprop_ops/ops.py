@@ -168,7 +168,8 @@ def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0,
     Args:
       variables: N resource variables (or handles) of one dtype.
       slots: N sequences, each the variable's slots in order: ms, then mom when
-        `use_momentum`, then mg when `centered`.
+        `use_momentum`, then mg when `centered`; 32-bit variables, or `state8.State8`
+        pairs for all of them (8-bit state, `state_bits=8`: work cut at block boundaries).
       grads: N dense gradients, each of its variable's shape.
       Other arguments as in `apply_rmsprop_x` (one value for all N variables).
 
@@ -181,13 +182,22 @@ def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0,
                          f"variable: got {len(variables)} variables, {len(slots)} slot lists "
                          f"and {len(grads)} gradients")
     num_slots = 1 + bool(use_momentum) + bool(centered)
-    flat_slots = []
+    flat_slots, bits = [], set()
     for i, group in enumerate(slots):
         group = list(group)
         if len(group) != num_slots:
             raise ValueError(f"slots[{i}] holds {len(group)} slots, expected {num_slots} "
                              "(ms[, mom][, mg])")
-        flat_slots += [_handle(s, f"slots[{i}]") for s in group]
+        named = iter(group)
+        ms = next(named)
+        mom = next(named) if use_momentum else None
+        mg = next(named) if centered else None
+        handles, state_bits = _slot_inputs(ms, mom, mg)
+        flat_slots += handles
+        bits.add(state_bits)
+    if len(bits) > 1:
+        raise TypeError("apply_rmsprop_x_multi: the variables' slots must be all 32-bit or all "
+                        "8-bit (State8) in one call")
     dtype = _dtype_of(variables[0], grads[0])
 
     def scalar(x):
@@ -197,7 +207,8 @@ def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0,
         vars=[_handle(v, "variables") for v in variables], slots=flat_slots, lr=scalar(lr),
         rho=scalar(rho), momentum=scalar(momentum), epsilon=scalar(epsilon),
         weight_decay=scalar(weight_decay),
-        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads], num_slots=num_slots,
+        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads],
+        num_slots=len(flat_slots) // len(variables), state_bits=bits.pop(),
         centered=centered, use_momentum=use_momentum, nesterov=nesterov,
         epsilon_placement=epsilon_placement, lr_placement=lr_placement,
         weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)

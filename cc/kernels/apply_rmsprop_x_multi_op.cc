@@ -6,6 +6,7 @@
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cc/kernels/rmsprop_x_multi_shell.h"
@@ -48,6 +49,47 @@ struct MultiLaunch<CPUDevice, T> {
     auto boundary = [&](int64_t r) {
       return r >= ranges ? total : std::min(total, (total * r / ranges) / kAlign * kAlign);
     };
+    workers->workers->ParallelFor(
+        ranges,
+        tensorflow::thread::ThreadPool::SchedulingParams(
+            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt, 1),
+        [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) update_range(boundary(r), boundary(r + 1));
+        });
+    return absl::OkStatus();
+  }
+};
+
+// 8-bit state: the same pass over ranges of whole blocks (a block's absmax is one block's
+// max, so a cut never falls inside a block), each range's pieces updated block by block.
+// kMinBlocks blocks per range at least (64 blocks of 256 = kMinRange elements).
+constexpr int64_t kMinBlocks = kMinRange / kBlock8;
+
+template <typename T>
+struct Multi8Launch<CPUDevice, T> {
+  static constexpr bool kAvailable = !std::is_same_v<T, double>;  // float32 state math
+  static absl::Status Run(tensorflow::OpKernelContext* ctx, const Multi8Args<T>& a) {
+    const std::vector<int64_t>& start = a.start;
+    const int n = static_cast<int>(a.var.size());
+    const int64_t total = start[n];
+    auto update_range = [&](int64_t lo, int64_t hi) {
+      int i = static_cast<int>(std::upper_bound(start.begin(), start.end(), lo) - start.begin()) - 1;
+      for (; i < n && start[i] < hi; ++i) {
+        const int64_t first = std::max(lo, start[i]) - start[i];
+        const int64_t last = std::min(hi, start[i + 1]) - start[i];
+        if (first >= last) continue;
+        cpu::UpdateBlocks8(a.variant, a.k, a.grads[i], a.var[i], a.ms[i], a.mom[i], a.mg[i],
+                           a.row_size[i], first, last);
+      }
+    };
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t ranges = std::min<int64_t>(4 * workers->num_threads,
+                                             std::max<int64_t>(1, total / kMinBlocks));
+    if (workers->num_threads <= 1 || ranges <= 1) {
+      update_range(0, total);
+      return absl::OkStatus();
+    }
+    auto boundary = [&](int64_t r) { return r >= ranges ? total : total * r / ranges; };
     workers->workers->ParallelFor(
         ranges,
         tensorflow::thread::ThreadPool::SchedulingParams(

@@ -64,7 +64,7 @@ class ApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     auto k = ReadXlaHyperParams(ctx, in, xla::F32);
     OP_REQUIRES_OK(ctx, k.status());
     if (shape.num_elements() == 0) return;
-    const Rows8 layout = RowsOf(shape);
+    const BlockRows layout = RowsOf(shape);
     auto as_rows = [&](xla::XlaOp x) {
       return xla::ConvertElementType(xla::Reshape(x, {layout.rows, layout.row}), xla::F32);
     };

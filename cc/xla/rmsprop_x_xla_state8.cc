@@ -14,7 +14,7 @@ namespace tf_rmsprop_ops {
 using tensorflow::TensorShape;
 using tensorflow::XlaOpKernelContext;
 
-Rows8 RowsOf(const TensorShape& shape) {
+BlockRows RowsOf(const TensorShape& shape) {
   if (shape.dims() < 2) return {1, shape.num_elements()};
   int64_t row = 1;
   for (int i = 1; i < shape.dims(); ++i) row *= shape.dim_size(i);
@@ -51,7 +51,7 @@ xla::XlaOp TableOf(xla::XlaBuilder* b, const float* values, int64_t n) {
 absl::Status ReadXla8States(XlaOpKernelContext* ctx, const ResourceInputs& r, const Variant& v,
                             const TensorShape& var_shape, std::vector<Xla8>* states) {
   const std::vector<std::string> names = SlotNames(v);
-  const Rows8 layout = RowsOf(var_shape);
+  const BlockRows layout = RowsOf(var_shape);
   const TensorShape absmax_shape({layout.rows, BlocksPerRow(layout.row)});
   states->clear();
   for (size_t j = 0; j < r.slots.size(); ++j) {

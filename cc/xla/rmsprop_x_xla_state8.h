@@ -23,10 +23,10 @@ struct Xla8 {
 
 // The block layout of a variable: rows of `row` elements (cc/state8.h: [shape[0],
 // prod(shape[1:])] for rank >= 2, one row otherwise).
-struct Rows8 {
+struct BlockRows {
   int64_t rows, row;
 };
-Rows8 RowsOf(const tensorflow::TensorShape& shape);
+BlockRows RowsOf(const tensorflow::TensorShape& shape);
 
 // Reads the enabled states' codes and absmax (slot inputs 2j and 2j + 1 of `r`), checking
 // their dtypes (uint8, float32) and shapes (var's; [rows, blocks per row]) with errors that
