@@ -89,11 +89,16 @@ fail_on_reports "$WORK/pytest.log" "the op library"
 
 # The CUDA kernels' code on the CPU emulation of CUDA (tests/gpu/emu/), built with ASan +
 # UBSan, every array its own allocation: also reads past an array's end.
-echo "== sanitizers: the CUDA kernels on the CPU emulation (tests/gpu/test_gpu_kernels.py)"
+echo "== sanitizers: the CUDA kernels on the CPU emulation (tests/gpu/test_gpu_kernels.py, test_gpu_state8.py)"
 GPU_HARNESS_BACKEND=emulated GPU_HARNESS_SANITIZE=address LD_PRELOAD="$PRELOAD" \
   "$PYTHON" -m pytest -q -p no:cacheprovider "$ROOT/tests/gpu/test_gpu_kernels.py" \
   2>&1 | tee "$WORK/pytest_gpu.log" || status=$?
 fail_on_reports "$WORK/pytest_gpu.log" "the emulated CUDA kernels"
+# The 8-bit kernel's block reduction (concurrent threads at __syncthreads) under ASan too.
+GPU_HARNESS_BACKEND=emulated GPU_HARNESS_SANITIZE=address LD_PRELOAD="$PRELOAD" \
+  "$PYTHON" -m pytest -q -p no:cacheprovider "$ROOT/tests/gpu/test_gpu_state8.py" \
+  -k "shapes or nan or empty" 2>&1 | tee "$WORK/pytest_gpu8.log" || status=$?
+fail_on_reports "$WORK/pytest_gpu8.log" "the emulated 8-bit CUDA kernel"
 if [ "$status" != 0 ]; then
   echo "== sanitizers: the tests failed under the sanitizers (exit $status)" >&2
   exit "$status"

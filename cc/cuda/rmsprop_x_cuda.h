@@ -90,6 +90,15 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
                          int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
                          void* workspace, cudaStream_t stream);
 
+// 8-bit state (cc/state8.h, rmsprop_x_cuda8.cu.cc): var and grad [rows, row_size] of T
+// (Half, BFloat16 or float), each enabled state's codes (var's layout) and absmax ([rows,
+// BlocksPerRow(row_size)]); mom / mg with null pointers when their feature is off. One CUDA
+// block per block of 256 elements: the same bits as the CPU kernel.
+template <typename T>
+cudaError_t LaunchDense8(const Variant& variant, const Coefficients<float>& k, const T* grad,
+                         T* var, cpu::State8 ms, cpu::State8 mom, cpu::State8 mg, int64_t rows,
+                         int64_t row_size, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace tf_rmsprop_ops
 

@@ -109,10 +109,19 @@ bool Aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_
 // the launch's error. tests/gpu/emu/ supplies the other definition, for the CPU emulation
 // of the CUDA execution model that runs these kernels' code in CI (no GPU there).
 template <typename T> struct ParamOf { using type = T; };  // a non-deduced context
+// LaunchSynced: the same, for a kernel whose threads meet at __syncthreads() over shared
+// memory (the 8-bit kernel's block reduction); the emulation then runs each block's threads
+// concurrently, as OS threads that wait for each other at the barrier.
 #ifndef RMSPROPX_CUDA_EMULATION
 template <typename... Params>
 cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
                    typename ParamOf<Params>::type... args) {
+  kernel<<<blocks, threads, 0, stream>>>(args...);
+  return cudaGetLastError();
+}
+template <typename... Params>
+cudaError_t LaunchSynced(void (*kernel)(Params...), int blocks, int threads,
+                         cudaStream_t stream, typename ParamOf<Params>::type... args) {
   kernel<<<blocks, threads, 0, stream>>>(args...);
   return cudaGetLastError();
 }
@@ -121,6 +130,11 @@ template <typename... Params>
 cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
                    typename ParamOf<Params>::type... args) {
   return ::rmsprop_x_cuda_emu::Launch(kernel, blocks, threads, stream, args...);
+}
+template <typename... Params>
+cudaError_t LaunchSynced(void (*kernel)(Params...), int blocks, int threads,
+                         cudaStream_t stream, typename ParamOf<Params>::type... args) {
+  return ::rmsprop_x_cuda_emu::LaunchSynced(kernel, blocks, threads, stream, args...);
 }
 #endif
 

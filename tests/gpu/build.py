@@ -27,12 +27,15 @@ def local_arch():
         return "sm_90"
 
 
+# rmsprop_x_cuda8.cu.cc (the 8-bit-state kernel) is built here only so far: the TensorFlow
+# GPU glue does not call it yet (ApplyRMSpropX(state_bits=8) is refused on a GPU).
 SOURCES = [os.path.join(HERE, "harness.cu.cc"),
            os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda.cu.cc"),
-           os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda_multi.cu.cc")]
+           os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda_multi.cu.cc"),
+           os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda8.cu.cc")]
 HEADERS = [os.path.join(ROOT, "cc", p) for p in
-           ("rmsprop_x_update.h", "cuda/rmsprop_x_cuda.h", "cuda/rmsprop_x_cuda_device.cuh",
-            "cpu/rmsprop_x_cpu.h")]
+           ("rmsprop_x_update.h", "state8.h", "cuda/rmsprop_x_cuda.h",
+            "cuda/rmsprop_x_cuda_device.cuh", "cpu/rmsprop_x_cpu.h")]
 EMU = os.path.join(HERE, "emu")
 
 
@@ -112,7 +115,7 @@ def build_emulated(out_dir=os.path.join(HERE, "build"), shipped_constants=False)
                 if asan else ["-fsanitize=undefined"])
     emu_headers = [os.path.join(d, f) for d, _, fs in os.walk(EMU) for f in fs]
     if _stale(lib, SOURCES + HEADERS + emu_headers + [os.path.abspath(__file__)]):
-        _link_atomically([compiler, "-std=c++17", "-O1", "-g", "-shared", "-fPIC",
+        _link_atomically([compiler, "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-pthread",
                           "-ffp-contract=off", *sanitize,
                           "-DRMSPROPX_CUDA_EMULATION", *constants,
                           f'-DRMSPROPX_EMU_UBSAN_LOG="{ubsan_log(out_dir)}"',

@@ -284,6 +284,7 @@ class Harness:
         self.lib.rx_sparse.argtypes = [i] * 8 + [p] * 3 + [i64, i64, i64] + [p] * 5 + [
             ctypes.POINTER(i64), ctypes.POINTER(i64), p]
         self.lib.rx_multi.argtypes = [i] * 7 + [p, i64] + [p] * 7
+        self.lib.rx_dense8.argtypes = [i] * 7 + [p] * 5 + [i64, i64, p]
         self.lib.rx_multi_chunk.restype = i64
         self.multi_chunk = int(self.lib.rx_multi_chunk())  # elements per multi-tensor chunk
         self.lib.rx_threads.restype = self.lib.rx_max_blocks.restype = i64
@@ -328,6 +329,22 @@ class Harness:
             if err:
                 raise RuntimeError(f"rx_dense: CUDA error {err}")
         return launch
+
+    def dense8(self, dtype, variant, hyper, grad, var, codes, absmax, rows, row_size,
+               stream=None):
+        """The 8-bit-state kernel: `codes` / `absmax` are (ms, mom, mg) lists of device
+        arrays, None where the feature is off; var and grad hold rows x row_size elements."""
+        hp, keep = self._hyper(hyper)
+        codes_p = (ctypes.c_void_p * 3)(*[None if c is None else c.data.ptr for c in codes])
+        absmax_p = (ctypes.c_void_p * 3)(*[None if a is None else a.data.ptr for a in absmax])
+        err = self.lib.rx_dense8(DTYPES[dtype], *self._flags(variant), hp, self._ptr(grad),
+                                 self._ptr(var), ctypes.cast(codes_p, ctypes.c_void_p),
+                                 ctypes.cast(absmax_p, ctypes.c_void_p), int(rows),
+                                 int(row_size), self._stream(stream))
+        del keep
+        self.after_call("rx_dense8")
+        if err:
+            raise RuntimeError(f"rx_dense8: CUDA error {err}")
 
     def sparse(self, dtype, variant, hyper, grad, indices, rows, row_size, var, ms, mom=None,
                mg=None, workspace=None, stream=None):

@@ -69,9 +69,39 @@ int Multi(const Variant& v, const double* h, int64_t count, void* const* grads,
                               static_cast<cudaStream_t>(stream));
 }
 
+template <typename T>
+int Dense8(const Variant& v, const double* h, void* grad, void* var, void* const* codes,
+           void* const* absmax, int64_t rows, int64_t row_size, void* stream) {
+  cpu::State8 s[3] = {};
+  for (int j = 0; j < 3; ++j) {
+    s[j] = {static_cast<uint8_t*>(codes[j]), static_cast<float*>(absmax[j])};
+  }
+  return cuda::LaunchDense8<T>(
+      v, MakeCoefficients(v, HyperParams<float>{float(h[0]), float(h[1]), float(h[2]),
+                                                float(h[3]), float(h[4])}),
+      static_cast<const T*>(grad), static_cast<T*>(var), s[0], s[1], s[2], rows, row_size,
+      static_cast<cudaStream_t>(stream));
+}
+
 }  // namespace
 
 extern "C" {
+
+// 8-bit state: codes / absmax are arrays of 3 device pointers (ms, mom, mg; null when off);
+// var and grad [rows, row_size]; dtype 0 float32, 2 float16, 3 bfloat16.
+int rx_dense8(int dtype, int centered, int momentum, int nesterov, int eps_outside,
+              int lr_outside, int wd_mode, const double* hyper, void* grad, void* var,
+              void* const* codes, void* const* absmax, int64_t rows, int64_t row_size,
+              void* stream) {
+  const Variant v = MakeVariant(centered, momentum, nesterov, eps_outside, lr_outside, wd_mode);
+  switch (dtype) {
+    case 0: return Dense8<float>(v, hyper, grad, var, codes, absmax, rows, row_size, stream);
+    case 2: return Dense8<cuda::Half>(v, hyper, grad, var, codes, absmax, rows, row_size, stream);
+    case 3:
+      return Dense8<cuda::BFloat16>(v, hyper, grad, var, codes, absmax, rows, row_size, stream);
+  }
+  return -1;
+}
 
 // The multi-tensor kernel's chunk (elements), for tests that cut tensors at chunk bounds.
 int64_t rx_multi_chunk() { return cuda::kMultiChunk; }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One script for a lent GPU machine (nvcc, CuPy, PyTorch; no TensorFlow needed): builds the
 # harness, runs the GPU tests and the GPU benchmark, writes everything under ${OUT:-gpu_out}.
+# test_gpu_state8.py compares the GPU's 8-bit kernel with the same source on the CPU
+# emulation of CUDA (built there with g++, ~15 s), bit for bit.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-gpu_out}"
@@ -18,7 +20,8 @@ tail -20 "$OUT/build.txt"
 # that runs out prints so and the script exits 3 (not timeout's 124, which the device tool
 # reads as its own limit).
 GPU_HARNESS_REQUIRED=1 timeout -k 10 "${TESTS_S:-210}" python3 -m pytest -q -rfEs --tb=short \
-  -p no:cacheprovider tests/gpu/test_gpu_kernels.py > "$OUT/tests.txt" 2>&1
+  -p no:cacheprovider tests/gpu/test_gpu_kernels.py tests/gpu/test_gpu_state8.py \
+  > "$OUT/tests.txt" 2>&1
 tests=$?
 [ "$tests" -eq 124 ] || [ "$tests" -eq 137 ] && { echo "the test stage ran out of time"; tests=3; }
 echo "pytest exit $tests"

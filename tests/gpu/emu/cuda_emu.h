@@ -5,10 +5,17 @@
 //
 // The execution model: a launch runs every (block, thread) of its grid one after another,
 // blocks in a shuffled order (a different one for each launch of a thread) and threads last
-// to first. The
-// kernels use no shared memory and no barriers, so every such order is a schedule a GPU may
-// choose: an element that two threads update is updated twice and one that no thread covers
-// not at all, and the reference comparisons see both. What this cannot show: real
+// to first. Those kernels use no shared memory and no barriers, so every such order is a
+// schedule a GPU may choose: an element that two threads update is updated twice and one
+// that no thread covers not at all, and the reference comparisons see both. A kernel whose
+// threads meet at __syncthreads() over __shared__ memory (the 8-bit kernel's block
+// reduction) is launched with LaunchSynced: blocks one after another in the same shuffled
+// order, each block's threads as concurrent OS threads that wait for each other at every
+// __syncthreads() (a barrier counting the block's threads; a thread that skipped one would
+// hang the launch, which the tests' time limits catch), __shared__ variables one per kernel
+// instantiation (one block runs at a time), __constant__ ones ordinary globals written by
+// cudaMemcpyToSymbolAsync. Data races between threads of a block are then real races on the
+// CPU, but nothing detects them (no ThreadSanitizer here). What this cannot show: real
 // concurrency (data races between threads), the hardware's memory system and speed, nvcc's
 // code generation, and CUB's own kernels (modelled here by their documented results); nor
 // __launch_bounds__ (ignored). Device memory is host pages the host cannot touch outside
@@ -21,11 +28,15 @@
 #error "tests/gpu/emu/ is the CPU emulation of CUDA: build with -DRMSPROPX_CUDA_EMULATION"
 #endif
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <numeric>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 // ---- the language ----------------------------------------------------------------------
 #define __global__
@@ -33,6 +44,8 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
+#define __shared__ static
+#define __constant__
 
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x = 1, y = 1, z = 1; };
@@ -135,6 +148,46 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes,
 inline cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return rmsprop_x_cuda_emu::Stream(stream);
 }
+// A __constant__ variable is an ordinary global here: the copy writes it.
+template <typename Symbol>
+cudaError_t cudaMemcpyToSymbolAsync(Symbol& symbol, const void* src, size_t bytes,
+                                    size_t offset, cudaMemcpyKind kind, cudaStream_t stream) {
+  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
+  if (offset + bytes > sizeof(Symbol) || kind != cudaMemcpyHostToDevice) {
+    return cudaErrorInvalidValue;
+  }
+  std::memcpy(reinterpret_cast<char*>(&symbol) + offset, src, bytes);
+  return cudaSuccess;
+}
+
+namespace rmsprop_x_cuda_emu {
+// The barrier of the block LaunchSynced runs (its threads wait for one another).
+class BlockBarrier {
+ public:
+  explicit BlockBarrier(int count) : count_(count) {}
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t generation = generation_;
+    if (++waiting_ == count_) {
+      waiting_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    cv_.wait(lock, [&] { return generation_ != generation; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const int count_;
+  int waiting_ = 0;
+  uint64_t generation_ = 0;
+};
+inline BlockBarrier* block_barrier = nullptr;  // the running block's (one block at a time)
+}  // namespace rmsprop_x_cuda_emu
+
+inline void __syncthreads() { rmsprop_x_cuda_emu::block_barrier->Wait(); }
 
 namespace rmsprop_x_cuda_emu {
 
@@ -175,6 +228,44 @@ cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStrea
       threadIdx = uint3{static_cast<unsigned>(t), 0, 0};
       kernel(args...);
     }
+  }
+  return cudaSuccess;
+}
+
+// LaunchSynced: as Launch, but each block's threads run concurrently (OS threads), meeting
+// at __syncthreads(); blocks one after another, in Launch's shuffled order.
+template <typename... Params, typename... Args>
+cudaError_t LaunchSynced(void (*kernel)(Params...), int blocks, int threads,
+                         cudaStream_t stream, const Args&... args) {
+  static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel arguments over CUDA's 4 KB");
+  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
+  if (blocks < 1 || threads < 1 || threads > 1024) return cudaErrorInvalidConfiguration;
+  if (!(DeviceArgument(args) && ...)) return cudaErrorInvalidValue;
+  DeviceScope scope;
+  const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
+  const uint64_t n = static_cast<uint64_t>(blocks);
+  uint64_t stride = (seed >> 17) % n | 1;
+  while (std::gcd(stride, n) != 1) stride += 2;
+  const uint64_t offset = (seed >> 41) % n;
+  const dim3 grid{static_cast<unsigned>(blocks), 1, 1};
+  const dim3 block{static_cast<unsigned>(threads), 1, 1};
+  for (uint64_t j = 0; j < n; ++j) {
+    const uint3 block_index{static_cast<unsigned>((offset + j * stride) % n), 0, 0};
+    BlockBarrier barrier(threads);
+    block_barrier = &barrier;
+    std::vector<std::thread> running;
+    running.reserve(threads);
+    for (int t = threads - 1; t >= 0; --t) {
+      running.emplace_back([&, t] {
+        gridDim = grid;
+        blockDim = block;
+        blockIdx = block_index;
+        threadIdx = uint3{static_cast<unsigned>(t), 0, 0};
+        kernel(args...);
+      });
+    }
+    for (std::thread& thread : running) thread.join();
+    block_barrier = nullptr;
   }
   return cudaSuccess;
 }
