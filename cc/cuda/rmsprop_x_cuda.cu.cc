@@ -180,7 +180,7 @@ __global__ void RowsKernel(Coefficients<ComputeType<T>> k, const T* __restrict__
 }
 
 template <bool kCentered, bool kMomentum, typename T, typename Index>
-cudaError_t Rows(const Coefficients<ComputeType<T>>& k, const T* grad, const Workspace<Index>& w,
+cudaError_t Rows(const Coefficients<ComputeType<T>>& k, const T* grad, const SparseRunsOf<Index>& w,
                  int64_t n, int64_t row_size, T* var, T* ms, T* mom, T* mg, cudaStream_t stream) {
   int threads = static_cast<int>(row_size < kThreads ? ((row_size + 31) / 32) * 32 : kThreads);
   const int blocks = static_cast<int>(n < kMaxBlocks ? n : kMaxBlocks);
@@ -239,13 +239,10 @@ cudaError_t SparseCheck(const Index* indices, int64_t num_indices, int64_t rows,
   return cudaStreamSynchronize(stream);
 }
 
-template <typename T, typename Index>
-cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<T>>& k,
-                         const T* grad, const Index* indices, int64_t num_indices,
-                         int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
-                         void* workspace, cudaStream_t stream) {
-  if (num_indices > kMaxSparseIndices) return cudaErrorInvalidValue;
-  if (num_indices <= 0 || row_size <= 0) return cudaSuccess;
+template <typename Index>
+cudaError_t SparseRuns(const Index* indices, int64_t num_indices, int64_t rows,
+                       void* workspace, SparseRunsOf<Index>* runs, cudaStream_t stream) {
+  if (num_indices > kMaxSparseIndices || num_indices <= 0) return cudaErrorInvalidValue;
   Workspace<Index> w(workspace, num_indices, rows);
   const int n = static_cast<int>(num_indices);
   cudaError_t e = Launch(IotaKernel, Blocks(n), kThreads, stream, w.positions, n);
@@ -271,7 +268,21 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
       cudaSuccess) {
     return e;
   }
-  return RMSPROPX_DISPATCH(Rows, k, grad, w, num_indices, row_size, var, ms, mom, mg, stream);
+  *runs = {w.unique, w.lengths, w.offsets, w.sorted_positions, w.num_runs};
+  return cudaSuccess;
+}
+
+template <typename T, typename Index>
+cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<T>>& k,
+                         const T* grad, const Index* indices, int64_t num_indices,
+                         int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
+                         void* workspace, cudaStream_t stream) {
+  if (num_indices > kMaxSparseIndices) return cudaErrorInvalidValue;
+  if (num_indices <= 0 || row_size <= 0) return cudaSuccess;
+  SparseRunsOf<Index> runs;
+  const cudaError_t e = SparseRuns(indices, num_indices, rows, workspace, &runs, stream);
+  if (e != cudaSuccess) return e;
+  return RMSPROPX_DISPATCH(Rows, k, grad, runs, num_indices, row_size, var, ms, mom, mg, stream);
 }
 
 #define RMSPROPX_INSTANTIATE(T)                                                              \
@@ -295,6 +306,10 @@ template cudaError_t SparseCheck<int32_t>(const int32_t*, int64_t, int64_t, void
                                           int32_t*, cudaStream_t);
 template cudaError_t SparseCheck<int64_t>(const int64_t*, int64_t, int64_t, void*, int64_t*,
                                           int64_t*, cudaStream_t);
+template cudaError_t SparseRuns<int32_t>(const int32_t*, int64_t, int64_t, void*,
+                                         SparseRunsOf<int32_t>*, cudaStream_t);
+template cudaError_t SparseRuns<int64_t>(const int64_t*, int64_t, int64_t, void*,
+                                         SparseRunsOf<int64_t>*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace tf_rmsprop_ops

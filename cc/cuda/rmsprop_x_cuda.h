@@ -90,6 +90,23 @@ cudaError_t SparseUpdate(const Variant& variant, const Coefficients<ComputeType<
                          int64_t rows, int64_t row_size, T* var, T* ms, T* mom, T* mg,
                          void* workspace, cudaStream_t stream);
 
+// The first phase of SparseUpdate, for the sparse kernels of other state formats: sorts the
+// (checked) indices stably and finds their runs, in `workspace` (SparseWorkspaceBytes).
+// `runs` then points into it: the unique rows, each run's length and offset into
+// sorted_positions (the input positions in input order), and the number of runs (device
+// memory, read by the kernels).
+template <typename Index>
+struct SparseRunsOf {
+  const Index* unique;
+  const int32_t* lengths;
+  const int32_t* offsets;
+  const int32_t* sorted_positions;
+  const int32_t* num_runs;
+};
+template <typename Index>
+cudaError_t SparseRuns(const Index* indices, int64_t num_indices, int64_t rows,
+                       void* workspace, SparseRunsOf<Index>* runs, cudaStream_t stream);
+
 // 8-bit state (cc/state8.h, rmsprop_x_cuda8.cu.cc): var and grad [rows, row_size] of T
 // (Half, BFloat16 or float), each enabled state's codes (var's layout) and absmax ([rows,
 // BlocksPerRow(row_size)]); mom / mg with null pointers when their feature is off. One CUDA
@@ -98,6 +115,15 @@ template <typename T>
 cudaError_t LaunchDense8(const Variant& variant, const Coefficients<float>& k, const T* grad,
                          T* var, cpu::State8 ms, cpu::State8 mom, cpu::State8 mg, int64_t rows,
                          int64_t row_size, cudaStream_t stream);
+
+// The sparse 8-bit update (after SparseCheck, as SparseUpdate): the named rows' blocks, one
+// CUDA block each, their gradient rows summed in input order; every other row keeps its
+// codes and absmax.
+template <typename T, typename Index>
+cudaError_t SparseUpdate8(const Variant& variant, const Coefficients<float>& k, const T* grad,
+                          const Index* indices, int64_t num_indices, int64_t rows,
+                          int64_t row_size, T* var, cpu::State8 ms, cpu::State8 mom,
+                          cpu::State8 mg, void* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace tf_rmsprop_ops

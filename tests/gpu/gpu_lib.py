@@ -285,6 +285,8 @@ class Harness:
             ctypes.POINTER(i64), ctypes.POINTER(i64), p]
         self.lib.rx_multi.argtypes = [i] * 7 + [p, i64] + [p] * 7
         self.lib.rx_dense8.argtypes = [i] * 7 + [p] * 5 + [i64, i64, p]
+        self.lib.rx_sparse8.argtypes = [i] * 8 + [p] * 3 + [i64, i64, i64] + [p] * 4 + [
+            ctypes.POINTER(i64), ctypes.POINTER(i64), p]
         self.lib.rx_multi_chunk.restype = i64
         self.multi_chunk = int(self.lib.rx_multi_chunk())  # elements per multi-tensor chunk
         self.lib.rx_threads.restype = self.lib.rx_max_blocks.restype = i64
@@ -345,6 +347,31 @@ class Harness:
         self.after_call("rx_dense8")
         if err:
             raise RuntimeError(f"rx_dense8: CUDA error {err}")
+
+    def sparse8(self, dtype, variant, hyper, grad, indices, rows, row_size, var, codes,
+                absmax, stream=None):
+        """The sparse 8-bit kernel (after the index check): None, or (offset, value) of
+        the first index out of range (then nothing was written)."""
+        index_dtype = 0 if indices.dtype == np.int32 else 1
+        n = int(indices.size)
+        workspace = self.arrays.empty(
+            max(1, self.lib.rx_sparse_workspace_bytes(index_dtype, n, int(rows))), np.int8)
+        hp, keep = self._hyper(hyper)
+        codes_p = (ctypes.c_void_p * 3)(*[None if c is None else c.data.ptr for c in codes])
+        absmax_p = (ctypes.c_void_p * 3)(*[None if a is None else a.data.ptr for a in absmax])
+        bad_offset, bad_value = ctypes.c_int64(-1), ctypes.c_int64(0)
+        err = self.lib.rx_sparse8(DTYPES[dtype], index_dtype, *self._flags(variant), hp,
+                                  self._ptr(grad), self._ptr(indices), n, int(rows),
+                                  int(row_size), self._ptr(var),
+                                  ctypes.cast(codes_p, ctypes.c_void_p),
+                                  ctypes.cast(absmax_p, ctypes.c_void_p), self._ptr(workspace),
+                                  ctypes.byref(bad_offset), ctypes.byref(bad_value),
+                                  self._stream(stream))
+        del keep
+        self.after_call("rx_sparse8")
+        if err:
+            raise RuntimeError(f"rx_sparse8: CUDA error {err}")
+        return None if bad_offset.value < 0 else (bad_offset.value, bad_value.value)
 
     def sparse(self, dtype, variant, hyper, grad, indices, rows, row_size, var, ms, mom=None,
                mg=None, workspace=None, stream=None):

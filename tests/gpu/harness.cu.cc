@@ -83,9 +83,57 @@ int Dense8(const Variant& v, const double* h, void* grad, void* var, void* const
       static_cast<cudaStream_t>(stream));
 }
 
+template <typename T, typename Index>
+int Sparse8(const Variant& v, const double* h, void* grad, void* indices, int64_t num_indices,
+            int64_t rows, int64_t row_size, void* var, void* const* codes, void* const* absmax,
+            void* workspace, int64_t* bad_offset, int64_t* bad_value, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  Index value = 0;
+  int e = cuda::SparseCheck<Index>(static_cast<const Index*>(indices), num_indices, rows,
+                                   workspace, bad_offset, &value, s);
+  *bad_value = static_cast<int64_t>(value);
+  if (e != 0 || *bad_offset >= 0) return e;
+  cpu::State8 st[3] = {};
+  for (int j = 0; j < 3; ++j) {
+    st[j] = {static_cast<uint8_t*>(codes[j]), static_cast<float*>(absmax[j])};
+  }
+  return cuda::SparseUpdate8<T, Index>(
+      v, MakeCoefficients(v, HyperParams<float>{float(h[0]), float(h[1]), float(h[2]),
+                                                float(h[3]), float(h[4])}),
+      static_cast<const T*>(grad), static_cast<const Index*>(indices), num_indices, rows,
+      row_size, static_cast<T*>(var), st[0], st[1], st[2], workspace, s);
+}
+
 }  // namespace
 
 extern "C" {
+
+// The sparse 8-bit update (SparseCheck first, as rx_sparse): codes / absmax as rx_dense8.
+int rx_sparse8(int dtype, int index_dtype, int centered, int momentum, int nesterov,
+               int eps_outside, int lr_outside, int wd_mode, const double* hyper, void* grad,
+               void* indices, int64_t num_indices, int64_t rows, int64_t row_size, void* var,
+               void* const* codes, void* const* absmax, void* workspace, int64_t* bad_offset,
+               int64_t* bad_value, void* stream) {
+  const Variant v = MakeVariant(centered, momentum, nesterov, eps_outside, lr_outside, wd_mode);
+#define RX_SPARSE8(T, I)                                                                  \
+  Sparse8<T, I>(v, hyper, grad, indices, num_indices, rows, row_size, var, codes, absmax, \
+                workspace, bad_offset, bad_value, stream)
+  if (index_dtype == 0) {
+    switch (dtype) {
+      case 0: return RX_SPARSE8(float, int32_t);
+      case 2: return RX_SPARSE8(cuda::Half, int32_t);
+      case 3: return RX_SPARSE8(cuda::BFloat16, int32_t);
+    }
+  } else {
+    switch (dtype) {
+      case 0: return RX_SPARSE8(float, int64_t);
+      case 2: return RX_SPARSE8(cuda::Half, int64_t);
+      case 3: return RX_SPARSE8(cuda::BFloat16, int64_t);
+    }
+  }
+#undef RX_SPARSE8
+  return -1;
+}
 
 // 8-bit state: codes / absmax are arrays of 3 device pointers (ms, mom, mg; null when off);
 // var and grad [rows, row_size]; dtype 0 float32, 2 float16, 3 bfloat16.

@@ -93,7 +93,8 @@ def _with_canary(harness, a, fill):
     return harness.arrays.asarray(flat)
 
 
-def _run_kernel(which, shape, dtype, variant, var, grad, states, hyper):
+def _run_kernel(which, shape, dtype, variant, var, grad, states, hyper, indices=None):
+    """The kernel's results (dense, or sparse: `grad` [len(indices), row], `indices`)."""
     harness = _harness(which)
     rows, row = reference._rows_of(shape)
     fills = {"var": _storage(np.float64(-1536.0), dtype)}
@@ -108,7 +109,12 @@ def _run_kernel(which, shape, dtype, variant, var, grad, states, hyper):
         else:
             codes.append(None)
             absmax.append(None)
-    harness.dense8(dtype, variant, hyper, dgrad, dvar, codes, absmax, rows, row)
+    if indices is None:
+        harness.dense8(dtype, variant, hyper, dgrad, dvar, codes, absmax, rows, row)
+    else:
+        bad = harness.sparse8(dtype, variant, hyper, dgrad, harness.arrays.asarray(indices),
+                              rows, row, dvar, codes, absmax)
+        assert bad is None, bad
     harness.arrays.synchronize()
     out = {"var": dvar.get()}
     for k, c, a in zip(("ms", "mom", "mg"), codes, absmax):
@@ -122,7 +128,7 @@ def _run_kernel(which, shape, dtype, variant, var, grad, states, hyper):
     return out
 
 
-def _cpu_op(shape, dtype, variant, var, grad, states, hyper):
+def _cpu_op(shape, dtype, variant, var, grad, states, hyper, indices=None):
     """The CPU op's result (TensorFlow), in the harness's storage."""
     import tensorflow as tf
     import tf_rmsprop_ops
@@ -131,11 +137,16 @@ def _cpu_op(shape, dtype, variant, var, grad, states, hyper):
     v = tf.Variable(tf.cast(var.reshape(shape), tf_dtype))
     slots = {k: State8(tf.Variable(states[k][0].reshape(shape)), tf.Variable(states[k][1]))
              for k in states}
-    tf_rmsprop_ops.apply_rmsprop_x(
-        v, slots["ms"], tf.cast(grad.reshape(shape), tf_dtype), mom=slots.get("mom"),
-        mg=slots.get("mg"), **hyper, nesterov=variant.nesterov,
-        epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
-        weight_decay_mode=variant.weight_decay_mode)
+    attrs = dict(mom=slots.get("mom"), mg=slots.get("mg"), **hyper, nesterov=variant.nesterov,
+                 epsilon_placement=variant.epsilon_placement, lr_placement=variant.lr_placement,
+                 weight_decay_mode=variant.weight_decay_mode)
+    if indices is None:
+        tf_rmsprop_ops.apply_rmsprop_x(v, slots["ms"], tf.cast(grad.reshape(shape), tf_dtype),
+                                       **attrs)
+    else:
+        tf_rmsprop_ops.sparse_apply_rmsprop_x(
+            v, slots["ms"], tf.cast(grad.reshape((len(indices),) + tuple(shape[1:])), tf_dtype),
+            indices, **attrs)
     out = {"var": _storage(tf.cast(v, tf.float32).numpy().astype(np.float64).ravel(), dtype)}
     for k, s in slots.items():
         out[k + " codes"] = s.codes.numpy().ravel()
@@ -143,19 +154,25 @@ def _cpu_op(shape, dtype, variant, var, grad, states, hyper):
     return out
 
 
-def _oracle(shape, dtype, variant, var, grad, states, hyper):
+def _oracle(shape, dtype, variant, var, grad, states, hyper, indices=None):
     if HAVE_TF:
-        return _cpu_op(shape, dtype, variant, var, grad, states, hyper)
+        return _cpu_op(shape, dtype, variant, var, grad, states, hyper, indices)
     reason = gpu_lib.unavailable("emulated")
     if reason is not None:
         pytest.fail(f"no oracle: neither TensorFlow nor the emulated harness ({reason})")
-    return _run_kernel("emulated", shape, dtype, variant, var, grad, states, hyper)
+    return _run_kernel("emulated", shape, dtype, variant, var, grad, states, hyper, indices)
 
 
-def _check(rng, shape, dtype, variant, odd=False):
+def _check(rng, shape, dtype, variant, odd=False, n_indices=None, index_dtype=np.int64):
     var, grad, states, hyper = _case(rng, shape, dtype, variant, odd)
-    got = _run_kernel(BACKEND, shape, dtype, variant, var, grad, states, hyper)
-    want = _oracle(shape, dtype, variant, var, grad, states, hyper)
+    indices = None
+    if n_indices is not None:  # sparse: duplicates, rows not named
+        rows, row = reference._rows_of(shape)
+        indices = rng.integers(0, rows, n_indices).astype(index_dtype)
+        grad = _round(rng.normal(size=(n_indices, row)) * 10.0 ** rng.uniform(
+            -4, 0, (n_indices, row)), dtype)
+    got = _run_kernel(BACKEND, shape, dtype, variant, var, grad, states, hyper, indices)
+    want = _oracle(shape, dtype, variant, var, grad, states, hyper, indices)
     assert got.keys() == want.keys()
     for k in want:  # floats by value (a NaN equals a NaN), codes exactly
         np.testing.assert_array_equal(got[k], want[k], err_msg=f"{variant} {dtype} {k}")
@@ -192,3 +209,38 @@ def test_empty_launches_nothing(rng):
                                             weight_decay=0.0),
                    var, var, [var, None, None], [var, None, None], 0, 7)
     np.testing.assert_array_equal(var.get(), np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("variant", VARIANTS[::3], ids=str)
+def test_sparse_is_the_cpu_kernel_bit_for_bit(rng, variant, dtype):
+    """The sparse kernel: duplicated indices summed in input order, rows not named keep
+    their codes and absmax (the oracle checks every element)."""
+    _check(rng, (12, 300), dtype, variant, n_indices=10)
+
+
+@pytest.mark.parametrize("shape, n", [((40, 64), 100), ((6, 2, 300), 4), ((30, 700), 50),
+                                      ((8, 17), 1)], ids=str)
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64], ids=lambda d: d.__name__)
+def test_sparse_shapes(rng, shape, n, index_dtype):
+    variant = next(v for v in VARIANTS if v.centered and v.momentum and not v.nesterov)
+    _check(rng, shape, "float32", variant, n_indices=n, index_dtype=index_dtype)
+
+
+def test_sparse_out_of_range_index_writes_nothing(rng):
+    variant = next(v for v in VARIANTS if v.momentum and not v.centered)
+    harness = _harness(BACKEND)
+    var, _, states, hyper = _case(rng, (5, 300), "float32", variant)
+    dvar = harness.arrays.asarray(_storage(var, "float32"))
+    codes = [harness.arrays.asarray(states["ms"][0]), harness.arrays.asarray(states["mom"][0]),
+             None]
+    absmax = [harness.arrays.asarray(states["ms"][1]), harness.arrays.asarray(states["mom"][1]),
+              None]
+    grad = harness.arrays.asarray(np.ones((3, 300), np.float32))
+    bad = harness.sparse8("float32", variant, hyper, grad,
+                          harness.arrays.asarray(np.array([0, 7, 2], np.int64)), 5, 300, dvar,
+                          codes, absmax)
+    assert bad == (1, 7)
+    np.testing.assert_array_equal(dvar.get(), _storage(var, "float32"))
+    np.testing.assert_array_equal(codes[0].get(), states["ms"][0])
+    np.testing.assert_array_equal(absmax[1].get(), states["mom"][1])
