@@ -222,3 +222,52 @@ def test_keras_weights_convert_between_formats(tmp_path, src, dst):
         codes, absmax = _converted(saved["momentum"], "mom")
         np.testing.assert_array_equal(model2.optimizer._momentums[i].numpy(), codes)
         np.testing.assert_array_equal(model2.optimizer._momentum_absmax[i].numpy(), absmax)
+
+
+@pytest.mark.parametrize("older, newer", [(32, 8), (8, 32)])
+def test_the_newest_restore_wins_across_formats(tmp_path, older, newer):
+    """Two restores, of checkpoints in different formats, into an optimizer built after both
+    (TensorFlow defers both): the newer one's state, as TensorFlow's rule for one format."""
+    rng = np.random.default_rng(older)
+    paths, states = {}, {}
+    for bits, steps in ((older, 1), (newer, 3)):
+        w, b = _model(rng, np.float32)
+        opt = _optimizer(bits)
+        _train(opt, w, b, rng, steps=steps)
+        paths[bits] = tf.train.Checkpoint(w=w, b=b, opt=opt).save(
+            os.path.join(tmp_path, f"c{bits}"))
+        states[bits] = _state(opt, w, "mom")
+    w2, b2 = _model(np.random.default_rng(9), np.float32)
+    opt2 = _optimizer(8)
+    tf.train.Checkpoint(w=w2, b=b2, opt=opt2).restore(paths[older])
+    tf.train.Checkpoint(w=w2, b=b2, opt=opt2).restore(paths[newer])
+    opt2.build([w2, b2])
+    got = _state(opt2, w2, "mom")
+    want = states[newer] if newer == 8 else _converted(states[newer], "mom")
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert int(opt2.iterations.numpy()) == 3
+
+
+def test_keras_weights_of_another_shape_load_nothing(tmp_path):
+    """A converting load checks every shape first: a mismatch is a ValueError and nothing
+    (not even `iterations`) is assigned."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    y = rng.standard_normal((64, 4)).astype(np.float32)
+    model = _keras_model(32)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = os.path.join(tmp_path, "m.weights.h5")
+    model.save_weights(path)
+    keras.utils.set_random_seed(1)
+    other = keras.Sequential([keras.Input((32,)), keras.layers.Dense(256),
+                              keras.layers.Dense(5)])  # the last kernel [256, 5], not 4
+    other.compile(optimizer=tfk.RMSpropX(learning_rate=1e-3, momentum=0.9, centered=True,
+                                         state_bits=8), loss="mse")
+    other.optimizer.build(other.trainable_variables)
+    before = [v.numpy().copy() for v in other.optimizer.variables]
+    with pytest.raises(ValueError, match="nothing was loaded"):
+        other.optimizer.load_own_variables(
+            {str(i): v.numpy() for i, v in enumerate(model.optimizer.variables)})
+    for v, b in zip(other.optimizer.variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)

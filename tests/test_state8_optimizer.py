@@ -323,3 +323,18 @@ def test_a_gpu_variable_is_refused_by_name():
     with pytest.raises(ValueError, match="CPU kernels only so far"):
         selection.bits_for(var, 0, False, "/job:localhost/replica:0/task:0/device:GPU:0")
     assert selection.bits_for(var, 0, False, var.device) == 8
+
+
+def test_every_copy_of_a_mirrored_variable_is_checked():
+    """The state format is decided on every copy's device: a variable mirrored on a CPU and
+    a GPU has a copy on the GPU (where no 8-bit kernel runs yet): refused."""
+    from test_distribute import _strategy
+    from tf_rmsprop_ops import _distribute
+    with _strategy().scope():
+        var = tf.Variable(np.zeros((100, 64), np.float32))
+    devices = _distribute.devices_of(var)
+    assert "CPU:0" in devices and "CPU:1" in devices, devices
+    selection = state8.Selection(8)
+    assert selection.bits_for(var, 0, False, devices) == 8
+    with pytest.raises(ValueError, match="CPU kernels only so far"):
+        selection.bits_for(var, 0, False, devices + " /job:localhost/replica:0/task:0/device:GPU:0")

@@ -52,6 +52,14 @@ def unwrap(var):
     return var
 
 
+def devices_of(var):
+    """The devices of every copy of `var` (a mirrored variable's components; else its own),
+    joined: a variable mirrored on a CPU and a GPU is on a GPU too."""
+    var = unwrap(var)
+    copies = var.values if isinstance(var, tf.distribute.DistributedValues) else (var,)
+    return " ".join(getattr(c, "device", "") or "" for c in copies)
+
+
 def _strategy():
     return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
 

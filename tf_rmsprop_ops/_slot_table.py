@@ -8,12 +8,15 @@ the format, a restore converts: a 32-bit checkpoint restored into 8-bit state is
 (`state8.quantize`, the kernels' bits), an 8-bit checkpoint restored into 32-bit state is
 dequantized. This happens whether the optimizer is built before the restore (the objects
 below are bound by `_lookup_dependency`) or after it (TensorFlow defers the checkpoint's
-values; `append` picks up both formats). The converters are restore-only: they never appear
-in what is saved, and `assert_consumed()` holds after a converted restore.
+values; `append` picks up both formats, the newest restore winning across formats too).
+The converters are restore-only: they never appear in what is saved. After a converted
+restore `assert_nontrivial_match()` holds; `assert_consumed()` also wants each of the new
+format's variables found in the checkpoint, so it reports them.
 """
 import tensorflow as tf
 from tensorflow.python.trackable import base as trackable
 from tensorflow.python.trackable.data_structures import NoDependency
+from tensorflow.python.training.saving import saveable_object
 
 from tf_rmsprop_ops import state8
 
@@ -61,11 +64,16 @@ class SlotTable(tf.Module):
             return
         eight_bit = isinstance(slot, state8.State8)
         self._track_trackable(slot, name=_name(position, eight_bit))  # same format
-        waiting = self._deferred_dependencies.pop(_name(position, not eight_bit), ())
+        # The other format's deferred restores, those newer than what the same format
+        # restored (TensorFlow's rule: the newest restore wins; a converter has its own
+        # update uid, so the comparison with the slot's is made here).
+        restored = slot._update_uid  # -1, or the uid of the restore just applied
+        waiting = [p for p in self._deferred_dependencies.pop(_name(position, not eight_bit), ())
+                   if p.checkpoint.restore_uid > restored]
         if waiting:
             converter = self._converter(position)
             for checkpoint_position in sorted(waiting, key=lambda p: p.checkpoint.restore_uid,
-                                              reverse=True):  # the newest restore wins
+                                              reverse=True):  # the newest first; older skip
                 checkpoint_position.restore(converter)
 
     def _lookup_dependency(self, name, cached_dependencies=None):
@@ -84,7 +92,8 @@ class SlotTable(tf.Module):
             slot, variable = self._slots[position], self._variables[position]
             signed = state8.SIGNED[self._kind]
             if isinstance(slot, state8.State8):
-                converter = _Float32IntoState8(slot, signed, variable.shape, variable.dtype)
+                converter = _Float32IntoState8(slot, signed, variable.shape, variable.dtype,
+                                               slot.codes.device)
             else:
                 converter = _State8IntoFloat32(slot, signed)
             self._converters[position] = converter
@@ -94,13 +103,13 @@ class SlotTable(tf.Module):
 class _Float32IntoState8(trackable.Trackable):
     """Stands for a checkpoint's 32-bit state restored into a State8: quantizes it."""
 
-    def __init__(self, state, signed, shape, dtype):
+    def __init__(self, state, signed, shape, dtype, device):
         self._state, self._signed = state, signed
         self._shape, self._dtype = tf.TensorShape(shape), tf.as_dtype(dtype).base_dtype
+        self._device = device
 
     def _serialize_to_tensors(self):
-        # Read only for the saved tensor's dtype when restoring: never saved.
-        return {trackable.VARIABLE_VALUE_KEY: tf.zeros(self._shape, self._dtype)}
+        return {trackable.VARIABLE_VALUE_KEY: _restore_only_spec(self._dtype, self._device)}
 
     def _restore_from_tensors(self, restored_tensors):
         value = restored_tensors[trackable.VARIABLE_VALUE_KEY]
@@ -118,9 +127,9 @@ class _State8IntoFloat32(trackable.Trackable):
     def __init__(self, variable, signed):
         self._variable, self._signed = variable, signed
         shape = tf.TensorShape(variable.shape)
-        self._parts = {"codes": _Part(self, "codes", shape, tf.uint8),
+        self._parts = {"codes": _Part(self, "codes", shape, tf.uint8, variable.device),
                        "absmax": _Part(self, "absmax", state8.absmax_shape(shape),
-                                       tf.float32)}
+                                       tf.float32, variable.device)}
         self._received = {}
 
     def _lookup_dependency(self, name, cached_dependencies=None):
@@ -139,12 +148,12 @@ class _State8IntoFloat32(trackable.Trackable):
 class _Part(trackable.Trackable):
     """One variable of a checkpoint's 8-bit state, handed to its `_State8IntoFloat32`."""
 
-    def __init__(self, owner, name, shape, dtype):
+    def __init__(self, owner, name, shape, dtype, device):
         self._owner, self._name = owner, name
-        self._shape, self._dtype = tf.TensorShape(shape), dtype
+        self._shape, self._dtype, self._device = tf.TensorShape(shape), dtype, device
 
     def _serialize_to_tensors(self):
-        return {trackable.VARIABLE_VALUE_KEY: tf.zeros(self._shape, self._dtype)}
+        return {trackable.VARIABLE_VALUE_KEY: _restore_only_spec(self._dtype, self._device)}
 
     def _restore_from_tensors(self, restored_tensors):
         value = restored_tensors[trackable.VARIABLE_VALUE_KEY]
@@ -152,3 +161,11 @@ class _Part(trackable.Trackable):
             raise ValueError(f"Restoring 8-bit state {self._name} of shape {value.shape}: want "
                              f"{self._shape}")
         return self._owner._receive(self._name, tf.ensure_shape(value, self._shape))
+
+
+def _restore_only_spec(dtype, device):
+    """What a converter declares for a restore: the saved tensor's dtype and device, no tensor
+    (a restore never asks for one; a save never sees a converter)."""
+    def never():
+        raise AssertionError("a checkpoint converter is restore-only")
+    return saveable_object.SaveSpec(never, "", "", dtype=dtype, device=device)

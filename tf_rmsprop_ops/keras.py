@@ -110,7 +110,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         # Every variable's state format first: a refusal (ValueError) leaves the optimizer
         # unbuilt, so that exclude_from_8bit_state and a retry still work.
         bits = [self._selection.bits_for(_distribute.unwrap(v), id(_distribute.unwrap(v)),
-                                         device=getattr(_distribute.unwrap(v), "device", ""))
+                                         device=_distribute.devices_of(v))
                 for v in var_list]
         if 8 in bits and _distribute.state8_variable_maker() is not tf.Variable:
             raise ValueError(
@@ -290,17 +290,23 @@ class RMSpropX(keras.optimizers.Optimizer):
         """Keras' `load_own_variables` (`.keras`, `.weights.h5`, `BackupAndRestore`), which
         also converts between state formats: a saved 32-bit state loaded into 8-bit state is
         quantized, a saved 8-bit state (uint8 codes, then float32 absmax) loaded into 32-bit
-        state is dequantized; the rest loads as Keras loads it."""
-        saved = [store[str(i)] for i in range(len(store.keys()))]
-        variables = list(self.variables)
-        plan = self._load_plan(saved, variables) if self.built else None
+        state is dequantized; the rest loads as Keras loads it. Every shape is checked
+        before anything is assigned."""
+        saved = [np.asarray(store[str(i)]) for i in range(len(store.keys()))]
+        plan = self._load_plan(saved, list(self.variables)) if self.built else None
         if plan is None:  # same format, or not ours to parse: Keras' own behaviour
             return super().load_own_variables(store)
-        for assign in plan:
-            assign()
+        for variable, value in plan:
+            if tuple(variable.shape) != tuple(np.shape(value)):
+                raise ValueError(
+                    f"Loading optimizer state: {variable.path} has shape {variable.shape}, "
+                    f"the saved state {np.shape(value)}; nothing was loaded")
+        for variable, value in plan:
+            variable.assign(value)
 
     def _load_plan(self, saved, variables):
-        """The assignments that load `saved` when some state's format differs, else None."""
+        """(variable, value) pairs that load `saved` when some state's format differs (32-bit
+        state quantized, 8-bit dequantized), else None."""
         kinds = self._state_lists()
         first = next(iter(kinds[0][1]), None)
         if first is None:
@@ -308,7 +314,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         start = next((i for i, v in enumerate(variables) if v is first), None)
         if start is None or len(saved) < start:
             return None
-        plan = [lambda v=v, a=a: v.assign(a) for v, a in zip(variables[:start], saved[:start])]
+        plan = list(zip(variables[:start], saved[:start]))
         j, converted = start, False
         for name, slots, absmaxes in kinds:
             signed = state8.SIGNED[{"velocity": "ms", "momentum": "mom",
@@ -317,33 +323,29 @@ class RMSpropX(keras.optimizers.Optimizer):
                 if j >= len(saved):
                     return None
                 eight_bit = bool(absmaxes) and absmaxes[i] is not None
-                if np.asarray(saved[j]).dtype == np.uint8:
+                if saved[j].dtype == np.uint8:  # a saved 8-bit state: codes, absmax
                     if j + 1 >= len(saved):
                         return None
-                    codes, absmax = np.asarray(saved[j]), np.asarray(saved[j + 1])
+                    codes, absmax = saved[j], saved[j + 1]
                     j += 2
-                    if tuple(codes.shape) != tuple(slot.shape):
+                    if absmax.shape != state8.absmax_shape(codes.shape):
                         return None
                     if eight_bit:
-                        plan += [lambda s=slot, c=codes: s.assign(c),
-                                 lambda s=absmaxes[i], a=absmax: s.assign(a)]
+                        plan += [(slot, codes), (absmaxes[i], absmax)]
                     else:
                         values = state8.reference.dequantize_blockwise(codes, absmax, signed)
-                        plan.append(lambda s=slot, x=values: s.assign(
-                            tf.cast(x, s.dtype)))
+                        plan.append((slot, tf.cast(values, slot.dtype)))
                         converted = True
                 else:
-                    values = np.asarray(saved[j], np.float32)
+                    values = saved[j]
                     j += 1
                     if eight_bit:
-                        if tuple(values.shape) != tuple(slot.shape):
-                            return None
-                        codes, absmax = state8.reference.quantize_blockwise(values, signed)
-                        plan += [lambda s=slot, c=codes: s.assign(c),
-                                 lambda s=absmaxes[i], a=absmax: s.assign(a)]
+                        codes, absmax = state8.reference.quantize_blockwise(
+                            values.astype(np.float32), signed)
+                        plan += [(slot, codes), (absmaxes[i], absmax)]
                         converted = True
                     else:
-                        plan.append(lambda s=slot, x=saved[j - 1]: s.assign(x))
+                        plan.append((slot, values))
         if j != len(saved) or not converted:
             return None
         return plan

@@ -77,9 +77,9 @@ class RMSpropX(tf.Module):
       least `min_8bit_size` elements (default 4096, as bitsandbytes) are uint8 codes plus a
       float32 absmax per block of 256 elements of a row; `exclude_from_8bit_state` keeps
       chosen variables at 32 bits; `get_slot` returns the dequantized value. CPU kernels,
-      dense and sparse, under jit_compile (XLA lowerings, the same bits) and tf.distribute
-      strategies (a ShardedVariable's shards decide by the whole variable); no DTensor yet
-      (ValueError).
+      dense and sparse, under jit_compile (XLA lowerings: the same codec; XLA's fused
+      multiply-adds move the float math by an ulp now and then) and tf.distribute strategies
+      (a ShardedVariable's shards decide by the whole variable); no DTensor yet (ValueError).
       Checkpoints restore across formats (32-bit state is quantized, 8-bit dequantized).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
@@ -285,7 +285,7 @@ class RMSpropX(tf.Module):
     def _state_bits_for(self, var):
         """8 or 32 (`state8.Selection`)."""
         return self._selection.bits_for(var, _distribute.var_key(var),
-                                        _dtensor.is_dvariable(var), getattr(var, "device", ""))
+                                        _dtensor.is_dvariable(var), _distribute.devices_of(var))
 
     @property
     def variables(self):

@@ -107,8 +107,12 @@ def quantize(values, signed):
     norm = blocks / absmax[:, :, None]
     table = reference.dynamic_map(signed)
     mids = tf.constant((table[:-1] + table[1:]) / np.float32(2))
-    codes = tf.reshape(tf.searchsorted(mids, tf.reshape(norm, [-1]), side="right"),
-                       [rows, nblocks, BLOCK_SIZE])
+    # The number of midpoints <= norm by binary lifting (8 gathers of the 255 midpoints;
+    # tf.searchsorted refuses inputs of 2^31 elements, tables this state is made for).
+    codes = tf.zeros(tf.shape(norm), tf.int32)
+    for step in (128, 64, 32, 16, 8, 4, 2, 1):
+        candidate = codes + step
+        codes = tf.where(norm >= tf.gather(mids, candidate - 1), candidate, codes)
     zero = int(np.flatnonzero(table == 0)[0])
     codes = tf.where(tf.math.is_nan(norm) | (absmax == 0)[:, :, None], zero, codes)
     codes = tf.reshape(codes, [rows, nblocks * BLOCK_SIZE])[:, :row]
@@ -143,12 +147,13 @@ class Selection:
 
     def bits_for(self, var, key, dtensor=False, device=""):
         """8 or 32 for `var` (`key`: its stable key). The size is the logical variable's: a
-        shard of a ShardedVariable decides by the whole table (its rows are its own blocks,
-        so a sharded table's 8-bit state is the unsharded one's, cut by rows), a replica of
-        a mirrored variable by the variable. A DTensor variable (`dtensor`) is refused (8-bit
-        state is not wired into DTensor yet: ValueError), and so is a variable on a GPU
-        (`device`): the 8-bit kernels are CPU kernels, and slots live on their variable's
-        device."""
+        shard of a ShardedVariable decides by the whole table (for rank >= 2 its rows are
+        their own blocks, so a sharded table's 8-bit state is the unsharded one's, cut by
+        rows; a rank-1 shard is one row, whose blocks start at the shard), a replica of a
+        mirrored variable by the variable. A DTensor variable (`dtensor`) is refused (8-bit
+        state is not wired into DTensor yet: ValueError), and so is a variable with a copy on
+        a GPU (`device`: every copy's device): the TensorFlow GPU kernels do not take 8-bit
+        state yet, and slots live on their variable's devices."""
         if self.state_bits != 8:
             return 32
         dtype = tf.as_dtype(var.dtype).base_dtype

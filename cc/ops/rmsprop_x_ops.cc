@@ -121,8 +121,9 @@ var and slots are resource variables of dtype T. slots holds, in order, ms (alwa
 mom (when use_momentum) and mg (when centered); no slot is passed for a disabled feature.
 lr, rho, momentum, epsilon and weight_decay are scalars so that schedules need no retracing.
 The update is docs/design.md section 1.1 / tf_rmsprop_ops.reference; half types compute in float32.
-state_bits=8 (ApplyRMSpropX and SparseApplyRMSpropX on the CPU so far): each state is two slots, its uint8 codes
-(var's shape) and its float32 absmax ([rows, ceil(row / 256)]), docs/design.md 1.7.
+state_bits=8 (all three ops, CPU kernels and XLA lowerings; not on a GPU yet): each state is
+two slots, its uint8 codes (var's shape) and its float32 absmax ([rows, ceil(row / 256)]),
+docs/design.md 1.7.
 )doc";
 
 }  // namespace
@@ -179,7 +180,8 @@ REGISTER_OP("ApplyRMSpropXMulti")
     .Doc(R"doc(
 ApplyRMSpropX on N variables in one call: one parallel pass over all of them (small
 variables packed together), the same per-element formula, attrs and scalars for all.
-slots holds num_slots slots per variable, variable by variable (ms[, mom][, mg]).
+slots holds num_slots slots per variable, variable by variable (ms[, mom][, mg]; with
+state_bits=8 each of them as its codes then its absmax), the work cut at block boundaries.
 Every input is validated before anything is written: a rejected call changes nothing.
 )doc");
 
