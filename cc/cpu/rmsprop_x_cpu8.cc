@@ -34,6 +34,9 @@ inline float Quantize(const float* __restrict__ x, int64_t n, const DynamicMap& 
   const __m256i mantissa_mask = _mm256_set1_epi32((1 << kLutMantissaBits) - 1);
   const __m256i exponents = _mm256_set1_epi32(static_cast<int>(kLutExponents));
   const __m256i zero_code = _mm256_set1_epi32(m.zero);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i low16 = _mm256_set1_epi32(0xffff);
+  const __m256i threshold_mask = _mm256_set1_epi32(0x1ffff);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 norm = _mm256_div_ps(_mm256_loadu_ps(x + i), scale);
@@ -49,10 +52,18 @@ inline float Quantize(const float* __restrict__ x, int64_t n, const DynamicMap& 
             _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(bits, 31), exponents), e),
             kLutMantissaBits),
         mant);
-    const __m256i low = _mm256_i32gather_epi32(m.lut, bucket, 4);
-    const __m256 mid = _mm256_i32gather_ps(m.lut_mid, bucket, 4);
-    const __m256 reached = _mm256_cmp_ps(norm, mid, _CMP_GE_OQ);  // false for NaN
-    __m256i code = _mm256_sub_epi32(low, _mm256_castps_si256(reached));  // -(-1) = +1
+    // One gather of the packed word (DynamicMap::packed): the bucket's code, and whether
+    // x reaches the bucket's midpoint, from x's low 16 bits.
+    const __m256i entry = _mm256_i32gather_epi32(reinterpret_cast<const int*>(m.packed),
+                                                 bucket, 4);
+    const __m256i flip = _mm256_and_si256(
+        _mm256_sub_epi32(_mm256_setzero_si256(),
+                         _mm256_and_si256(_mm256_srli_epi32(entry, 17), one)),
+        low16);
+    const __m256i low = _mm256_xor_si256(_mm256_and_si256(bits, low16), flip);
+    const __m256i below = _mm256_cmpgt_epi32(_mm256_and_si256(entry, threshold_mask), low);
+    __m256i code = _mm256_add_epi32(_mm256_add_epi32(_mm256_srli_epi32(entry, 24), one),
+                                    below);  // + 1, unless below (-1)
     const __m256 nan = _mm256_cmp_ps(norm, norm, _CMP_UNORD_Q);
     code = _mm256_blendv_epi8(code, zero_code, _mm256_castps_si256(nan));
     const __m256i words = _mm256_packus_epi32(code, code);   // per lane: c0..c3 c0..c3
