@@ -22,7 +22,7 @@ from tf_rmsprop_ops import RMSpropX, reference, state8
 from tf_rmsprop_ops.state8 import State8
 
 from helpers import VARIANTS, random_hyper, random_state
-from test_state8_op import _apply, _check_sparse, _check_step
+from test_state8_op import _apply, _check_sparse, _check_step, _quantized_state, _variables
 
 DTYPES8 = [tf.float16, tf.bfloat16, tf.float32]
 
@@ -70,22 +70,12 @@ def test_sparse_shapes_match_the_reference(rng, shape, n):
 
 
 def _state(rng, shape, dtype, variant):
-    state = random_state(rng, shape, dtype, variant)
-    # gradients over four decades, so that epsilon and the map's small entries matter
+    """test_state8_op's quantized state, with gradients over four decades (epsilon and the
+    map's small entries matter)."""
+    state, q = _quantized_state(rng, shape, dtype, variant)
     state["grad"] = np.asarray(tf.cast(
         rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 0, shape), dtype), np.float64)
-    q = {k: None if state[k] is None else
-         reference.quantize_blockwise(state[k], reference.STATE_SIGNED[k])
-         for k in ("ms", "mom", "mg")}
     return state, q
-
-
-def _variables(state, q, dtype):
-    v = {"var": tf.Variable(tf.cast(state["var"], dtype))}
-    for k, pair in q.items():
-        if pair is not None:
-            v[k] = State8(tf.Variable(pair[0]), tf.Variable(pair[1]))
-    return v
 
 
 def _bits(v):

@@ -22,81 +22,64 @@ constexpr int64_t kAlign = 64;
 // No range is smaller than this (a thread-pool task has a fixed cost of a few microseconds).
 constexpr int64_t kMinRange = 16384;
 
+// The one parallel pass of both state formats: [0, total) units (elements, or 8-bit blocks)
+// cut into at most 4 ranges per thread of at least `min_range` units, each boundary on a
+// multiple of `align`; `pieces(lo, hi)` updates the pieces of every variable in [lo, hi)
+// (`start`: each variable's first unit, start[N] = total).
+template <typename Pieces>
+void ParallelRanges(tensorflow::OpKernelContext* ctx, const std::vector<int64_t>& start,
+                    int64_t min_range, int64_t align, const Pieces& pieces) {
+  const int n = static_cast<int>(start.size()) - 1;
+  const int64_t total = start[n];
+  auto update_range = [&](int64_t lo, int64_t hi) {
+    int i = static_cast<int>(std::upper_bound(start.begin(), start.end(), lo) - start.begin()) - 1;
+    for (; i < n && start[i] < hi; ++i) {
+      const int64_t a = std::max(lo, start[i]) - start[i];
+      const int64_t b = std::min(hi, start[i + 1]) - start[i];
+      if (a < b) pieces(i, a, b);
+    }
+  };
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t ranges = std::min<int64_t>(4 * workers->num_threads,
+                                           std::max<int64_t>(1, total / min_range));
+  if (workers->num_threads <= 1 || ranges <= 1) {
+    update_range(0, total);
+    return;
+  }
+  auto boundary = [&](int64_t r) {
+    return r >= ranges ? total : std::min(total, (total * r / ranges) / align * align);
+  };
+  workers->workers->ParallelFor(
+      ranges,
+      tensorflow::thread::ThreadPool::SchedulingParams(
+          tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt, 1),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) update_range(boundary(r), boundary(r + 1));
+      });
+}
+
 template <typename T>
 struct MultiLaunch<CPUDevice, T> {
   static absl::Status Run(tensorflow::OpKernelContext* ctx, const MultiArgs<T>& args) {
-    const std::vector<int64_t>& start = args.start;
-    const int n = static_cast<int>(args.state.size());
-    const int64_t total = start[n];
-    // Updates global elements [lo, hi): the pieces of every variable inside the range.
-    auto update_range = [&](int64_t lo, int64_t hi) {
-      int i = static_cast<int>(std::upper_bound(start.begin(), start.end(), lo) - start.begin()) - 1;
-      for (; i < n && start[i] < hi; ++i) {
-        const int64_t a = std::max(lo, start[i]) - start[i];
-        const int64_t b = std::min(hi, start[i + 1]) - start[i];
-        if (a >= b) continue;
-        const StatePointers<T> s = args.state[i].At(a);
-        cpu::UpdateSpan(args.variant, args.k, args.grads[i] + a, s.var, s.ms, s.mom, s.mg, b - a);
-      }
-    };
-    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    const int64_t ranges = std::min<int64_t>(4 * workers->num_threads,
-                                             std::max<int64_t>(1, total / kMinRange));
-    if (workers->num_threads <= 1 || ranges <= 1) {
-      update_range(0, total);
-      return absl::OkStatus();
-    }
-    auto boundary = [&](int64_t r) {
-      return r >= ranges ? total : std::min(total, (total * r / ranges) / kAlign * kAlign);
-    };
-    workers->workers->ParallelFor(
-        ranges,
-        tensorflow::thread::ThreadPool::SchedulingParams(
-            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt, 1),
-        [&](int64_t begin, int64_t end) {
-          for (int64_t r = begin; r < end; ++r) update_range(boundary(r), boundary(r + 1));
-        });
+    ParallelRanges(ctx, args.start, kMinRange, kAlign, [&](int i, int64_t a, int64_t b) {
+      const StatePointers<T> s = args.state[i].At(a);
+      cpu::UpdateSpan(args.variant, args.k, args.grads[i] + a, s.var, s.ms, s.mom, s.mg, b - a);
+    });
     return absl::OkStatus();
   }
 };
 
-// 8-bit state: the same pass over ranges of whole blocks (a block's absmax is one block's
-// max, so a cut never falls inside a block), each range's pieces updated block by block.
-// kMinBlocks blocks per range at least (64 blocks of 256 = kMinRange elements).
-constexpr int64_t kMinBlocks = kMinRange / kBlock8;
-
+// 8-bit state: the same pass over whole blocks (a block's absmax is one block's max, so a cut
+// never falls inside a block), each range's pieces updated block by block; at least
+// kMinRange elements' worth of blocks per range.
 template <typename T>
 struct Multi8Launch<CPUDevice, T> {
   static constexpr bool kAvailable = !std::is_same_v<T, double>;  // float32 state math
   static absl::Status Run(tensorflow::OpKernelContext* ctx, const Multi8Args<T>& a) {
-    const std::vector<int64_t>& start = a.start;
-    const int n = static_cast<int>(a.var.size());
-    const int64_t total = start[n];
-    auto update_range = [&](int64_t lo, int64_t hi) {
-      int i = static_cast<int>(std::upper_bound(start.begin(), start.end(), lo) - start.begin()) - 1;
-      for (; i < n && start[i] < hi; ++i) {
-        const int64_t first = std::max(lo, start[i]) - start[i];
-        const int64_t last = std::min(hi, start[i + 1]) - start[i];
-        if (first >= last) continue;
-        cpu::UpdateBlocks8(a.variant, a.k, a.grads[i], a.var[i], a.ms[i], a.mom[i], a.mg[i],
-                           a.row_size[i], first, last);
-      }
-    };
-    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    const int64_t ranges = std::min<int64_t>(4 * workers->num_threads,
-                                             std::max<int64_t>(1, total / kMinBlocks));
-    if (workers->num_threads <= 1 || ranges <= 1) {
-      update_range(0, total);
-      return absl::OkStatus();
-    }
-    auto boundary = [&](int64_t r) { return r >= ranges ? total : total * r / ranges; };
-    workers->workers->ParallelFor(
-        ranges,
-        tensorflow::thread::ThreadPool::SchedulingParams(
-            tensorflow::thread::ThreadPool::SchedulingStrategy::kFixedBlockSize, std::nullopt, 1),
-        [&](int64_t begin, int64_t end) {
-          for (int64_t r = begin; r < end; ++r) update_range(boundary(r), boundary(r + 1));
-        });
+    ParallelRanges(ctx, a.start, kMinRange / kBlock8, 1, [&](int i, int64_t first, int64_t last) {
+      cpu::UpdateBlocks8(a.variant, a.k, a.grads[i], a.var[i], a.ms[i], a.mom[i], a.mg[i],
+                         a.row_size[i], first, last);
+    });
     return absl::OkStatus();
   }
 };

@@ -60,6 +60,16 @@ def backend():
     return "cuda" if _cuda_unavailable() is None else "emulated"
 
 
+def test_backend():
+    """(backend, why it cannot run here or None) for a test module: the GPU where
+    GPU_HARNESS_REQUIRED=1 (then unavailable is an error, not a skip), else `backend()`."""
+    which = "cuda" if os.environ.get("GPU_HARNESS_REQUIRED") else backend()
+    reason = unavailable(which)
+    if reason is not None and os.environ.get("GPU_HARNESS_REQUIRED"):
+        raise RuntimeError(f"GPU harness required but unavailable: {reason}")
+    return which, reason
+
+
 def unavailable(which="cuda"):
     if which == "cuda":
         return _cuda_unavailable()
@@ -242,11 +252,23 @@ class UBSanReports:
 EMULATED_STREAM = 0x5EED0
 
 
+_OPEN = {}
+
+
 def open_harness(which, shipped_constants=False):
-    """The harness library of `which` backend, built if needed, and its array module.
-    `shipped_constants`: on the emulation, the build with a GPU build's launch constants
-    (build.build_emulated); the cuda build always has them. Each emulated harness has its own
-    device memory: arrays are allocated through the harness that uses them."""
+    """The harness library of `which` backend, built if needed, and its array module; one
+    per process and kind (a library loads once, and UBSan reports the planted self-test
+    load once per process). `shipped_constants`: on the emulation, the build with a GPU
+    build's launch constants (build.build_emulated); the cuda build always has them. Each
+    emulated harness has its own device memory: arrays are allocated through the harness
+    that uses them."""
+    key = (which, shipped_constants)
+    if key not in _OPEN:
+        _OPEN[key] = _open_harness(which, shipped_constants)
+    return _OPEN[key]
+
+
+def _open_harness(which, shipped_constants):
     import build
     if which == "cuda":
         return Harness(build.build(), CupyArrays())

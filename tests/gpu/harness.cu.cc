@@ -69,18 +69,30 @@ int Multi(const Variant& v, const double* h, int64_t count, void* const* grads,
                               static_cast<cudaStream_t>(stream));
 }
 
+// 8-bit state: the (codes, absmax) of ms, mom, mg from arrays of 3 device pointers (null
+// where the feature is off), and the float32 coefficients.
+struct States8 {
+  States8(void* const* codes, void* const* absmax) {
+    cpu::State8* out[3] = {&ms, &mom, &mg};
+    for (int j = 0; j < 3; ++j) {
+      *out[j] = {static_cast<uint8_t*>(codes[j]), static_cast<float*>(absmax[j])};
+    }
+  }
+  cpu::State8 ms{}, mom{}, mg{};
+};
+
+Coefficients<float> Coeffs8(const Variant& v, const double* h) {
+  return MakeCoefficients(v, HyperParams<float>{float(h[0]), float(h[1]), float(h[2]),
+                                                float(h[3]), float(h[4])});
+}
+
 template <typename T>
 int Dense8(const Variant& v, const double* h, void* grad, void* var, void* const* codes,
            void* const* absmax, int64_t rows, int64_t row_size, void* stream) {
-  cpu::State8 s[3] = {};
-  for (int j = 0; j < 3; ++j) {
-    s[j] = {static_cast<uint8_t*>(codes[j]), static_cast<float*>(absmax[j])};
-  }
-  return cuda::LaunchDense8<T>(
-      v, MakeCoefficients(v, HyperParams<float>{float(h[0]), float(h[1]), float(h[2]),
-                                                float(h[3]), float(h[4])}),
-      static_cast<const T*>(grad), static_cast<T*>(var), s[0], s[1], s[2], rows, row_size,
-      static_cast<cudaStream_t>(stream));
+  const States8 s(codes, absmax);
+  return cuda::LaunchDense8<T>(v, Coeffs8(v, h), static_cast<const T*>(grad),
+                               static_cast<T*>(var), s.ms, s.mom, s.mg, rows, row_size,
+                               static_cast<cudaStream_t>(stream));
 }
 
 template <typename T, typename Index>
@@ -93,15 +105,10 @@ int Sparse8(const Variant& v, const double* h, void* grad, void* indices, int64_
                                    workspace, bad_offset, &value, s);
   *bad_value = static_cast<int64_t>(value);
   if (e != 0 || *bad_offset >= 0) return e;
-  cpu::State8 st[3] = {};
-  for (int j = 0; j < 3; ++j) {
-    st[j] = {static_cast<uint8_t*>(codes[j]), static_cast<float*>(absmax[j])};
-  }
+  const States8 st(codes, absmax);
   return cuda::SparseUpdate8<T, Index>(
-      v, MakeCoefficients(v, HyperParams<float>{float(h[0]), float(h[1]), float(h[2]),
-                                                float(h[3]), float(h[4])}),
-      static_cast<const T*>(grad), static_cast<const Index*>(indices), num_indices, rows,
-      row_size, static_cast<T*>(var), st[0], st[1], st[2], workspace, s);
+      v, Coeffs8(v, h), static_cast<const T*>(grad), static_cast<const Index*>(indices),
+      num_indices, rows, row_size, static_cast<T*>(var), st.ms, st.mom, st.mg, workspace, s);
 }
 
 }  // namespace

@@ -23,10 +23,7 @@ import gpu_lib  # noqa: E402
 
 from tf_rmsprop_ops import reference  # noqa: E402  (NumPy only: no TensorFlow needed)
 
-BACKEND = "cuda" if os.environ.get("GPU_HARNESS_REQUIRED") else gpu_lib.backend()
-REASON = gpu_lib.unavailable(BACKEND)
-if REASON is not None and os.environ.get("GPU_HARNESS_REQUIRED"):
-    raise RuntimeError(f"GPU harness required but unavailable: {REASON}")
+BACKEND, REASON = gpu_lib.test_backend()
 # A skip here is over tests/conftest.py's skip budget: the run fails, with this reason.
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness ({BACKEND}): {REASON}")
 

@@ -22,10 +22,7 @@ import gpu_lib  # noqa: E402
 
 from tf_rmsprop_ops import reference  # noqa: E402  (NumPy only)
 
-BACKEND = "cuda" if os.environ.get("GPU_HARNESS_REQUIRED") else gpu_lib.backend()
-REASON = gpu_lib.unavailable(BACKEND)
-if REASON is not None and os.environ.get("GPU_HARNESS_REQUIRED"):
-    raise RuntimeError(f"GPU harness required but unavailable: {REASON}")
+BACKEND, REASON = gpu_lib.test_backend()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"GPU harness ({BACKEND}): {REASON}")
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 

@@ -20,8 +20,9 @@ and the roofline the table derives what issue 16's targets would need of the upd
 Competitors: `rmspropx` (RMSpropX, one ApplyRMSpropXMulti per step), `rmspropx_per_var`
 (multi_tensor=False: one ApplyRMSpropX per variable), `rmspropx_jit` (jit_compile=True: the
 update as the optimizer's own XLA function, the ops' lowerings, the learning rate a
-run-time value), `tf_raw` (ResourceApplyRMSProp per
-variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit off / on).
+run-time value), `rmspropx_8bit` (state_bits=8: 8-bit state for every variable of at
+least 4096 elements, one ApplyRMSpropXMulti per state format), `tf_raw`
+(ResourceApplyRMSProp per variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit off / on).
 """
 import numpy as np
 
@@ -45,7 +46,8 @@ def run(model, repeats, threads, rng):
     functions = {}
     built = {}
     for name, kwargs in (("rmspropx", {}), ("rmspropx_per_var", dict(multi_tensor=False)),
-                         ("rmspropx_jit", dict(jit_compile=True))):
+                         ("rmspropx_jit", dict(jit_compile=True)),
+                         ("rmspropx_8bit", dict(state_bits=8))):
         variables = fresh()
         opt = RMSpropX(learning_rate=1e-3, momentum=0.9, **kwargs)
         opt.build(variables)

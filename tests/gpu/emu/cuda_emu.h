@@ -203,27 +203,49 @@ bool DeviceArgument(const Arg& arg) {
   }
 }
 
-// The launch: CUDA's limits checked as the runtime does (a bad configuration is an error,
-// nothing runs), pointer arguments checked (a host pointer: cudaErrorInvalidValue, where a
-// GPU would fault), then every thread of the grid, with device memory accessible.
+// What every launch checks first, as the runtime does: CUDA's limits (a bad configuration
+// is an error, nothing runs) and the pointer arguments (a host pointer:
+// cudaErrorInvalidValue, where a GPU would fault).
 template <typename... Params, typename... Args>
-cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
-                   const Args&... args) {
+cudaError_t CheckLaunch(void (*)(Params...), int blocks, int threads, cudaStream_t stream,
+                        const Args&... args) {
   static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel arguments over CUDA's 4 KB");
   if (stream == nullptr) return cudaErrorInvalidResourceHandle;
   if (blocks < 1 || threads < 1 || threads > 1024) return cudaErrorInvalidConfiguration;
   if (!(DeviceArgument(args) && ...)) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+// The order a launch runs its blocks in: offset, offset + stride, ... (mod blocks), stride
+// coprime to blocks, both drawn per launch.
+class BlockOrder {
+ public:
+  explicit BlockOrder(int blocks) : n_(static_cast<uint64_t>(blocks)) {
+    const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
+    stride_ = (seed >> 17) % n_ | 1;
+    while (std::gcd(stride_, n_) != 1) stride_ += 2;
+    offset_ = (seed >> 41) % n_;
+  }
+  uint3 operator[](uint64_t j) const {
+    return uint3{static_cast<unsigned>((offset_ + j * stride_) % n_), 0, 0};
+  }
+
+ private:
+  uint64_t n_, stride_ = 1, offset_ = 0;
+};
+
+// The launch: every thread of the grid, one after another, with device memory accessible.
+template <typename... Params, typename... Args>
+cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
+                   const Args&... args) {
+  const cudaError_t checked = CheckLaunch(kernel, blocks, threads, stream, args...);
+  if (checked != cudaSuccess) return checked;
   DeviceScope scope;
-  const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
-  // Blocks in the order offset, offset + stride, ... (mod blocks): stride coprime to blocks.
-  const uint64_t n = static_cast<uint64_t>(blocks);
-  uint64_t stride = (seed >> 17) % n | 1;
-  while (std::gcd(stride, n) != 1) stride += 2;
-  const uint64_t offset = (seed >> 41) % n;
+  const BlockOrder order(blocks);
   gridDim = dim3{static_cast<unsigned>(blocks), 1, 1};
   blockDim = dim3{static_cast<unsigned>(threads), 1, 1};
-  for (uint64_t j = 0; j < n; ++j) {
-    blockIdx = uint3{static_cast<unsigned>((offset + j * stride) % n), 0, 0};
+  for (int j = 0; j < blocks; ++j) {
+    blockIdx = order[j];
     for (int t = threads - 1; t >= 0; --t) {
       threadIdx = uint3{static_cast<unsigned>(t), 0, 0};
       kernel(args...);
@@ -237,20 +259,14 @@ cudaError_t Launch(void (*kernel)(Params...), int blocks, int threads, cudaStrea
 template <typename... Params, typename... Args>
 cudaError_t LaunchSynced(void (*kernel)(Params...), int blocks, int threads,
                          cudaStream_t stream, const Args&... args) {
-  static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel arguments over CUDA's 4 KB");
-  if (stream == nullptr) return cudaErrorInvalidResourceHandle;
-  if (blocks < 1 || threads < 1 || threads > 1024) return cudaErrorInvalidConfiguration;
-  if (!(DeviceArgument(args) && ...)) return cudaErrorInvalidValue;
+  const cudaError_t checked = CheckLaunch(kernel, blocks, threads, stream, args...);
+  if (checked != cudaSuccess) return checked;
   DeviceScope scope;
-  const uint64_t seed = (++launches) * 0x9E3779B97F4A7C15ull;
-  const uint64_t n = static_cast<uint64_t>(blocks);
-  uint64_t stride = (seed >> 17) % n | 1;
-  while (std::gcd(stride, n) != 1) stride += 2;
-  const uint64_t offset = (seed >> 41) % n;
+  const BlockOrder order(blocks);
   const dim3 grid{static_cast<unsigned>(blocks), 1, 1};
   const dim3 block{static_cast<unsigned>(threads), 1, 1};
-  for (uint64_t j = 0; j < n; ++j) {
-    const uint3 block_index{static_cast<unsigned>((offset + j * stride) % n), 0, 0};
+  for (int j = 0; j < blocks; ++j) {
+    const uint3 block_index = order[j];
     BlockBarrier barrier(threads);
     block_barrier = &barrier;
     std::vector<std::thread> running;
