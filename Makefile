@@ -92,7 +92,7 @@ gpu-status:
 # CUDA kernels compiling on machines without a GPU.
 cuda-check: $(CUDA_OBJECTS)
 
-$(BUILD_DIR)/obj/%.cu.o: %.cu.cc $(CUDA_STAMP) cc/cuda/rmsprop_x_cuda.h cc/cuda/rmsprop_x_cuda_device.cuh cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h
+$(BUILD_DIR)/obj/%.cu.o: %.cu.cc $(CUDA_STAMP) cc/cuda/rmsprop_x_cuda.h cc/cuda/rmsprop_x_cuda_device.cuh cc/rmsprop_x_update.h cc/cpu/rmsprop_x_cpu.h cc/state8.h
 	@mkdir -p $(dir $@)
 	$(NVCC_CMD) -x cu -c $< -o $@
 

@@ -16,13 +16,15 @@ TF_SOURCES = [
     "cc/xla/apply_rmsprop_x_xla.cc",
     "cc/xla/apply_rmsprop_x_multi_xla.cc",
     "cc/xla/sparse_apply_rmsprop_x_xla.cc",
+    "cc/compat/absl_log.cc",
 ]
 
 # TensorFlow-free span loops: the only code compiled with the vector ISA flags.
 ISA_SOURCES = ["cc/cpu/rmsprop_x_cpu.cc", "cc/cpu/rmsprop_x_cpu8.cc"]
 
 # CUDA kernels (nvcc; no TensorFlow header) and their TensorFlow glue (GOOGLE_CUDA).
-CUDA_SOURCES = ["cc/cuda/rmsprop_x_cuda.cu.cc", "cc/cuda/rmsprop_x_cuda_multi.cu.cc"]
+CUDA_SOURCES = ["cc/cuda/rmsprop_x_cuda.cu.cc", "cc/cuda/rmsprop_x_cuda_multi.cu.cc",
+                "cc/cuda/rmsprop_x_cuda8.cu.cc"]
 GPU_GLUE_SOURCES = ["cc/kernels/gpu/rmsprop_x_gpu_kernels.cc"]
 
 HEADERS = [

@@ -44,8 +44,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus):
 SKIP_BUDGET = (
     ("x86 prefetch opcodes", 5,
      "the prefetch check reads x86 machine code; other CPUs have no such opcodes to find"),
-    ("No module named 'tomllib'", 1,
-     "Python < 3.11 has no tomllib to read pyproject.toml with (the package supports 3.9)"),
 )
 _SKIPPED = []
 

@@ -97,7 +97,7 @@ def test_models_case_reports_the_call_floor(tmp_path, capsys):
     assert 0 < r["floor_ms"] < r["ms"]["rmspropx"]
     text = capsys.readouterr().out
     assert "call floor (the same RMSpropX step on 80 variables of 256 elements)" in text
-    assert re.search(r"above it: rmspropx \d+\.\d{3} ms \(\d+% of the roofline\)", text)
+    assert re.search(r"above it: rmspropx \d+\.\d{3} ms \((\d+%|>bound\?) of the roofline\)", text)
     # TensorFlow's call over the same 80 variables, 160 slots and 80 gradients, no update.
     assert r["tf_call_inputs"] == 320 and 0 < r["tf_call_ms"]
     assert re.search(r"mlp: 80 tensors, 2\.6M params: TensorFlow's call over the step's 320 "
@@ -132,3 +132,68 @@ def test_state8_case_times_8bit_and_32bit_state(tmp_path, capsys):
     assert all(ms > 0 for ms in result["ms"].values()) and result["roofline_ms"] > 0
     assert result["state_bytes_per_element"] == {"8": 2 * (1 + 4 / 256), "32": 8}
     assert "25.4% of float32's 8" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # ~45 s: 18 models built and traced
+def test_keras_fit_case_reports_each_optimizers_share_of_the_step(tmp_path, capsys):
+    """--keras-fit --quick runs every competitor (SGD baselines included) on the three
+    models, and the share lines are the step minus SGD's with the same jit setting."""
+    from tf_rmsprop_ops import cli
+    from tf_rmsprop_ops.benchmark import keras_fit
+    out = tmp_path / "fit.json"
+    cli.main(["bench", "--keras-fit", "--quick", "--repeats", "1", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in results] == ["embedding", "mlp", "resnet50"]
+    assert results[0]["optimizer_share_ms"] == {}  # SGD densifies the embedding: no baseline
+    for r in results:
+        assert set(r["ms"]) == set(keras_fit.COMPETITORS)
+        if r["model"] == "embedding":
+            continue
+        share = r["optimizer_share_ms"]
+        for name, base in keras_fit.SHARES.items():
+            if r["ms"][name] is not None and r["ms"][base] is not None:
+                assert share[name] == pytest.approx(r["ms"][name] - r["ms"][base])
+    text = capsys.readouterr().out
+    assert "the optimizer's share of a step (the step minus the same step with Keras' plain " \
+           "SGD" in text
+
+
+def test_keras_fit_share_line_compares_ours_with_keras():
+    r = dict(kind="keras_fit", model="mlp", params=10, batch=2, tensors=6,
+             ms=dict(rmspropx=5.0, keras=7.0, sgd=4.0, rmspropx_jit=3.0, keras_jit=2.5,
+                     sgd_jit=2.0))
+    from tf_rmsprop_ops.benchmark import keras_fit
+    r["optimizer_share_ms"] = keras_fit.optimizer_share(r["ms"])
+    line = runner.keras_fit_share_line(r)
+    assert "without XLA: rmspropx 1.000 ms, Keras RMSprop 3.000 ms (Keras' share / ours " \
+           "3.00x)" in line
+    assert "with jit_compile: rmspropx 1.000 ms, Keras RMSprop 0.500 ms (Keras' share / " \
+           "ours 0.50x)" in line
+
+
+def _dense_result(ms, roof):
+    return dict(kind="dense", n=1 << 20, dtype="float32", variant="momentum",
+                ms=dict(rmspropx=ms, tf_raw=2 * ms), roofline_ms=roof)
+
+
+def test_a_time_below_the_roofline_is_measured_again_then_flagged(monkeypatch, capsys):
+    """Issue 27: a fraction above 100% (the probe measured no bound in that run) is never
+    printed as a result: the case runs again (up to BOUND_RETRIES times), and a time still
+    below the probe's is flagged in the table."""
+    import argparse
+    runs = iter([_dense_result(1.0, 1.6), _dense_result(2.0, 1.5)])
+    monkeypatch.setattr(runner, "case_specs", lambda args: [dict(kind="dense")])
+    monkeypatch.setattr(runner, "run_case", lambda spec: next(runs))
+    args = argparse.Namespace(quick=False, xla_multi_output_fusion=False, json=None, plot=None,
+                              threads=2)
+    report = runner.main(args)
+    (r,) = report["results"]
+    assert r["ms"]["rmspropx"] == 2.0 and r["bound_retries"] == 1
+    out = capsys.readouterr().out
+    assert "faster than the roofline probe" in out and "2.000 ms 75%" in out
+    assert "160%" not in out
+    # Still below after the retries: the cell says so, no fraction.
+    text = runner.table([_dense_result(1.0, 1.6)])
+    assert "1.000 ms >bound?" in text and "160%" not in text
+    assert "no fraction is printed" in text
+    assert runner.percent(1.5, 2.0) == "75%"

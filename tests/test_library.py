@@ -17,13 +17,28 @@ def test_library_was_built_against_the_running_tensorflow():
     assert tf_rmsprop_ops.LIBRARY_PATH.endswith(".so")
 
 
-def test_version_mismatch_is_an_import_error_naming_both_versions(monkeypatch):
+def test_another_minor_is_an_import_error_naming_both_versions(monkeypatch):
     monkeypatch.setattr(_build_info, "TF_VERSION", "2.0.0")
     with pytest.raises(ImportError) as err:
         _library._check_tensorflow_version()
     message = str(err.value)
     assert "2.0.0" in message and tf.__version__ in message
+    assert "install TensorFlow 2.0.* again" in message
     assert "pip install --no-build-isolation" in message and "make" in message
+
+
+def test_another_patch_of_the_same_minor_warns_and_loads(monkeypatch):
+    major, minor = tf.__version__.split(".")[:2]
+    other = f"{major}.{minor}.{99}"
+    monkeypatch.setattr(_build_info, "TF_VERSION", other)
+    with pytest.warns(RuntimeWarning, match=rf"built against TensorFlow {other} .* the same "
+                                             "minor release, so it loads"):
+        _library._check_tensorflow_version()
+    monkeypatch.setattr(_build_info, "TF_VERSION", tf.__version__)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _library._check_tensorflow_version()  # the same version: silent
 
 
 def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
@@ -84,7 +99,7 @@ def test_every_subpackage_is_listed_for_regular_installs():
     import os
 
     import setuptools
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    import tomllib  # Python >= 3.11, the package's floor
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])

@@ -35,13 +35,14 @@ SERVE_SIGNATURE = [tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None, 2]
 
 
 class Trainer(tf.Module):
-    def __init__(self, rng, jit):
+    def __init__(self, rng, jit, state_bits=32):
         super().__init__()
         self.model = Model(rng)
         schedule = keras.optimizers.schedules.ExponentialDecay(0.02, decay_steps=2,
                                                               decay_rate=0.9)
         self.optimizer = RMSpropX(learning_rate=schedule, momentum=0.9, centered=True,
-                                  epsilon=1e-6, jit_compile=jit)
+                                  epsilon=1e-6, jit_compile=jit, state_bits=state_bits,
+                                  min_8bit_size=0)
 
     @tf.function(input_signature=SERVE_SIGNATURE)
     def serve(self, x, ids):
@@ -78,13 +79,15 @@ def _run(*args, timeout=120):
                           timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["native", "xla"])
+@pytest.fixture(scope="module", params=[(False, 32), (True, 32), (False, 8)],
+                ids=["native", "xla", "8bit"])
 def exported(request, tmp_path_factory):
     # Module scope has no `rng` fixture: the same derivation (TF_RMSPROP_TEST_SEED reproduces it).
     node = f"{request.node.nodeid}[{request.param}]"
     rng = np.random.default_rng([BASE_SEED, zlib.crc32(node.encode())])
     tmp = tmp_path_factory.mktemp("saved")
-    trainer = Trainer(rng, jit=request.param)
+    jit, state_bits = request.param
+    trainer = Trainer(rng, jit=jit, state_bits=state_bits)
     before, after = _batches(rng, 3), _batches(rng, 4)
     for x, i, y in zip(before["xs"], before["ids"], before["ys"]):
         trainer.train_step(tf.constant(x), tf.constant(i), tf.constant(y))
@@ -116,7 +119,10 @@ def test_training_resumes_bit_identically_in_a_new_process(exported):
     np.testing.assert_array_equal(got["losses"], exported["losses"])
     assert int(got["iterations"]) == int(trainer.optimizer.iterations.numpy()) == 7
     state = [v.numpy() for v in trainer.optimizer.variables]
-    assert len(state) == 1 + 2 * 3  # iterations; ms, mom, mg of two variables
+    eight_bit = trainer.optimizer.get_config()["state_bits"] == 8
+    # iterations; ms, mom, mg of two variables (8-bit: codes and absmax each)
+    assert len(state) == 1 + 2 * 3 * (2 if eight_bit else 1)
+    assert eight_bit == any(s.dtype == np.uint8 for s in state)
     for k, want in enumerate(state):
         np.testing.assert_array_equal(got[f"state{k}"], want)
     for k, var in enumerate([trainer.model.table, trainer.model.w]):

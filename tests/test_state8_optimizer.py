@@ -263,13 +263,32 @@ def test_a_refused_build_changes_nothing_and_an_exclusion_then_works(monkeypatch
     assert opt.get_slot(big, "ms").shape == (100, 64)
 
 
-def test_a_dtensor_variable_is_refused_by_name():
+@pytest.mark.parametrize("shape, specs, want", [
+    ((8, 300), ["unsharded", "unsharded"], ["unsharded", "unsharded"]),
+    ((8, 300), ["x", "unsharded"], ["x", "unsharded"]),      # whole rows per device
+    ((8, 512), ["unsharded", "x"], ["unsharded", "x"]),      # 256 per device: whole blocks
+    ((8, 300), ["unsharded", "x"], None),                     # 150 per device: cut blocks
+    ((1024,), ["x"], ["unsharded", "x"]),                     # rank 1: one row of 4 blocks
+    ((300,), ["x"], None),
+    ((4, 4, 128), ["unsharded", "x", "unsharded"], ["unsharded", "x"]),  # 2 x 128 per device
+    ((4, 2, 256), ["unsharded", "unsharded", "x"], None),    # interleaved within the row
+    ((4, 2, 256), ["unsharded", "unsharded", "y"], ["unsharded", "unsharded"]),  # y: 1 device
+], ids=str)
+def test_dtensor_absmax_layout_keeps_blocks_whole_or_refuses(shape, specs, want):
+    """The DTensor layouts 8-bit state takes (tests/test_dtensor.py runs them): the absmax
+    is sharded as the blocks are; a layout that would cut a block between devices is a
+    ValueError naming the variable and its layout."""
+    import types
     from tensorflow.experimental import dtensor
-    mesh = dtensor.create_mesh([("x", 1)], devices=["CPU:0"])
-    var = dtensor.DVariable(dtensor.call_with_layout(
-        tf.zeros, dtensor.Layout.replicated(mesh, 2), shape=(100, 64)))
-    with pytest.raises(ValueError, match="not wired into DTensor yet"):
-        RMSpropX(state_bits=8).build([var])
+    from tf_rmsprop_ops import _dtensor
+    mesh = dtensor.create_mesh([("x", 2), ("y", 1)], devices=["CPU:0", "CPU:1"])
+    var = types.SimpleNamespace(layout=dtensor.Layout(specs, mesh), name="v:0",
+                                shape=tf.TensorShape(shape))
+    if want is None:
+        with pytest.raises(ValueError, match=r"v:0 has layout .* cuts its blocks of 256"):
+            _dtensor.state8_absmax_layout(var)
+    else:
+        assert list(_dtensor.state8_absmax_layout(var).sharding_specs) == want
 
 
 @pytest.mark.parametrize("build_inside_run", [False, True], ids=["built", "lazy"])
@@ -317,17 +336,24 @@ def test_a_shard_decides_by_its_sharded_variable():
     assert state8.Selection(8, min_8bit_size=4000).bits_for(shards[0], 0) == 32
 
 
-def test_a_gpu_variable_is_refused_by_name():
+def test_a_gpu_variable_is_refused_by_name_without_gpu_kernels(monkeypatch):
+    from tf_rmsprop_ops import _library
     selection = state8.Selection(8)
     var = tf.Variable(np.zeros((100, 64), np.float32))
-    with pytest.raises(ValueError, match="CPU kernels only so far"):
-        selection.bits_for(var, 0, False, "/job:localhost/replica:0/task:0/device:GPU:0")
+    gpu = "/job:localhost/replica:0/task:0/device:GPU:0"
+    monkeypatch.setattr(_library, "GPU_KERNELS", "OFF (GPU=0)")
+    with pytest.raises(ValueError, match=r"on /job.*GPU:0, and this build of tf_rmsprop_ops "
+                                         r"has no GPU kernels \(GPU_KERNELS: OFF \(GPU=0\)\)"):
+        selection.bits_for(var, 0, False, gpu)
     assert selection.bits_for(var, 0, False, var.device) == 8
+    # A build with GPU kernels has the 8-bit ones too (.ci/gpu_build_check.sh registers them)
+    monkeypatch.setattr(_library, "GPU_KERNELS", "ON (nvcc, sm_90)")
+    assert selection.bits_for(var, 0, False, gpu) == 8
 
 
 def test_every_copy_of_a_mirrored_variable_is_checked():
     """The state format is decided on every copy's device: a variable mirrored on a CPU and
-    a GPU has a copy on the GPU (where no 8-bit kernel runs yet): refused."""
+    a GPU has a copy on the GPU (with no GPU kernels in this build): refused."""
     from test_distribute import _strategy
     from tf_rmsprop_ops import _distribute
     with _strategy().scope():
@@ -336,5 +362,5 @@ def test_every_copy_of_a_mirrored_variable_is_checked():
     assert "CPU:0" in devices and "CPU:1" in devices, devices
     selection = state8.Selection(8)
     assert selection.bits_for(var, 0, False, devices) == 8
-    with pytest.raises(ValueError, match="CPU kernels only so far"):
+    with pytest.raises(ValueError, match="has no GPU kernels"):
         selection.bits_for(var, 0, False, devices + " /job:localhost/replica:0/task:0/device:GPU:0")

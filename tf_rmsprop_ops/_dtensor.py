@@ -16,10 +16,25 @@ DTensor has no layout rule for custom ops. Three paths, chosen by `apply`:
   segment-summed into a dense row buffer and applied under a row mask: rows not named are
   unchanged (the ops' lazy semantics) but the work is proportional to the table, not to
   the indices. BENCHMARKS.md compares the two paths.
+
+8-bit state (`state_bits=8`): the codes take the variable's layout and the absmax
+([rows, blocks per row]) the layout of the blocks (`state8_absmax_layout`). Blocks are cut
+per row of the logical variable, so a layout keeps them whole when it shards only dim 0
+(each shard holds whole rows: its blocks and their absmax), or when it shards the first
+dimension of the row (dim 1, or dim 0 of a rank-1 variable) into pieces of whole blocks (a
+multiple of 256 elements per device). Then every path above is exact per block: the eager
+sharded path runs the 8-bit op per shard on its codes and absmax, the in-function path
+dequantizes, steps and requantizes with TensorFlow ops (`state8.dequantize_tensors`,
+`state8.quantize`: the kernels' bits). Any other layout would cut a block between devices
+(its absmax would be a cross-device max every step): ValueError at build, naming the layout.
 """
+import numpy as np
 import tensorflow as tf
 from tensorflow.experimental import dtensor
 from tensorflow.python.eager import context
+
+from tf_rmsprop_ops import state8
+from tf_rmsprop_ops.state8 import State8
 
 
 def is_dvariable(var):
@@ -44,6 +59,47 @@ def replicated_variable(mesh, value, name, dtype):
     init = dtensor.copy_to_mesh(tf.constant(value, dtype=dtype),
                                 dtensor.Layout.replicated(mesh, rank=0))
     return dtensor.DVariable(init, name=name, trainable=False)
+
+
+def state8_absmax_layout(var):
+    """The layout of var's 8-bit absmax (see the module docstring), or ValueError when var's
+    layout would cut a block of 256 elements between devices."""
+    layout = layout_of(var)
+    mesh, specs, shape = layout.mesh, list(layout.sharding_specs), var.shape.as_list()
+
+    def cut(spec):  # a dimension split between devices (a mesh dimension of size 1 is not)
+        return spec != dtensor.UNSHARDED and mesh.dim_size(spec) > 1
+    if not any(cut(spec) for spec in specs):
+        return dtensor.Layout.replicated(mesh, rank=2)
+    if len(shape) >= 2 and not any(cut(spec) for spec in specs[1:]):
+        return dtensor.Layout([specs[0], dtensor.UNSHARDED], mesh)
+    # The row's first dimension sharded (rank 1: dim 0; else dim 1, dim 0 as it likes).
+    row_dim = 0 if len(shape) == 1 else 1
+    if not any(cut(spec) for spec in specs[row_dim + 1:]):
+        local = shape[row_dim] // mesh.dim_size(specs[row_dim]) * int(np.prod(shape[row_dim + 1:]))
+        if local % state8.BLOCK_SIZE == 0:
+            return dtensor.Layout([specs[0] if len(shape) >= 2 else dtensor.UNSHARDED,
+                                   specs[row_dim]], mesh)
+    raise ValueError(
+        f"state_bits=8: {var.name} has layout {specs} (shape {shape}), which cuts its blocks "
+        f"of {state8.BLOCK_SIZE} elements between devices; 8-bit state needs a layout that "
+        "shards dim 0 only, or the row's first dimension into whole blocks (a multiple of "
+        f"{state8.BLOCK_SIZE} elements per device). Use state_bits=32 for it (or "
+        "exclude_from_8bit_state).")
+
+
+def state8_variable_maker(var):
+    """Makes the DVariables of var's 8-bit state, as `state8.full` calls it (a callable
+    initial value; the name ends in `_codes` or `_absmax`): the codes in var's layout, the
+    absmax in `state8_absmax_layout(var)`, each created sharded (nothing gathered)."""
+    codes_layout, absmax_layout = layout_of(var), state8_absmax_layout(var)
+
+    def make(initial_value, trainable=False, name=None):
+        layout = codes_layout if name.endswith("_codes") else absmax_layout
+        with tf.init_scope():
+            return dtensor.DVariable(dtensor.call_with_layout(initial_value, layout),
+                                     name=name, trainable=trainable)
+    return make
 
 
 def on_mesh_of(x, var):
@@ -79,6 +135,17 @@ def _component(x, i):
     return x
 
 
+def _local_handles(slot):
+    """Per local device: a slot's component handle, or for 8-bit state a State8 of its
+    codes' and absmax's components (None for an absent slot)."""
+    if slot is None:
+        return None
+    if isinstance(slot, State8):
+        return [State8(c, a) for c, a in zip(dtensor.unpack(slot.codes.handle),
+                                             dtensor.unpack(slot.absmax.handle))]
+    return dtensor.unpack(slot.handle)
+
+
 def _apply_on_shards(call_op, var, slots, grad, indices, structure, scalars):
     """Runs `call_op` once per local device on the components of a sharded DVariable (and
     its slots, which share its layout).
@@ -91,8 +158,7 @@ def _apply_on_shards(call_op, var, slots, grad, indices, structure, scalars):
     layout = layout_of(var)
     mesh = layout.mesh
     var_handles = dtensor.unpack(var.handle)
-    slot_handles = [None if s is None else dtensor.unpack(s.handle)
-                    for s in (slots.ms, slots.mom, slots.mg)]
+    slot_handles = [_local_handles(s) for s in (slots.ms, slots.mom, slots.mg)]
 
     def local(i):
         return type(slots)(*[None if h is None else h[i] for h in slot_handles])
@@ -131,7 +197,11 @@ def _tf_ops_step(var, slots, values, indices, structure, scalars):
     compute = tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
     c = {k: tf.cast(v, compute) for k, v in scalars.items()}
     lr, rho, momentum, eps, wd = c["lr"], c["rho"], c["momentum"], c["epsilon"], c["weight_decay"]
-    old = {name: tf.cast(s.read_value(), compute) for name, s in
+    def read(name, s):
+        if isinstance(s, State8):  # 8-bit state: its float32 values (the kernels' dequantize)
+            return state8.dequantize(s, state8.SIGNED[name], var.shape)
+        return tf.cast(s.read_value(), compute)
+    old = {name: read(name, s) for name, s in
            (("var", var), ("ms", slots.ms), ("mom", slots.mom), ("mg", slots.mg)) if s is not None}
     mask = None
     if indices is None:
@@ -166,6 +236,17 @@ def _tf_ops_step(var, slots, values, indices, structure, scalars):
     new["var"] = w - upd
     targets = {"var": var, "ms": slots.ms, "mom": slots.mom, "mg": slots.mg}
     for name, value in new.items():
+        target = targets[name]
+        if isinstance(target, State8):
+            # Requantized from the new float32 state (the var moved with the unquantized one);
+            # a sparse step keeps the rows it does not name bit for bit (rows are blocks).
+            codes, absmax = state8.quantize(value, state8.SIGNED[name])
+            if mask is not None:
+                codes = tf.where(mask, codes, target.codes.read_value())
+                absmax = tf.where(tf.reshape(mask, [-1, 1]), absmax, target.absmax.read_value())
+            target.codes.assign(codes)
+            target.absmax.assign(absmax)
+            continue
         if mask is not None:
             value = tf.where(mask, value, old[name])
-        targets[name].assign(tf.cast(value, dtype))
+        target.assign(tf.cast(value, dtype))

@@ -63,6 +63,17 @@ def as_gradient(grad, var):
     converts such values for an op); tensors, IndexedSlices and per-replica values as given."""
     if isinstance(grad, (np.ndarray, np.generic, list, tuple, int, float)):
         return tf.convert_to_tensor(grad, dtype=_dtype(var))
+    return with_tensor_parts(grad)
+
+
+def with_tensor_parts(grad):
+    """An IndexedSlices whose indices or values are Python sequences or arrays (TensorFlow
+    accepts `tf.IndexedSlices(values, (1, 3))`, and Keras' own optimizers such gradients)
+    with tensors for both; anything else as given."""
+    if isinstance(grad, tf.IndexedSlices) and not (
+            isinstance(grad.indices, tf.Tensor) and isinstance(grad.values, tf.Tensor)):
+        return tf.IndexedSlices(tf.convert_to_tensor(grad.values),
+                                tf.convert_to_tensor(grad.indices), grad.dense_shape)
     return grad
 
 

@@ -58,6 +58,19 @@ def _as_number(value):
     return None
 
 
+def require_number(name, value):
+    """`value` as a Python float, checked by `check`; TypeError naming `name` and what is
+    accepted otherwise (tf_keras took callables for these; Keras 3 takes numbers)."""
+    number = _as_number(value)
+    if number is None:
+        hint = (": a callable (tf_keras' hyperparameter functions) is not accepted; pass its "
+                "value" if callable(value) else "")
+        raise TypeError(f"Argument `{name}` must be a number (a Python or NumPy scalar, or an "
+                        f"eager scalar tensor); received {value!r}{hint}.")
+    check(name, number)
+    return number
+
+
 class Checked:
     """A float attribute checked by `check` on every assignment (constructor and setter).
     `optional=True` also allows None (weight_decay: off); `also(obj, value)` runs further
@@ -81,10 +94,7 @@ class Checked:
         if value is None and self.optional:
             obj.__dict__[self.key] = None
             return
-        number = _as_number(value)
-        if number is None:
-            raise TypeError(f"Argument `{self.name}` must be a number; received {value!r}.")
-        check(self.name, number)
+        number = require_number(self.name, value)
         if self.also is not None:
             self.also(obj, number)
         obj.__dict__[self.key] = number

@@ -34,16 +34,38 @@ def _build_info():
     return info
 
 
+def _minor(version):
+    """'2.21.0' -> (2, 21); None when `version` has no major.minor."""
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def _check_tensorflow_version():
+    """The library's TensorFlow against the running one: another major.minor is an
+    ImportError (TensorFlow keeps no C++ ABI across minors: symbols and struct layouts move);
+    another patch release of the same minor loads with a warning (patch releases keep the
+    framework's exported symbols; the tests run against the latest patch of each minor)."""
     info = _build_info()
     if info is None:
         return  # a hand-built library without build info: nothing to compare against
     built, running = info.TF_VERSION, tf.__version__
-    if built and built != running:
-        raise ImportError(
-            f"tf_rmsprop_ops was built against TensorFlow {built}, but TensorFlow {running} is "
-            f"running. Custom ops must be compiled against the TensorFlow that loads them: "
-            f"rebuild with `{REBUILD_COMMAND}` (developers: `{DEVELOPER_REBUILD_COMMAND}`).")
+    if not built or built == running:
+        return
+    if _minor(built) is not None and _minor(built) == _minor(running):
+        import warnings
+        warnings.warn(
+            f"tf_rmsprop_ops was built against TensorFlow {built} and TensorFlow {running} is "
+            f"running: the same minor release, so it loads; rebuild (`{REBUILD_COMMAND}`) if "
+            f"anything fails to load.", RuntimeWarning, stacklevel=3)
+        return
+    raise ImportError(
+        f"tf_rmsprop_ops was built against TensorFlow {built}, but TensorFlow {running} is "
+        f"running. Custom ops must be compiled against the TensorFlow minor release that "
+        f"loads them: install TensorFlow {'.'.join(map(str, _minor(built) or ()))}.* again, or "
+        f"rebuild with `{REBUILD_COMMAND}` (developers: `{DEVELOPER_REBUILD_COMMAND}`).")
 
 
 def _mapped_copies():

@@ -44,7 +44,9 @@ def _parser():
                             "call vs one op per variable, TF, Keras, the roofline")
     bench.add_argument("--keras-fit", action="store_true",
                        help="only whole model.fit steps: our Keras optimizer vs Keras 3 "
-                            "RMSprop (jit off/on) on an embedding model and an MLP")
+                            "RMSprop (jit off/on) on an embedding model, an MLP and "
+                            "ResNet-50 at batch 4, and each optimizer's share of the step "
+                            "(the step minus plain SGD's)")
     bench.add_argument("--dtensor", action="store_true",
                        help="only the DTensor case: a row-sharded variable on a 2-device CPU "
                             "mesh, eager per-shard op vs the in-graph path (sizes: --sizes)")

@@ -19,7 +19,16 @@ import numpy as np
 import tensorflow as tf
 
 from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, ops, presets, state8
+from tf_rmsprop_ops import optimizer as _module_optimizer
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
+
+# The tf.Module optimizer in Keras' registry too, under its own name (this class is
+# `tf_rmsprop_ops>RMSpropX`): `keras.optimizers.deserialize(keras.optimizers.serialize(opt))`
+# then gives it back (Keras imports only its own packages' modules by path). It is not a
+# Keras optimizer, so `keras.optimizers.get` and `model.compile` still refuse it: use this
+# module's RMSpropX there.
+keras.saving.register_keras_serializable(package="tf_rmsprop_ops", name="RMSpropXModule")(
+    _module_optimizer.RMSpropX)
 
 
 class _Fill(keras.initializers.Initializer):
@@ -65,7 +74,7 @@ class RMSpropX(keras.optimizers.Optimizer):
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
                  ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None, name="rmspropx", nesterov=False,
+                 gradient_accumulation_steps=None, name=None, nesterov=False,
                  epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
                  multi_tensor=True, state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
@@ -81,6 +90,9 @@ class RMSpropX(keras.optimizers.Optimizer):
             raise ValueError("Argument `weight_decay_mode` must be 'decoupled' or 'coupled'; "
                              f"received {weight_decay_mode!r}.")
         selection = state8.Selection(state_bits, min_8bit_size)  # checks both
+        if name is None:  # unique per process, as Keras names its own: rmspropx, rmspropx_1
+            uid = keras.backend.get_uid("rmspropx")
+            name = "rmspropx" if uid == 1 else f"rmspropx_{uid - 1}"
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
             clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
@@ -225,6 +237,7 @@ class RMSpropX(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(variables)
             self.built = True
+        grads = [_gradients.with_tensor_parts(g) for g in grads]
         checks = []
         if len(grads) == len(variables):  # else Keras raises its own error
             pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]

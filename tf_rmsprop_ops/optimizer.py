@@ -119,9 +119,12 @@ class RMSpropX(tf.Module):
                   weight_decay_mode=weight_decay_mode, nesterov=nesterov, mesh=mesh,
                   state_bits=state_bits, min_8bit_size=min_8bit_size,
                   jit_compile=jit_compile)
-        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.rho, self.momentum, self.epsilon = (
+            _hyper.require_number(n, v) for n, v in (("rho", rho), ("momentum", momentum),
+                                                     ("epsilon", epsilon)))
         self.centered, self.nesterov = bool(centered), bool(nesterov)
-        self.weight_decay = None if weight_decay is None else float(weight_decay)
+        self.weight_decay = (None if weight_decay is None
+                             else _hyper.require_number("weight_decay", weight_decay))
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.use_ema, self.ema_momentum = bool(use_ema), float(ema_momentum)
         self.ema_overwrite_frequency = ema_overwrite_frequency
@@ -232,6 +235,9 @@ class RMSpropX(tf.Module):
             def slot(name, value=0.0, create=True, quantized=False):
                 if not create:
                     return None
+                if quantized and bits == 8 and _dtensor.is_dvariable(var):
+                    return state8.full(var.shape, value, state8.SIGNED[name], f"{base}_{name}",
+                                       _dtensor.state8_variable_maker(var))
                 if quantized and bits == 8:
                     with _distribute.creation_scope(var):
                         return state8.full(var.shape, value, state8.SIGNED[name],
@@ -264,12 +270,18 @@ class RMSpropX(tf.Module):
         dequantized value, a float32 tensor (map[code] * absmax; the codes and absmax are in
         `variables`)."""
         name = SLOT_ALIASES.get(name, name)
-        if name not in self.slot_names:
-            raise KeyError(f"No slot '{name}': this optimizer has {self.slot_names}")
-        slot = {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._position(var)]
+        slot = self.slot_state(var, name)
         if isinstance(slot, state8.State8):
             return state8.dequantize(slot, state8.SIGNED[name], var.shape)
         return slot
+
+    def slot_state(self, var, name):
+        """The slot `name` of `var` as stored: its variable, or a `state8.State8` (codes and
+        absmax variables) under 8-bit state."""
+        name = SLOT_ALIASES.get(name, name)
+        if name not in self.slot_names:
+            raise KeyError(f"No slot '{name}': this optimizer has {self.slot_names}")
+        return {"ms": self._ms, "mom": self._mom, "mg": self._mg}[name][self._position(var)]
 
     def exclude_from_8bit_state(self, var_list=None, var_names=None, predicate=None):
         """Variables that keep 32-bit state under `state_bits=8`: those in `var_list`, those
@@ -395,9 +407,40 @@ class RMSpropX(tf.Module):
         self.build(all_variables)
         if _distribute.is_v1_graph():
             return self._apply_in_v1_graph(grads, trainable_variables)
+        grads, trainable_variables = self._overwrite_with_gradients(grads, trainable_variables)
+        if not grads:  # every variable took its gradient's value: only the count moves
+            return self._finish_step()
         grads = _distribute.all_reduce_sum(grads)
         return _distribute.run_step(self._local_step, grads, trainable_variables,
                                     self._finish_step)
+
+    def _overwrite_with_gradients(self, grads, variables):
+        """Keras' `variable.overwrite_with_gradient = True` (float8 scaling factors): such a
+        variable takes its gradient's value instead of an RMSprop step (no loss-scale
+        unscaling, clipping or weight decay, as Keras); under gradient accumulation it
+        takes the element-wise max of the accumulated gradients on the update step (Keras'
+        rule). Returns the other (gradient, variable) pairs. Under a tf.distribute strategy
+        the replicas' gradients would have to be combined in a way Keras leaves to the
+        layer: ValueError naming the variable."""
+        kept = []
+        for g, v in zip(grads, variables):
+            if not getattr(v, "overwrite_with_gradient", False):
+                kept.append((g, v))
+                continue
+            if tf.distribute.has_strategy():
+                raise ValueError(f"Variable {v.name} has overwrite_with_gradient=True, which "
+                                 "RMSpropX supports without a tf.distribute strategy only.")
+            g = tf.cast(tf.convert_to_tensor(g), v.dtype)
+            target = _distribute.unwrap(v)
+            if not self.gradient_accumulation_steps:
+                target.assign(g)
+                continue
+            acc = self._accumulators[self._position(v)]
+            is_update = (self._iterations + 1) % self.gradient_accumulation_steps == 0
+            running = tf.maximum(g, acc.read_value())
+            target.assign(tf.where(is_update, running, target.read_value()))
+            acc.assign(tf.where(is_update, tf.zeros_like(g), running))
+        return [g for g, _ in kept], [v for _, v in kept]
 
     def _apply_in_v1_graph(self, grads, variables):
         # A tf.function call gives the step TF2's automatic control dependencies (accumulate,
@@ -611,7 +654,4 @@ def _validate(**args):
     if mesh is not None and not isinstance(mesh, tf.experimental.dtensor.Mesh):
         bad("mesh", "must be a tf.experimental.dtensor.Mesh or None")
     state8.Selection(args.get("state_bits", 32), args.get("min_8bit_size", 0))  # checks
-    if args.get("state_bits") == 8 and mesh is not None:
-        bad("mesh", "cannot be given with state_bits=8 yet (8-bit state is not wired into "
-                    "DTensor so far)")
 

@@ -57,9 +57,10 @@ def full(shape, value, signed, name, variable=tf.Variable):
     code and absmax 0)."""
     shape = tuple(tf.TensorShape(shape).as_list())
     code, absmax = reference.quantize_blockwise(np.array([value], np.float32), signed)
-    return State8(variable(tf.fill(shape, tf.constant(code[0], tf.uint8)), trainable=False,
-                           name=f"{name}_codes"),
-                  variable(tf.fill(absmax_shape(shape), tf.constant(absmax[0, 0])),
+    # Callable initial values: a maker may create them where they live (DTensor: sharded).
+    return State8(variable(lambda: tf.fill(shape, tf.constant(code[0], tf.uint8)),
+                           trainable=False, name=f"{name}_codes"),
+                  variable(lambda: tf.fill(absmax_shape(shape), tf.constant(absmax[0, 0])),
                            trainable=False, name=f"{name}_absmax"))
 
 
@@ -84,10 +85,22 @@ def dequantize_tensors(codes, absmax, signed, shape=None):
     shape = codes.shape if shape is None else tf.TensorShape(shape)
     dims = shape.as_list()
     rows, row = reference._rows_of(dims)
-    table = tf.constant(reference.dynamic_map(signed))
+    table = _on_mesh_of(tf.constant(reference.dynamic_map(signed)), codes)
     values = tf.gather(table, tf.cast(tf.reshape(codes, [rows, row]), tf.int32))
     scale = tf.repeat(absmax, BLOCK_SIZE, axis=1)[:, :row]
     return tf.reshape(values * scale, dims)
+
+
+def _on_mesh_of(constant, x):
+    """`constant` replicated on x's DTensor mesh when x is an eager DTensor (DTensor
+    broadcasts only scalars by itself), else as it is."""
+    if not tf.executing_eagerly():
+        return constant
+    from tensorflow.experimental import dtensor
+    if not dtensor.is_dtensor(x):
+        return constant
+    mesh = dtensor.fetch_layout(x).mesh
+    return dtensor.copy_to_mesh(constant, dtensor.Layout.replicated(mesh, constant.shape.rank))
 
 
 def quantize(values, signed):
@@ -106,7 +119,7 @@ def quantize(values, signed):
                       tf.reduce_max(tf.abs(blocks), axis=2))
     norm = blocks / absmax[:, :, None]
     table = reference.dynamic_map(signed)
-    mids = tf.constant((table[:-1] + table[1:]) / np.float32(2))
+    mids = _on_mesh_of(tf.constant((table[:-1] + table[1:]) / np.float32(2)), x)
     # The number of midpoints <= norm by binary lifting (8 gathers of the 255 midpoints;
     # tf.searchsorted refuses inputs of 2^31 elements, tables this state is made for).
     codes = tf.zeros(tf.shape(norm), tf.int32)
@@ -150,9 +163,9 @@ class Selection:
         shard of a ShardedVariable decides by the whole table (for rank >= 2 its rows are
         their own blocks, so a sharded table's 8-bit state is the unsharded one's, cut by
         rows; a rank-1 shard is one row, whose blocks start at the shard), a replica of a
-        mirrored variable by the variable. A DTensor variable (`dtensor`) is refused (8-bit
-        state is not wired into DTensor yet: ValueError), and so is a variable with a copy on
-        a GPU (`device`: every copy's device): the TensorFlow GPU kernels do not take 8-bit
+        mirrored variable by the variable. A DTensor variable (`dtensor`) whose layout cuts
+        blocks between devices is refused (`_dtensor.state8_absmax_layout`: ValueError), and
+        so is a variable with a copy on a GPU (`device`: every copy's device): the TensorFlow GPU kernels do not take 8-bit
         state yet, and slots live on their variable's devices."""
         if self.state_bits != 8:
             return 32
@@ -167,15 +180,17 @@ class Selection:
         if self.predicate is not None and self.predicate(var):
             return 32
         if "GPU" in (device or "").upper():
-            raise ValueError(
-                f"state_bits=8: {var.name} is on {device}, and 8-bit state has CPU kernels "
-                "only so far (its slots would live on the GPU too); create the variable on "
-                "the CPU, use state_bits=32, or exclude this variable from 8-bit state")
+            from tf_rmsprop_ops import _library
+            if not _library.GPU_KERNELS.startswith("ON"):
+                raise ValueError(
+                    f"state_bits=8: {var.name} is on {device}, and this build of "
+                    f"tf_rmsprop_ops has no GPU kernels (GPU_KERNELS: {_library.GPU_KERNELS}); "
+                    "its slots would live on the GPU too: create the variable on the CPU, use "
+                    "state_bits=32, exclude this variable from 8-bit state, or install the "
+                    "package built against the full `tensorflow` wheel")
         if dtensor:
-            raise ValueError(
-                f"state_bits=8: {var.name} is a DTensor variable, and 8-bit state is not "
-                "wired into DTensor yet; use state_bits=32 there (or exclude this variable "
-                "from 8-bit state)")
+            from tf_rmsprop_ops import _dtensor
+            _dtensor.state8_absmax_layout(var)  # ValueError for layouts that cut blocks
         return 8
 
 

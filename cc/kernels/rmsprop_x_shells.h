@@ -99,8 +99,8 @@ absl::Status State8Supported(bool available) {
   }
   if (!available) {
     return absl::InvalidArgumentError(
-        "state_bits=8 has CPU kernels only so far: create the variable and its slots on the "
-        "CPU, or keep the variable's slots at 32 bits");
+        "state_bits=8 has no kernel on this device: create the variable and its slots where "
+        "one runs (the CPU; a GPU with a GPU build), or keep the variable's slots at 32 bits");
   }
   return absl::OkStatus();
 }

@@ -27,8 +27,7 @@ def local_arch():
         return "sm_90"
 
 
-# rmsprop_x_cuda8.cu.cc (the 8-bit-state kernel) is built here only so far: the TensorFlow
-# GPU glue does not call it yet (ApplyRMSpropX(state_bits=8) is refused on a GPU).
+# The same CUDA sources as the op library's (cc/sources.bzl CUDA_SOURCES), without TensorFlow.
 SOURCES = [os.path.join(HERE, "harness.cu.cc"),
            os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda.cu.cc"),
            os.path.join(ROOT, "cc", "cuda", "rmsprop_x_cuda_multi.cu.cc"),

@@ -53,9 +53,15 @@ def run(model, repeats, threads, rng):
         opt.build(variables)
         built[name] = (opt, variables)
 
-        def step(opt=opt, variables=variables):
-            opt.apply_gradients(zip(grads, variables))
-        functions[name] = tf.function(step)
+        # A closure, not `def step(opt=opt, variables=variables)`: a tf.function's default
+        # arguments are inputs, bound and checked on every call (1.5-2 ms for the MLP's 80
+        # variables here), a cost neither the floor nor Keras' steps pay and no training
+        # step has (BENCHMARKS.md, profiling log, 2026-12-07).
+        def make(opt=opt, variables=variables):
+            def step():
+                opt.apply_gradients(zip(grads, variables))
+            return tf.function(step)
+        functions[name] = make()
 
     raw = [(v, tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for v in fresh()]
     scalar = lambda x: tf.constant(x, tf.float32)  # noqa: E731
