@@ -43,6 +43,13 @@ def _minor(version):
         return None
 
 
+def _install_spec(built):
+    """'2.21.*' for a library built against 2.21.x; the version as built when it has no
+    major.minor."""
+    minor = _minor(built)
+    return f"{minor[0]}.{minor[1]}.*" if minor else built
+
+
 def _check_tensorflow_version():
     """The library's TensorFlow against the running one: another major.minor is an
     ImportError (TensorFlow keeps no C++ ABI across minors: symbols and struct layouts move);
@@ -64,7 +71,7 @@ def _check_tensorflow_version():
     raise ImportError(
         f"tf_rmsprop_ops was built against TensorFlow {built}, but TensorFlow {running} is "
         f"running. Custom ops must be compiled against the TensorFlow minor release that "
-        f"loads them: install TensorFlow {'.'.join(map(str, _minor(built) or ()))}.* again, or "
+        f"loads them: install TensorFlow {_install_spec(built)} again, or "
         f"rebuild with `{REBUILD_COMMAND}` (developers: `{DEVELOPER_REBUILD_COMMAND}`).")
 
 

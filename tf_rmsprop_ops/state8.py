@@ -99,8 +99,8 @@ def _on_mesh_of(constant, x):
     from tensorflow.experimental import dtensor
     if not dtensor.is_dtensor(x):
         return constant
-    mesh = dtensor.fetch_layout(x).mesh
-    return dtensor.copy_to_mesh(constant, dtensor.Layout.replicated(mesh, constant.shape.rank))
+    from tf_rmsprop_ops import _dtensor
+    return _dtensor.on_mesh_of(constant, x)
 
 
 def quantize(values, signed):
@@ -164,9 +164,10 @@ class Selection:
         their own blocks, so a sharded table's 8-bit state is the unsharded one's, cut by
         rows; a rank-1 shard is one row, whose blocks start at the shard), a replica of a
         mirrored variable by the variable. A DTensor variable (`dtensor`) whose layout cuts
-        blocks between devices is refused (`_dtensor.state8_absmax_layout`: ValueError), and
-        so is a variable with a copy on a GPU (`device`: every copy's device): the TensorFlow GPU kernels do not take 8-bit
-        state yet, and slots live on their variable's devices."""
+        blocks between devices is refused (`_dtensor.state8_absmax_layout`: ValueError). A
+        variable with a copy on a GPU (`device`: every copy's device) takes 8-bit state when
+        this build has GPU kernels (`_library.GPU_KERNELS` ON) and is refused otherwise:
+        slots live on their variable's devices."""
         if self.state_bits != 8:
             return 32
         dtype = tf.as_dtype(var.dtype).base_dtype

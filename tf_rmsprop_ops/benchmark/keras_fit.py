@@ -6,7 +6,7 @@ RMSprop (jit off and on), on the two models where Keras users feel the optimizer
   10k looked-up rows with `SparseApplyRMSpropX`.
 * mlp: 512 -> 2048 -> 2048 -> 10 (5.3M parameters), batch 256: dense updates only.
 * resnet50: keras.applications.ResNet50(weights=None) on 32 x 32 x 3 inputs, 10 classes
-  (23.5M parameters, 161 trainable tensors), batch 4: a model of ResNet-50's variable set at
+  (23.6M parameters, 214 trainable tensors), batch 4: a model of ResNet-50's variable set at
   a batch small enough that the optimizer is a visible part of the step (`--quick`: a
   two-block residual CNN).
 

@@ -225,8 +225,8 @@ def table(results, quick=False):
                  "(higher = we are faster); %: roofline / our time (100% = the memory-bandwidth "
                  "bound).")
     lines.append("-: not a competitor in that case.")
-    if any(below_bound(r) or ">bound?" in (models_floor_line(r) if r.get("floor_ms") else "")
-           for r in results):
+    floor_lines = {id(r): models_floor_line(r) for r in results if r.get("floor_ms")}
+    if any(below_bound(r) or ">bound?" in floor_lines.get(id(r), "") for r in results):
         lines.append(">bound?: faster than the roofline probe of the same run, so the probe "
                      "measured no bound there (measured again up to "
                      f"{BOUND_RETRIES} times first: see 'bound' lines above); no fraction "
@@ -245,10 +245,11 @@ def table(results, quick=False):
         if r["kind"] == "denormals":
             lines.append(f"{describe(r)}: rmspropx = normal inputs in a tf.function; the "
                          f"subnormal inputs' outputs flushed to zero: {r['flushed']}.")
-        if r["kind"] == "keras_fit" and keras_fit_share_line(r):
-            lines.append(keras_fit_share_line(r))
-        if r.get("floor_ms"):
-            lines.append(models_floor_line(r))
+        share_line = keras_fit_share_line(r) if r["kind"] == "keras_fit" else None
+        if share_line:
+            lines.append(share_line)
+        if id(r) in floor_lines:
+            lines.append(floor_lines[id(r)])
         if r.get("tf_call_ms") and r.get("roofline_ms"):
             lines.append(models_target_line(r))
         if r.get("random_rows_ms"):
