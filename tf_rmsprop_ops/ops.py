@@ -212,3 +212,61 @@ def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0,
         centered=centered, use_momentum=use_momentum, nesterov=nesterov,
         epsilon_placement=epsilon_placement, lr_placement=lr_placement,
         weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)
+
+
+FLAT_ALIGNMENT = 256  # elements: where each variable's state starts in a flat buffer
+
+
+def flat_offsets(sizes):
+    """(offsets, total) of a flat state buffer holding variables of `sizes` elements in
+    order, each starting on a FLAT_ALIGNMENT-element boundary (the 8-bit state's block
+    layout: every range starts aligned for vector loads)."""
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end += -(-int(size) // FLAT_ALIGNMENT) * FLAT_ALIGNMENT
+    return offsets, end
+
+
+def apply_rmsprop_x_multi_flat(variables, buffers, offsets, grads, *, lr, rho=0.9,
+                               momentum=0.0, epsilon=1e-7, weight_decay=0.0,
+                               use_momentum=False, centered=False, nesterov=False,
+                               epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
+                               weight_decay_mode="none", use_locking=False, name=None):
+    """ApplyRMSpropXMulti with the state in flat buffers: half the inputs of a call.
+
+    Args:
+      variables: N resource variables (or handles) of one dtype.
+      buffers: one rank-1 32-bit state variable per slot kind, in order ms, then mom when
+        `use_momentum`, then mg when `centered`. Variable i's state is each buffer's
+        elements [offsets[i], offsets[i] + size(variables[i])), in row-major order.
+      offsets: N ascending multiples of FLAT_ALIGNMENT with disjoint ranges
+        (`flat_offsets` lays them out); elements between ranges are never touched.
+      grads: N dense gradients, each of its variable's shape.
+      Other arguments as in `apply_rmsprop_x`.
+
+    The same bits as `apply_rmsprop_x_multi` on per-variable slots (one kernel loop).
+    """
+    variables, grads, offsets = list(variables), list(grads), [int(o) for o in offsets]
+    if not variables or len(variables) != len(grads) or len(offsets) != len(variables):
+        raise ValueError(f"apply_rmsprop_x_multi_flat needs one offset and one gradient per "
+                         f"variable: got {len(variables)} variables, {len(offsets)} offsets "
+                         f"and {len(grads)} gradients")
+    num_slots = 1 + bool(use_momentum) + bool(centered)
+    buffers = list(buffers)
+    if len(buffers) != num_slots:
+        raise ValueError(f"apply_rmsprop_x_multi_flat: got {len(buffers)} buffers, expected "
+                         f"{num_slots} (ms[, mom][, mg])")
+    dtype = _dtype_of(variables[0], grads[0])
+
+    def scalar(x):
+        return as_scalar(x, dtype)
+
+    return _ops.apply_rm_sprop_x_multi(
+        vars=[_handle(v, "variables") for v in variables],
+        slots=[_handle(b, "buffers") for b in buffers], lr=scalar(lr), rho=scalar(rho),
+        momentum=scalar(momentum), epsilon=scalar(epsilon), weight_decay=scalar(weight_decay),
+        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads], num_slots=num_slots,
+        slot_offsets=offsets, centered=centered, use_momentum=use_momentum, nesterov=nesterov,
+        epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+        weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)

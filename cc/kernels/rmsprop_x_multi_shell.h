@@ -71,15 +71,34 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     OP_REQUIRES_OK(c, c->GetAttr("num_slot_inputs", &num_slot_inputs));
     const std::vector<std::string> slot_names = SlotNames(variant_);
     num_slots_ = static_cast<int>(slot_names.size());
-    OP_REQUIRES(c, num_slot_inputs == n_ * num_slots_,
+    OP_REQUIRES_OK(c, c->GetAttr("slot_offsets", &offsets_));
+    flat_ = !offsets_.empty();
+    OP_REQUIRES(c, !flat_ || variant_.state_bits == 32,
+                absl::InvalidArgumentError(
+                    "slot_offsets (flat state buffers) take 32-bit state; state_bits=8 takes "
+                    "each variable's (codes, absmax) slots"));
+    OP_REQUIRES(c, !flat_ || static_cast<int>(offsets_.size()) == n_,
                 absl::InvalidArgumentError(absl::StrCat(
-                    "slots must hold ", num_slots_, " slots for each of the ", n_,
-                    " variables, got ", num_slot_inputs)));
+                    "slot_offsets must hold one offset for each of the ", n_,
+                    " variables, got ", offsets_.size())));
+    OP_REQUIRES(c, num_slot_inputs == (flat_ ? num_slots_ : n_ * num_slots_),
+                absl::InvalidArgumentError(
+                    flat_ ? absl::StrCat("with slot_offsets, slots must hold one flat buffer "
+                                         "per slot kind (", num_slots_, "), got ",
+                                         num_slot_inputs)
+                          : absl::StrCat("slots must hold ", num_slots_,
+                                         " slots for each of the ", n_, " variables, got ",
+                                         num_slot_inputs)));
     for (int i = 0; i < n_; ++i) {
       vars_.ids.push_back(i);
       vars_.names.push_back(absl::StrCat("vars[", i, "]"));
     }
-    for (int i = 0; i < n_; ++i) {
+    for (int j = 0; flat_ && j < num_slots_; ++j) {
+      vars_.ids.push_back(n_ + j);
+      vars_.names.push_back(absl::StrCat("slots[", j, "] (the flat '", slot_names[j],
+                                         "' buffer)"));
+    }
+    for (int i = 0; !flat_ && i < n_; ++i) {
       for (int j = 0; j < num_slots_; ++j) {
         vars_.ids.push_back(n_ + i * num_slots_ + j);
         vars_.names.push_back(absl::StrCat("slots[", i * num_slots_ + j, "] ('",
@@ -131,10 +150,20 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     // Per variable: every shape checked, then its pointers and global element offset.
     MultiArgs<T> args{variant_, k, std::vector<StatePointers<T>>(n_),
                       std::vector<const CpuStorage<T>*>(n_), std::vector<int64_t>(n_ + 1, 0)};
+    if (flat_) {
+      for (int j = 0; j < num_slots_; ++j) {
+        const tensorflow::Tensor& buffer = *refs[n_ + j]->tensor();
+        OP_REQUIRES(ctx, buffer.dims() == 1,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        vars_.names[n_ + j], " must be rank 1, got shape ",
+                        buffer.shape().DebugString())));
+      }
+      OP_REQUIRES_OK(ctx, CheckOffsets(refs));
+    }
     for (int i = 0; i < n_; ++i) {
       tensorflow::Tensor* var = refs[i]->tensor();
       tensorflow::Tensor* slots[3] = {};
-      for (int j = 0; j < num_slots_; ++j) {
+      for (int j = 0; !flat_ && j < num_slots_; ++j) {
         const int r = n_ + i * num_slots_ + j;
         slots[j] = refs[r]->tensor();
         OP_REQUIRES_OK(ctx, CheckSlotShape(vars_.names[r], var->shape(), slots[j]->shape()));
@@ -144,7 +173,7 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
                   absl::InvalidArgumentError(absl::StrCat(
                       "grads[", i, "] must have vars[", i, "]'s shape ",
                       var->shape().DebugString(), ", got ", grad.shape().DebugString())));
-      args.state[i] = StateOf<T>(variant_, var, slots);
+      args.state[i] = flat_ ? FlatStateOf(var, refs, i) : StateOf<T>(variant_, var, slots);
       args.grads[i] = CpuData<T>(grad);
       args.start[i + 1] = args.start[i] + grad.NumElements();
     }
@@ -234,8 +263,55 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     return absl::OkStatus();
   }
 
+  // Variable i's pointers: its var, and its range of each flat buffer.
+  StatePointers<T> FlatStateOf(
+      tensorflow::Tensor* var,
+      const std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>>& refs, int i) const {
+    CpuStorage<T>* at[3] = {};
+    for (int j = 0; j < num_slots_; ++j) at[j] = CpuData<T>(refs[n_ + j]->tensor()) + offsets_[i];
+    int next = 1;
+    CpuStorage<T>* mom = variant_.momentum ? at[next++] : nullptr;
+    CpuStorage<T>* mg = variant_.centered ? at[next++] : nullptr;
+    return {CpuData<T>(var), at[0], mom, mg};
+  }
+
+  // Flat buffers: each variable's range starts on a 256-element boundary (the 8-bit
+  // state's block layout; every vector load stays aligned), ascends, is disjoint from the
+  // previous one and lies inside every buffer (all buffers hold the same layout).
+  absl::Status CheckOffsets(
+      const std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>>& refs) const {
+    int64_t end = 0;  // where the previous variable's range ends
+    for (int i = 0; i < n_; ++i) {
+      const int64_t size = refs[i]->tensor()->NumElements();
+      if (offsets_[i] % kFlatAlignment != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "slot_offsets[", i, "] = ", offsets_[i], " must be a multiple of ",
+            kFlatAlignment, " (each variable's state starts on a block boundary)"));
+      }
+      if (offsets_[i] < end) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "slot_offsets[", i, "] = ", offsets_[i], " must be >= ", end,
+            (i == 0 ? "" : absl::StrCat(" (where vars[", i - 1, "]'s range ends)")),
+            ": the offsets ascend and the variables' ranges are disjoint"));
+      }
+      end = offsets_[i] + size;
+      for (int j = 0; j < num_slots_; ++j) {
+        const int64_t buffer = refs[n_ + j]->tensor()->NumElements();
+        if (end > buffer) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "vars[", i, "] (", size, " elements at slot_offsets[", i, "] = ", offsets_[i],
+              ") does not fit in ", vars_.names[n_ + j], " of ", buffer, " elements"));
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  static constexpr int64_t kFlatAlignment = 256;
   Variant variant_;
   bool use_locking_ = false;
+  bool flat_ = false;
+  std::vector<int64_t> offsets_;
   int n_ = 0, num_slots_ = 0;
   VariableInputs vars_;
 };

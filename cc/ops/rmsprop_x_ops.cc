@@ -94,17 +94,37 @@ absl::Status MultiShapeFn(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
   TF_RETURN_IF_ERROR(c->GetAttr("num_slots", &num_slots));
   TF_RETURN_IF_ERROR(c->GetAttr("num_slot_inputs", &num_slot_inputs));
-  if (num_slot_inputs != n * num_slots) {
+  std::vector<int64_t> offsets;
+  TF_RETURN_IF_ERROR(c->GetAttr("slot_offsets", &offsets));
+  const bool flat = !offsets.empty();
+  const int slot_inputs = flat ? num_slots : n * num_slots;
+  if (flat && static_cast<int>(offsets.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slot_offsets must hold one offset for each of the N = ", n, " variables, got ",
+        offsets.size()));
+  }
+  if (flat && num_slot_inputs != num_slots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "with slot_offsets, slots must hold one flat buffer per slot kind (num_slots = ",
+        num_slots, "), got ", num_slot_inputs));
+  }
+  if (!flat && num_slot_inputs != n * num_slots) {
     return absl::InvalidArgumentError(absl::StrCat(
         "slots must hold num_slots = ", num_slots, " slots for each of the N = ", n,
         " variables (", n * num_slots, "), got ", num_slot_inputs));
   }
-  const InputIndex in(n + num_slot_inputs - 1);  // scalars follow vars and slots
+  const InputIndex in(n + slot_inputs - 1);  // scalars follow vars and slots
   TF_RETURN_IF_ERROR(ScalarShapes(c, in));
   const std::vector<std::string> names = SlotNames(variant);
+  for (int j = 0; flat && j < num_slots; ++j) {
+    ShapeHandle buffer;
+    TF_RETURN_IF_ERROR(Named(
+        c->WithRank(HandleShape(c, n + j), 1, &buffer),
+        absl::StrCat("slots[", j, "] (the flat '", names[j], "' buffer) must be rank 1")));
+  }
   for (int i = 0; i < n; ++i) {
     ShapeHandle var = HandleShape(c, i);
-    for (int j = 0; j < num_slots; ++j) {
+    for (int j = 0; !flat && j < num_slots; ++j) {
       if (IsAbsmaxSlot(variant, j)) continue;
       TF_RETURN_IF_ERROR(Named(c->Merge(var, HandleShape(c, n + i * num_slots + j), &var),
                                absl::StrCat("slot '", names[j], "' of vars[", i,
@@ -176,6 +196,7 @@ REGISTER_OP("ApplyRMSpropXMulti")
     .RMSPROPX_ATTRS
     .Attr("N: int >= 1")
     .Attr("num_slot_inputs: int >= 1")
+    .Attr("slot_offsets: list(int) = []")
     .SetShapeFn(MultiShapeFn)
     .Doc(R"doc(
 ApplyRMSpropX on N variables in one call: one parallel pass over all of them (small
@@ -183,6 +204,10 @@ variables packed together), the same per-element formula, attrs and scalars for 
 slots holds num_slots slots per variable, variable by variable (ms[, mom][, mg]; with
 state_bits=8 each of them as its codes then its absmax), the work cut at block boundaries.
 Every input is validated before anything is written: a rejected call changes nothing.
+slot_offsets (32-bit state): when given (one per variable), slots holds one flat rank-1
+buffer per slot kind (ms[, mom][, mg]) and variable i's state is its buffer's elements
+[slot_offsets[i], slot_offsets[i] + size(vars[i])) in row-major order; the offsets ascend
+and the ranges are disjoint. Half the inputs of a call over many variables.
 )doc");
 
 #undef RMSPROPX_COMMON_INPUTS_AND_ATTRS

@@ -21,15 +21,28 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
     int num_slot_inputs;
     OP_REQUIRES_OK(c, c->GetAttr("num_slot_inputs", &num_slot_inputs));
     num_slots_ = static_cast<int>(SlotNames(variant_).size());
-    OP_REQUIRES(c, num_slot_inputs == n_ * num_slots_,
+    OP_REQUIRES_OK(c, c->GetAttr("slot_offsets", &offsets_));
+    flat_ = !offsets_.empty();
+    OP_REQUIRES(c, !flat_ || variant_.state_bits == 32,
+                absl::InvalidArgumentError(
+                    "slot_offsets (flat state buffers) take 32-bit state; state_bits=8 takes "
+                    "each variable's (codes, absmax) slots"));
+    OP_REQUIRES(c, !flat_ || static_cast<int>(offsets_.size()) == n_,
                 absl::InvalidArgumentError(absl::StrCat(
-                    "slots must hold ", num_slots_, " slots for each of the ", n_,
-                    " variables, got ", num_slot_inputs)));
+                    "slot_offsets must hold one offset for each of the ", n_,
+                    " variables, got ", offsets_.size())));
+    OP_REQUIRES(c, num_slot_inputs == (flat_ ? num_slots_ : n_ * num_slots_),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "slots must hold ", flat_ ? "one flat buffer per slot kind" : "",
+                    flat_ ? "" : absl::StrCat(num_slots_, " slots for each of the ", n_,
+                                               " variables"),
+                    " (", flat_ ? num_slots_ : n_ * num_slots_, "), got ", num_slot_inputs)));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
-    const InputIndex in(n_ + n_ * num_slots_ - 1);  // scalars after the resources
+    const InputIndex in(n_ + (flat_ ? num_slots_ : n_ * num_slots_) - 1);  // scalars last
     if (variant_.state_bits == 8) return Compile8(ctx, in);
+    if (flat_) return CompileFlat(ctx, in);
     const tensorflow::DataType dtype = ctx->input_type(in.grad());
     const xla::PrimitiveType compute = ComputeTypeFor(dtype);
     xla::PrimitiveType storage;
@@ -105,7 +118,85 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
     }
   }
 
+  // Flat buffers (slot_offsets): each buffer read once, each variable's state a slice of
+  // it, the updated slices written back with DynamicUpdateSlice (in place in XLA), the same
+  // checks as the kernels' (cc/kernels/rmsprop_x_multi_shell.h) at compile time.
+  void CompileFlat(XlaOpKernelContext* ctx, const InputIndex& in) {
+    const tensorflow::DataType dtype = ctx->input_type(in.grad());
+    const xla::PrimitiveType compute = ComputeTypeFor(dtype);
+    xla::PrimitiveType storage;
+    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(dtype, &storage));
+    auto k = ReadXlaHyperParams(ctx, in, compute);
+    OP_REQUIRES_OK(ctx, k.status());
+    const OutputLayout layout = ChooseOutputLayout(ctx);
+    const std::vector<std::string> names = SlotNames(variant_);
+    std::vector<xla::XlaOp> buffers(num_slots_);
+    std::vector<int64_t> buffer_size(num_slots_);
+    for (int j = 0; j < num_slots_; ++j) {
+      tensorflow::TensorShape shape;
+      OP_REQUIRES_OK(ctx, ctx->ReadVariableInput(n_ + j, dtype, &shape, &buffers[j]));
+      OP_REQUIRES(ctx, shape.dims() == 1,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "slots[", j, "] (the flat '", names[j], "' buffer) must be rank 1, got "
+                      "shape ", shape.DebugString())));
+      buffer_size[j] = shape.num_elements();
+    }
+    std::vector<XlaState> states(n_);
+    std::vector<tensorflow::TensorShape> shapes(n_);
+    int64_t end = 0;
+    for (int i = 0; i < n_; ++i) {
+      OP_REQUIRES_OK(ctx, ReadXlaState(ctx, ResourceInputs{i, {}}, variant_, dtype, compute,
+                                       &shapes[i], &states[i]));
+      const int64_t size = shapes[i].num_elements();
+      OP_REQUIRES(ctx, offsets_[i] % 256 == 0,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "slot_offsets[", i, "] = ", offsets_[i], " must be a multiple of 256 "
+                      "(each variable's state starts on a block boundary)")));
+      OP_REQUIRES(ctx, offsets_[i] >= end,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "slot_offsets[", i, "] = ", offsets_[i], " must be >= ", end,
+                      ": the offsets ascend and the variables' ranges are disjoint")));
+      end = offsets_[i] + size;
+      for (int j = 0; j < num_slots_; ++j) {
+        OP_REQUIRES(ctx, end <= buffer_size[j],
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "vars[", i, "] (", size, " elements at slot_offsets[", i, "] = ",
+                        offsets_[i], ") does not fit in slots[", j, "] (the flat '",
+                        names[j], "' buffer) of ", buffer_size[j], " elements")));
+      }
+      const tensorflow::TensorShape grad_shape = ctx->InputShape(in.grad() + i);
+      OP_REQUIRES(ctx, grad_shape.IsSameSize(shapes[i]),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "grads[", i, "] must have vars[", i, "]'s shape ",
+                      shapes[i].DebugString(), ", got ", grad_shape.DebugString())));
+      std::vector<xla::XlaOp*> slots = StateOps(variant_, &states[i]);
+      for (int j = 0; j < num_slots_; ++j) {
+        *slots[j + 1] = xla::ConvertElementType(
+            xla::Reshape(xla::SliceInDim(buffers[j], offsets_[i], end, 1, 0),
+                         shapes[i].dim_sizes()),
+            compute);
+      }
+    }
+    for (int i = 0; i < n_; ++i) {
+      XlaState out = XlaUpdateDense(variant_, k->h, compute, ctx->Input(in.grad() + i),
+                                    states[i], layout, k->valid);
+      OP_REQUIRES_OK(ctx, AssignXlaState(ctx, ResourceInputs{i, {}}, variant_, dtype, out));
+      std::vector<xla::XlaOp*> slots = StateOps(variant_, &out);
+      const int64_t size = shapes[i].num_elements();
+      for (int j = 0; j < num_slots_ && size > 0; ++j) {
+        buffers[j] = xla::DynamicUpdateSlice(
+            buffers[j], xla::ConvertElementType(xla::Reshape(*slots[j + 1], {size}), storage),
+            {xla::ConstantR0<int64_t>(ctx->builder(), offsets_[i])});
+      }
+    }
+    for (int j = 0; j < num_slots_; ++j) {
+      OP_REQUIRES_OK(ctx, ctx->AssignVariable(n_ + j, dtype, buffers[j]));
+    }
+  }
+
   Variant variant_;
+  bool flat_ = false;
+  std::vector<int64_t> offsets_;
   int n_ = 0, num_slots_ = 0;
 };
 
