@@ -91,7 +91,8 @@ def test_models_case_reports_the_call_floor(tmp_path, capsys):
     (r,) = json.loads(out.read_text())["results"]
     assert r["kind"] == "models" and r["tensors"] == 80 and r["params"] == 40 * (256 * 256 + 256)
     assert set(r["ms"]) == {"rmspropx", "rmspropx_per_var", "rmspropx_jit", "rmspropx_8bit",
-                            "tf_raw", "keras", "keras_jit"}
+                            "rmspropx_flat", "tf_raw", "keras", "keras_jit"}
+    assert 0 < r["floor_flat_ms"]
     assert all(ms > 0 for ms in r["ms"].values()) and r["roofline_ms"] > 0
     # 80 variables of 256 elements against 2.6M parameters: the floor is below the step.
     assert 0 < r["floor_ms"] < r["ms"]["rmspropx"]

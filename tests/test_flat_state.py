@@ -1,6 +1,9 @@
 """Flat state buffers: ApplyRMSpropXMulti with `slot_offsets` (one rank-1 buffer per slot
-kind) gives the same bits as per-variable slots on the CPU kernel and under XLA, touches no
-element outside the variables' ranges, and rejects bad layouts before any write."""
+kind) gives the same bits as per-variable slots on the CPU kernel (under XLA: the same up to
+XLA's own rounding), touches no element outside the variables' ranges, and rejects bad
+layouts before any write; RMSpropX(flat_state=True) trains to the per-variable bits, keeps
+per-variable checkpoints, refuses what it cannot honour, and steps with one input per
+buffer."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -94,8 +97,10 @@ def test_flat_buffers_under_xla_give_the_per_variable_xla_bits(rng):
 
     per_var_step()
     flat_step()
-    _assert_same(per_var, flat_vars, buffers, offsets, kinds, before)
-    # ... and the kernel's result within float32 rounding (XLA fuses differently).
+    # Two XLA computations: the same formula, but XLA fuses (and contracts multiply-adds)
+    # per computation, so an element may move by an ulp.
+    _assert_same(per_var, flat_vars, buffers, offsets, kinds, before, equal=False)
+    # ... and the kernel's result within float32 rounding.
     native = [make_variables(s, dtype) for s in states]
     _call_per_var(native, states, variant, hyper, dtype)
     _assert_same(native, flat_vars, buffers, offsets, kinds, before, equal=False)
@@ -168,3 +173,188 @@ def test_flat_layout_with_8bit_state_is_refused():
 def test_flat_offsets_layout():
     offsets, total = ops.flat_offsets([0, 1, 256, 257, 5])
     assert offsets == [0, 0, 256, 512, 1024] and total == 1280
+
+
+# ---- the optimizer: RMSpropX(flat_state=True) -------------------------------------------
+
+from tf_rmsprop_ops import RMSpropX  # noqa: E402
+from tf_rmsprop_ops._flat_state import FlatSlot, is_flat  # noqa: E402
+
+MODEL_SHAPES = [(6, 4), (4,), (300,), (2, 5, 7), (1,), (20, 4)]  # the last: an embedding
+
+
+def _model_problem(rng, steps=4, sparse_table=True):
+    init = [rng.normal(size=s).astype(np.float32) for s in MODEL_SHAPES]
+    data = []
+    for _ in range(steps):
+        grads = [tf.constant(rng.normal(size=s).astype(np.float32) * 10.0 ** rng.uniform(-4, 0))
+                 for s in MODEL_SHAPES[:-1]]
+        if sparse_table:
+            ids = rng.integers(0, 20, size=7)
+            grads.append(tf.IndexedSlices(
+                tf.constant(rng.normal(size=(7, 4)).astype(np.float32) * 1e-3),
+                tf.constant(ids), tf.constant([20, 4])))
+        else:
+            grads.append(tf.constant(rng.normal(size=(20, 4)).astype(np.float32) * 1e-3))
+        data.append(grads)
+    return init, data
+
+
+def _train(init, data, function=True, **kwargs):
+    variables = [tf.Variable(x, name=f"v{i}") for i, x in enumerate(init)]
+    opt = RMSpropX(**kwargs)
+    step = (tf.function(lambda g: opt.apply_gradients(zip(g, variables)))
+            if function else (lambda g: opt.apply_gradients(zip(g, variables))))
+    for grads in data:
+        step(grads)
+    return variables, opt
+
+
+def _state(variables, opt):
+    out = [v.numpy() for v in variables]
+    for v in variables:
+        out += [np.asarray(opt.get_slot(v, name)) for name in opt.slot_names]
+    return out + [opt.iterations.numpy()]
+
+
+KWARGS = [dict(learning_rate=0.01, momentum=0.9, centered=True, weight_decay=0.01),
+          dict(learning_rate=0.02, initial_scale=1.0, nesterov=True, momentum=0.5),
+          dict(learning_rate=0.01, momentum=0.9, jit_compile=True),
+          dict(learning_rate=0.01, centered=True, multi_tensor=False),
+          dict(learning_rate=0.01, momentum=0.9, state_bits=8, min_8bit_size=100)]
+
+
+@pytest.mark.parametrize("kwargs", KWARGS, ids=["centered_wd", "nesterov_tf1", "jit",
+                                                "per_var_calls", "8bit_mixed"])
+@pytest.mark.parametrize("function", [True, False], ids=["function", "eager"])
+def test_optimizer_flat_state_gives_the_per_variable_bits(rng, kwargs, function):
+    init, data = _model_problem(rng)
+    per_var = _state(*_train(init, data, function, **kwargs))
+    variables, opt = _train(init, data, function, flat_state=True, **kwargs)
+    flat = _state(variables, opt)
+    for i, (a, b) in enumerate(zip(per_var, flat)):
+        if kwargs.get("jit_compile"):  # two XLA computations: an ulp here and there
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=f"state {i}")
+        else:  # the same kernel loop
+            np.testing.assert_array_equal(b, a, err_msg=f"state {i}")
+    # Which variables went flat: 32-bit state, dense first gradient (the table's is sparse).
+    eight_bit = kwargs.get("state_bits") == 8
+    for v in variables:
+        slot = opt.slot_state(v, "ms")
+        want = v is not variables[-1] and not (eight_bit and v.shape.num_elements() >= 100)
+        assert is_flat(slot) == want, v.name
+        if want:
+            assert slot.offset % 256 == 0 and slot.shape == v.shape
+
+
+def test_a_step_takes_each_buffer_once(rng):
+    """The traced step's ApplyRMSpropXMulti takes N variables, N gradients and one buffer per
+    slot kind (not N per kind)."""
+    init, data = _model_problem(rng, steps=1, sparse_table=False)
+    variables = [tf.Variable(x) for x in init]
+    opt = RMSpropX(learning_rate=0.01, momentum=0.9, centered=True, flat_state=True)
+    step = tf.function(lambda g: opt.apply_gradients(zip(g, variables)))
+    graph = step.get_concrete_function(data[0]).graph
+    calls = [op for op in graph.get_operations() if op.type == "ApplyRMSpropXMulti"]
+    assert len(calls) == 1
+    n = len(variables)
+    assert calls[0].get_attr("N") == n and calls[0].get_attr("num_slot_inputs") == 3
+    assert len(calls[0].inputs) == n + 3 + 5 + n  # vars, buffers, scalars, grads
+    assert len(calls[0].get_attr("slot_offsets")) == n
+
+
+def test_a_sparse_gradient_for_flat_state_is_refused_before_any_write(rng):
+    init, data = _model_problem(rng, steps=1, sparse_table=False)
+    variables = [tf.Variable(x) for x in init]
+    opt = RMSpropX(learning_rate=0.01, momentum=0.9, flat_state=True)
+    opt.build(variables)  # built before any gradient: every variable's state is flat
+    assert all(is_flat(opt.slot_state(v, "ms")) for v in variables)
+    before = _state(variables, opt)
+    grads = list(data[0])
+    grads[-1] = tf.IndexedSlices(tf.ones([2, 4]), tf.constant([1, 3]), tf.constant([20, 4]))
+    with pytest.raises(ValueError, match="flat buffer .*IndexedSlices.*nothing was updated"):
+        opt.apply_gradients(zip(grads, variables))
+    for a, b in zip(before, _state(variables, opt)):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_flat_state_is_per_variable_under_a_strategy(rng):
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    init, data = _model_problem(rng, steps=2)
+    with strategy.scope():
+        variables = [tf.Variable(x) for x in init]
+        opt = RMSpropX(learning_rate=0.01, momentum=0.9, flat_state=True)
+        opt.build(variables)
+    assert not any(is_flat(opt.slot_state(v, "ms")) for v in variables)
+    for grads in data:
+        strategy.run(lambda g: opt.apply_gradients(zip(g, variables)), args=(grads,))
+    want = _state(*_train(init, data, learning_rate=0.01, momentum=0.9))
+    for a, b in zip(want, _state(variables, opt)):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_get_slot_is_a_view_of_the_buffer(rng):
+    init, data = _model_problem(rng, steps=2, sparse_table=False)
+    variables, opt = _train(init, data, learning_rate=0.01, momentum=0.9, flat_state=True)
+    slot = opt.get_slot(variables[3], "momentum")
+    assert isinstance(slot, FlatSlot) and slot.shape == variables[3].shape
+    n = variables[3].shape.num_elements()
+    np.testing.assert_array_equal(
+        slot.numpy(), slot.buffer.numpy()[slot.offset:slot.offset + n].reshape(slot.shape))
+    np.testing.assert_array_equal(tf.convert_to_tensor(slot).numpy(), slot.numpy())
+    new = rng.normal(size=slot.shape).astype(np.float32)
+    others = [opt.get_slot(v, "momentum").numpy() for v in variables]
+    slot.assign(new)
+    np.testing.assert_array_equal(slot.numpy(), new)
+    for i, v in enumerate(variables):  # nothing else moved
+        if i != 3:
+            np.testing.assert_array_equal(opt.get_slot(v, "momentum").numpy(), others[i])
+    with pytest.raises(ValueError, match="shape"):
+        slot.assign(np.zeros([3], np.float32))
+    # get_weights / set_weights round-trip through the views.
+    weights = opt.get_weights()
+    opt.set_weights([w + 1 for w in weights])
+    for a, b in zip(weights, opt.get_weights()):
+        np.testing.assert_array_equal(b, a + 1)
+
+
+@pytest.mark.parametrize("direction", ["flat_to_per_var", "per_var_to_flat", "flat_to_flat"])
+@pytest.mark.parametrize("when", ["built_first", "deferred"])
+def test_checkpoints_stay_per_variable(rng, tmp_path, direction, when):
+    """A checkpoint of either layout restores into the other (and into another grouping:
+    the restoring optimizer builds its variables in two groups), before or after the
+    optimizer is built, and training continues to the same bits."""
+    init, data = _model_problem(rng, steps=4, sparse_table=False)
+    kwargs = dict(learning_rate=0.01, momentum=0.9, centered=True)
+    save_flat = direction != "per_var_to_flat"
+    load_flat = direction != "flat_to_per_var"
+    want_vars, want_opt = _train(init, data, **kwargs)  # uninterrupted
+    want = _state(want_vars, want_opt)
+    variables, opt = _train(init, data[:2], flat_state=save_flat, **kwargs)
+    path = tf.train.Checkpoint(v=variables, opt=opt).save(str(tmp_path / "ck"))
+    keys = {name for name, _ in tf.train.list_variables(path)}
+    assert "opt/_ms/0/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    assert not any("flat" in k for k in keys)  # per-variable entries only
+    fresh = [tf.Variable(tf.zeros_like(x)) for x in init]
+    opt2 = RMSpropX(flat_state=load_flat, **kwargs)
+
+    def build():
+        if direction == "flat_to_flat":  # another grouping: two builds, two buffer sets
+            opt2.build(fresh[:3])
+        opt2.build(fresh)
+
+    if when == "built_first":
+        build()
+    status = tf.train.Checkpoint(v=fresh, opt=opt2).restore(path)
+    if when == "deferred":
+        build()
+    status.assert_consumed()
+    assert all(is_flat(opt2.slot_state(v, "ms")) == load_flat for v in fresh)
+    step = tf.function(lambda g: opt2.apply_gradients(zip(g, fresh)))
+    for grads in data[2:]:
+        step(grads)
+    if direction == "flat_to_flat":
+        assert (opt2.slot_state(fresh[0], "ms").buffer is not
+                opt2.slot_state(fresh[4], "ms").buffer)
+    for i, (a, b) in enumerate(zip(want, _state(fresh, opt2))):
+        np.testing.assert_array_equal(b, a, err_msg=f"state {i}")

@@ -35,14 +35,14 @@ SERVE_SIGNATURE = [tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None, 2]
 
 
 class Trainer(tf.Module):
-    def __init__(self, rng, jit, state_bits=32):
+    def __init__(self, rng, jit, state_bits=32, flat_state=False):
         super().__init__()
         self.model = Model(rng)
         schedule = keras.optimizers.schedules.ExponentialDecay(0.02, decay_steps=2,
                                                               decay_rate=0.9)
         self.optimizer = RMSpropX(learning_rate=schedule, momentum=0.9, centered=True,
                                   epsilon=1e-6, jit_compile=jit, state_bits=state_bits,
-                                  min_8bit_size=0)
+                                  min_8bit_size=0, flat_state=flat_state)
 
     @tf.function(input_signature=SERVE_SIGNATURE)
     def serve(self, x, ids):
@@ -79,18 +79,25 @@ def _run(*args, timeout=120):
                           timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module", params=[(False, 32), (True, 32), (False, 8)],
-                ids=["native", "xla", "8bit"])
+# flat: the dense head's state in flat buffers (the table's first gradient is sparse: its
+# state stays per variable), captured by the exported functions.
+@pytest.fixture(scope="module", params=[(False, 32, False), (True, 32, False), (False, 8, False),
+                                        (False, 32, True)],
+                ids=["native", "xla", "8bit", "flat"])
 def exported(request, tmp_path_factory):
     # Module scope has no `rng` fixture: the same derivation (TF_RMSPROP_TEST_SEED reproduces it).
     node = f"{request.node.nodeid}[{request.param}]"
     rng = np.random.default_rng([BASE_SEED, zlib.crc32(node.encode())])
     tmp = tmp_path_factory.mktemp("saved")
-    jit, state_bits = request.param
-    trainer = Trainer(rng, jit=jit, state_bits=state_bits)
+    jit, state_bits, flat_state = request.param
+    trainer = Trainer(rng, jit=jit, state_bits=state_bits, flat_state=flat_state)
+
     before, after = _batches(rng, 3), _batches(rng, 4)
     for x, i, y in zip(before["xs"], before["ids"], before["ys"]):
         trainer.train_step(tf.constant(x), tf.constant(i), tf.constant(y))
+    from tf_rmsprop_ops._flat_state import is_flat
+    assert is_flat(trainer.optimizer.get_slot(trainer.model.w, "ms")) == flat_state
+    assert not is_flat(trainer.optimizer.get_slot(trainer.model.table, "ms"))
     train_path = str(tmp / "train")
     tf.saved_model.save(trainer, train_path)
     serve_path = str(tmp / "serve")  # the model only: no optimizer function in it

@@ -13,8 +13,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tf_rmsprop_ops import _dtensor, _hyper, ops
-from tf_rmsprop_ops.ops import apply_rmsprop_x, apply_rmsprop_x_multi, sparse_apply_rmsprop_x
+from tf_rmsprop_ops import _dtensor, _flat_state, _hyper, ops
+from tf_rmsprop_ops.ops import (apply_rmsprop_x, apply_rmsprop_x_multi,
+                                apply_rmsprop_x_multi_flat, sparse_apply_rmsprop_x)
 from tf_rmsprop_ops.state8 import State8
 
 
@@ -47,10 +48,39 @@ class Slots:
         """Whether the state is 8-bit (`state8.State8` slots)."""
         return isinstance(self.ms, State8)
 
+    def flat(self):
+        """Whether the state is ranges of flat buffers (`_flat_state.FlatSlot`)."""
+        return _flat_state.is_flat(self.ms)
+
+
+def _sparse_on_flat(var):
+    return ValueError(
+        f"{getattr(var, 'name', 'A variable')} keeps its state in a flat buffer "
+        "(flat_state=True) and got an IndexedSlices gradient, which the sparse op applies to "
+        "per-variable state only; nothing was updated. Let the optimizer build by its first "
+        "step (a variable whose first gradient is an IndexedSlices keeps per-variable "
+        "state), or use flat_state=False.")
+
+
+def _call_flat(group, structure, scalars):
+    """One ApplyRMSpropXMulti over `group` ((grad, var, slots) with FlatSlots of the same
+    buffers), in the buffers' order."""
+    group = sorted(group, key=lambda item: item[2].ms.offset)
+    first = group[0][2]
+    return apply_rmsprop_x_multi_flat(
+        [var for _, var, _ in group], [slot.buffer for slot in first.present()],
+        [slots.ms.offset for _, _, slots in group], [grad for grad, _, _ in group],
+        use_momentum=structure.use_momentum, centered=structure.centered, **scalars,
+        **structure.op_attrs())
+
 
 def call_op(var, slots, values, indices, structure, **scalars):
     """One op call on `var` (a variable or a resource handle) and its slots."""
     ms, mom, mg = slots.ms, slots.mom, slots.mg
+    if slots.flat():
+        if indices is not None:
+            raise _sparse_on_flat(var)
+        return _call_flat([(values, var, slots)], structure, scalars)
     if indices is not None:
         return sparse_apply_rmsprop_x(var, ms, values, indices, mom=mom, mg=mg, **scalars,
                                       **structure.op_attrs())
@@ -116,7 +146,7 @@ def _multi_tensor_key(grad, var, structure, slots):
     if isinstance(grad, tf.IndexedSlices) or _dtensor.is_dvariable(var):
         return None
     return (var.dtype.base_dtype, structure, getattr(var, "device", "") or "",
-            slots.quantized())
+            slots.quantized(), id(slots.ms.buffer) if slots.flat() else None)
 
 
 def _rule(name):
@@ -206,10 +236,14 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
                   multi_tensor=True):
     """Updates many variables: `items` is a list of (grad, var, slots, structure). With
     `multi_tensor`, the dense gradients go to one ApplyRMSpropXMulti call per group of equal
-    (dtype, structure, device); everything else, and every group of one, to `apply_update`.
+    (dtype, structure, device, state format; flat state: its buffers); everything else,
+    and every group of one, to `apply_update`.
     The scalars are folded once per structure and are what the whole-step checks see.
     The results are the same bits either way (one formula, one kernel loop)."""
     groups, single = {}, []
+    for grad, var, slots, _ in items:  # before any op of the step
+        if isinstance(grad, tf.IndexedSlices) and slots.flat():
+            raise _sparse_on_flat(var)
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3], item[2]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)
@@ -234,6 +268,9 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
                 single.extend(group)
                 continue
             structure = key[1]
+            if key[4] is not None:  # flat state: the group's buffers, each once
+                _call_flat([item[:3] for item in group], structure, scalars[structure])
+                continue
             apply_rmsprop_x_multi(
                 [var for _, var, _, _ in group], [slots.present() for _, _, slots, _ in group],
                 [grad for grad, _, _, _ in group], use_momentum=structure.use_momentum,

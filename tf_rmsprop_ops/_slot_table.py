@@ -18,7 +18,7 @@ from tensorflow.python.trackable import base as trackable
 from tensorflow.python.trackable.data_structures import NoDependency
 from tensorflow.python.training.saving import saveable_object
 
-from tf_rmsprop_ops import state8
+from tf_rmsprop_ops import _flat_state, state8
 
 _SUFFIX_8BIT = "_8bit"
 
@@ -76,6 +76,21 @@ class SlotTable(tf.Module):
                                               reverse=True):  # the newest first; older skip
                 checkpoint_position.restore(converter)
 
+    def _trackable_children(self, save_type=trackable.SaveType.CHECKPOINT, **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != trackable.SaveType.SAVEDMODEL:
+            return children
+        # A SavedModel: flat state as its buffers (what the exported functions capture),
+        # not as per-variable views a loaded model could not rebuild.
+        out, buffers = {}, []
+        for name, child in children.items():
+            if not _flat_state.is_flat(child):
+                out[name] = child
+            elif not any(child.buffer is b for b in buffers):
+                out[f"flat_buffer_{len(buffers)}"] = child.buffer
+                buffers.append(child.buffer)
+        return out
+
     def _lookup_dependency(self, name, cached_dependencies=None):
         found = super()._lookup_dependency(name, cached_dependencies)
         if found is not None:
@@ -131,6 +146,21 @@ class _State8IntoFloat32(trackable.Trackable):
                        "absmax": _Part(self, "absmax", state8.absmax_shape(shape),
                                        tf.float32, variable.device)}
         self._received = {}
+
+    def _trackable_children(self, save_type=trackable.SaveType.CHECKPOINT, **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != trackable.SaveType.SAVEDMODEL:
+            return children
+        # A SavedModel: flat state as its buffers (what the exported functions capture),
+        # not as per-variable views a loaded model could not rebuild.
+        out, buffers = {}, []
+        for name, child in children.items():
+            if not _flat_state.is_flat(child):
+                out[name] = child
+            elif not any(child.buffer is b for b in buffers):
+                out[f"flat_buffer_{len(buffers)}"] = child.buffer
+                buffers.append(child.buffer)
+        return out
 
     def _lookup_dependency(self, name, cached_dependencies=None):
         return self._parts.get(name)

@@ -28,7 +28,8 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
-from tf_rmsprop_ops import _apply, _distribute, _dtensor, _gradients, _hyper, ops, presets
+from tf_rmsprop_ops import (_apply, _distribute, _dtensor, _flat_state, _gradients, _hyper, ops,
+                            presets)
 from tf_rmsprop_ops import _slot_table
 from tf_rmsprop_ops import state8
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
@@ -72,6 +73,17 @@ class RMSpropX(tf.Module):
       multi_tensor (default True: the dense updates of a step are one ApplyRMSpropXMulti
       call per group of variables with equal dtype and formula; the same bits as one op
       per variable, which `multi_tensor=False` selects).
+      flat_state (default False): keep the 32-bit state of each group of variables (equal
+      dtype and device, built together) in one flat buffer per slot kind, each variable's
+      range on a 256-element boundary: a step's ApplyRMSpropXMulti then takes each buffer
+      once instead of one slot per variable (half the inputs: faster steps over many small
+      and mid-size variables; BENCHMARKS.md). The same bits as per-variable state.
+      `get_slot` returns the variable's `_flat_state.FlatSlot` (a view: `value()`,
+      `numpy()`, `assign()`); checkpoints stay per variable (restorable into
+      flat_state=False and back). Per-variable state is kept where a buffer cannot live:
+      under a tf.distribute strategy, DTensor, shards of a ShardedVariable, 8-bit state,
+      and variables whose first gradient is an IndexedSlices (the sparse op; a flat
+      variable that later gets an IndexedSlices is a ValueError, nothing updated).
       state_bits (32, or 8: blockwise 8-bit optimizer state, a quarter of the slot memory;
       docs/design.md 1.7): with 8, the slots of each half, bfloat16 or float32 variable of at
       least `min_8bit_size` elements (default 4096, as bitsandbytes) are uint8 codes plus a
@@ -105,7 +117,7 @@ class RMSpropX(tf.Module):
                  name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
                  lr_placement="inside_momentum", weight_decay_mode="decoupled",
                  initial_scale=0.0, bias_correction=False, multi_tensor=True, state_bits=32,
-                 min_8bit_size=state8.MIN_8BIT_SIZE, **kwargs):
+                 min_8bit_size=state8.MIN_8BIT_SIZE, flat_state=False, **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
         super().__init__(name=name)
@@ -136,6 +148,8 @@ class RMSpropX(tf.Module):
         self.use_momentum = self.momentum > 0 or self.nesterov
         self.bias_correction = bool(bias_correction)
         self.multi_tensor = bool(multi_tensor)
+        self.flat_state = bool(flat_state)
+        self._sparse_keys = NoDependency(set())  # variables whose first gradient is sparse
         self._selection = state8.Selection(state_bits, min_8bit_size)
         self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
         if self.bias_correction:
@@ -222,6 +236,7 @@ class RMSpropX(tf.Module):
             key = _distribute.var_key(var)
             if key not in self._index and key not in bits_of:
                 bits_of[key] = self._state_bits_for(_distribute.unwrap(var))
+        flat = self._flat_slots(var_list, bits_of)
         for var in var_list:
             key = _distribute.var_key(var)
             if key in self._index:
@@ -235,6 +250,8 @@ class RMSpropX(tf.Module):
             def slot(name, value=0.0, create=True, quantized=False):
                 if not create:
                     return None
+                if id(var) in flat and name in flat[id(var)]:
+                    return flat[id(var)][name]
                 if quantized and bits == 8 and _dtensor.is_dvariable(var):
                     return state8.full(var.shape, value, state8.SIGNED[name], f"{base}_{name}",
                                        _dtensor.state8_variable_maker(var))
@@ -258,6 +275,31 @@ class RMSpropX(tf.Module):
             self._ema.append(slot("average", create=self.use_ema))
             self._accumulators.append(
                 slot("accumulator", create=bool(self.gradient_accumulation_steps)))
+
+    def _flat_slots(self, var_list, bits_of):
+        """With flat_state: {id(variable): {kind: FlatSlot}} for the new variables whose
+        state can live in a flat buffer (`_flat_state`), else {}."""
+        if not self.flat_state or tf.distribute.has_strategy():
+            return {}
+        chosen, seen = [], set()
+        for var in var_list:
+            key = _distribute.var_key(var)
+            var = _distribute.unwrap(var)
+            if (key in self._index or key in seen or bits_of[key] != 32
+                    or key in self._sparse_keys or _dtensor.is_dvariable(var)
+                    or getattr(var, "_sharded_container", None) is not None
+                    or not var.shape.is_fully_defined()):
+                continue
+            seen.add(key)
+            chosen.append(var)
+        initial = {"ms": self.initial_scale}
+        if self.use_momentum:
+            initial["mom"] = 0.0
+        if self.centered:
+            initial["mg"] = 0.0
+        return _flat_state.build_groups(
+            chosen, initial, lambda v, kind: f"{_base_name(v)}_{kind}",
+            _distribute.creation_scope)
 
     def _position(self, var):
         key = _distribute.var_key(var)
@@ -404,6 +446,10 @@ class RMSpropX(tf.Module):
                 raise ValueError(f"Variable {v.name} appears more than once in the update; sum "
                                  "its gradients into one.")
             seen.add(key)
+        # flat_state: a variable whose first gradient is sparse keeps per-variable state.
+        self._sparse_keys.update(_distribute.var_key(v) for g, v in
+                                 zip(grads, trainable_variables)
+                                 if isinstance(g, tf.IndexedSlices))
         self.build(all_variables)
         if _distribute.is_v1_graph():
             return self._apply_in_v1_graph(grads, trainable_variables)
@@ -594,6 +640,7 @@ class RMSpropX(tf.Module):
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
             weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale,
             bias_correction=self.bias_correction, multi_tensor=self.multi_tensor,
+            flat_state=self.flat_state,
             state_bits=self.state_bits, min_8bit_size=self.min_8bit_size)
 
     @classmethod

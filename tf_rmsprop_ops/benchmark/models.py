@@ -21,7 +21,9 @@ Competitors: `rmspropx` (RMSpropX, one ApplyRMSpropXMulti per step), `rmspropx_p
 (multi_tensor=False: one ApplyRMSpropX per variable), `rmspropx_jit` (jit_compile=True: the
 update as the optimizer's own XLA function, the ops' lowerings, the learning rate a
 run-time value), `rmspropx_8bit` (state_bits=8: 8-bit state for every variable of at
-least 4096 elements, one ApplyRMSpropXMulti per state format), `tf_raw`
+least 4096 elements, one ApplyRMSpropXMulti per state format), `rmspropx_flat`
+(flat_state=True: the slots in one flat buffer per kind, half the call's inputs; its own
+floor, `floor_flat_ms`, is the flat step over the 256-element variables), `tf_raw`
 (ResourceApplyRMSProp per variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit off / on).
 """
 import numpy as np
@@ -47,7 +49,8 @@ def run(model, repeats, threads, rng):
     built = {}
     for name, kwargs in (("rmspropx", {}), ("rmspropx_per_var", dict(multi_tensor=False)),
                          ("rmspropx_jit", dict(jit_compile=True)),
-                         ("rmspropx_8bit", dict(state_bits=8))):
+                         ("rmspropx_8bit", dict(state_bits=8)),
+                         ("rmspropx_flat", dict(flat_state=True))):
         variables = fresh()
         opt = RMSpropX(learning_rate=1e-3, momentum=0.9, **kwargs)
         opt.build(variables)
@@ -92,10 +95,17 @@ def run(model, repeats, threads, rng):
     floor_grads = [tf.constant(rng.standard_normal(256, dtype=np.float32)) for _ in shapes]
     floor_opt = RMSpropX(learning_rate=1e-3, momentum=0.9)
     floor_opt.build(floor_vars)
+    flat_floor_vars = [tf.Variable(v) for v in floor_vars]
+    flat_floor_opt = RMSpropX(learning_rate=1e-3, momentum=0.9, flat_state=True)
+    flat_floor_opt.build(flat_floor_vars)
 
     @tf.function
     def floor():
         floor_opt.apply_gradients(zip(floor_grads, floor_vars))
+
+    @tf.function
+    def floor_flat():  # rmspropx_flat's floor: one input per buffer, not per slot
+        flat_floor_opt.apply_gradients(zip(floor_grads, flat_floor_vars))
 
     # TensorFlow's own share of the floor: a function that takes the rmspropx step's inputs
     # (the same variables, slots and gradients, captured the same way) and passes them
@@ -111,11 +121,13 @@ def run(model, repeats, threads, rng):
 
     reads, writes = arrays_moved("momentum")
     probe = roofline.make_probe(params * 4, reads, writes, threads)
-    times = median_ms({**functions, "floor": floor, "tf_call": tf_call, "roofline": probe},
-                      repeats)
+    times = median_ms({**functions, "floor": floor, "floor_flat": floor_flat,
+                       "tf_call": tf_call, "roofline": probe}, repeats)
     roof = times.pop("roofline")
     floor_ms = times.pop("floor")
+    floor_flat_ms = times.pop("floor_flat")
     tf_call_ms = times.pop("tf_call")
     return dict(kind="models", model=model, tensors=len(shapes), params=params,
                 threads=threads, ms=times, roofline_ms=roof, floor_ms=floor_ms,
+                floor_flat_ms=floor_flat_ms,
                 tf_call_ms=tf_call_ms, tf_call_inputs=len(inputs) + len(grads))
