@@ -68,7 +68,12 @@ ISA_CXX = $(CXX) $(CXXFLAGS_BASE) $(ARCH_FLAGS)
 GLUE_CXX = $(TF_CXX) -DGOOGLE_CUDA=1 -isystem $(TF_CUDA_INCLUDE)
 NVCC_CMD = $(NVCC) $(NVCC_FLAGS)
 PROBE_CXX = $(CXX) -std=c++17 -O3 -fPIC -shared $(ARCH_FLAGS) -pthread -I.
-LINK_LIBS = $(GPU_LFLAGS) $(TF_LFLAGS)
+# TensorFlow's libraries are found relative to the installed `tensorflow` package
+# (site-packages/tf_rmsprop_ops/ -> site-packages/tensorflow/), as other custom-op wheels
+# do, never at the build machine's absolute path. (TensorFlow loads them before the op
+# library in every process anyway: `import tf_rmsprop_ops` imports tensorflow first.)
+RPATH_FLAGS = -Wl,-rpath,\$$ORIGIN/../tensorflow
+LINK_LIBS = $(GPU_LFLAGS) $(TF_LFLAGS) $(RPATH_FLAGS)
 FLAGS_DIR = $(BUILD_DIR)/flags
 flags_file = $(shell mkdir -p $(FLAGS_DIR) && printf '%s\n' '$(strip $(2))' | cmp -s - $(FLAGS_DIR)/$(1) || printf '%s\n' '$(strip $(2))' > $(FLAGS_DIR)/$(1); echo $(FLAGS_DIR)/$(1))
 TF_STAMP := $(call flags_file,tf,$(TF_CXX))

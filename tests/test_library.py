@@ -143,3 +143,20 @@ def test_the_8bit_sparse_row_loop_keeps_its_prefetches():
     loops = _disassembly_of("tf_rmsprop_ops::cpu::(anonymous namespace)::Rows8<")
     assert loops, "Rows8 not found in the library"
     assert all("prefetch" in f for f in loops)
+
+
+def test_runpath_is_relative_to_the_installed_tensorflow():
+    """The op library finds TensorFlow's libraries relative to the installed package
+    (site-packages/tf_rmsprop_ops -> site-packages/tensorflow), never at the build
+    machine's absolute path (a wheel built here must work elsewhere)."""
+    import shutil
+    import subprocess
+
+    import tf_rmsprop_ops
+    readelf = shutil.which("readelf")
+    assert readelf, "readelf (binutils) comes with the compiler that built the library"
+    out = subprocess.run([readelf, "-d", tf_rmsprop_ops.LIBRARY_PATH], capture_output=True,
+                         text=True, check=True).stdout
+    paths = [line.split("[", 1)[1].rstrip("]").split(":") for line in out.splitlines()
+             if "(RUNPATH)" in line or "(RPATH)" in line]
+    assert paths == [["$ORIGIN/../tensorflow"]], out
