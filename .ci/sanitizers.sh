@@ -57,7 +57,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/reports/
 # The tests that drive the kernels' memory accesses (every variant and dtype, bad input,
 # threads, random calls); test_numerics is mostly XLA compilation (not instrumented here).
 export TF_RMSPROP_OPS_PROPERTY_CALLS="${TF_RMSPROP_OPS_PROPERTY_CALLS:-1000}"
-TESTS="${SANITIZER_TESTS:-tests/test_dense_op.py tests/test_sparse_op.py tests/test_multi_tensor.py tests/test_errors.py tests/test_concurrency.py tests/test_properties.py tests/test_state8_op.py}"
+TESTS="${SANITIZER_TESTS:-tests/test_dense_op.py tests/test_sparse_op.py tests/test_multi_tensor.py tests/test_errors.py tests/test_concurrency.py tests/test_properties.py tests/test_state8_op.py tests/test_flat_state.py::test_flat_buffers_give_the_per_variable_bits tests/test_flat_state.py::test_a_bad_flat_layout_is_rejected_before_any_write}"
 TESTS="$(for t in $TESTS; do printf '%s ' "$PWD/$t"; done)"
 
 # The package copy must be the one imported: run outside the checkout (Python puts the
