@@ -24,9 +24,53 @@ def compile_flags():
     # Headers that TensorFlow's own headers include from its external repositories.
     flags += ["-I" + os.path.join(include, "external", "highwayhash"),
               "-I" + os.path.join(include, "external", "farmhash_archive", "src")]
+    flags += llvm_flags(include)
     # TensorFlow's headers as system headers: their warnings are not ours to fix.
     flags = ["-isystem" + f[2:] if f.startswith("-I") else f for f in flags]
     return " ".join(flags)
+
+
+# A header TensorFlow 2.19 ships whose includes its wheel does not: LLVM's ADT headers.
+_NEEDS_LLVM = os.path.join("xla", "stream_executor", "gpu", "tma_metadata.h")
+
+
+def _llvm_include_dirs():
+    """Where LLVM's headers may be: $LLVM_INCLUDE_DIR, `llvm-config --includedir`, then
+    Debian/Ubuntu's /usr/lib/llvm-<N>/include, newest first."""
+    import glob
+    import shutil
+    import subprocess
+    dirs = [os.environ["LLVM_INCLUDE_DIR"]] if os.environ.get("LLVM_INCLUDE_DIR") else []
+    config = shutil.which("llvm-config")
+    if config:
+        out = subprocess.run([config, "--includedir"], capture_output=True, text=True)
+        dirs += [out.stdout.strip()] if out.returncode == 0 else []
+    versioned = glob.glob("/usr/lib/llvm-*/include")
+    dirs += sorted(versioned, key=lambda d: int("".join(filter(str.isdigit, d)) or 0),
+                   reverse=True)
+    return dirs
+
+
+def llvm_flags(include):
+    """TensorFlow 2.19's XLA headers (`tma_metadata.h`, reached from the XLA headers the
+    lowerings include) include llvm/ADT/ArrayRef.h and SmallVector.h, which its wheel does
+    not ship. They are header-only templates in a declaration we never call: any LLVM's
+    headers compile them (ABI-breaking-check enforcement off: it would reference a symbol
+    of LLVM's library). Empty when TensorFlow ships what its headers include."""
+    header = os.path.join(include, _NEEDS_LLVM)
+    if not os.path.exists(header) or os.path.exists(
+            os.path.join(include, "llvm", "ADT", "ArrayRef.h")):
+        return []
+    with open(header) as f:
+        if "llvm/ADT/" not in f.read():
+            return []
+    for directory in _llvm_include_dirs():
+        if os.path.exists(os.path.join(directory, "llvm", "ADT", "ArrayRef.h")):
+            return ["-I" + directory, "-DLLVM_DISABLE_ABI_BREAKING_CHECKS_ENFORCING=1"]
+    raise SystemExit(
+        f"TensorFlow {_tf().__version__}'s headers include LLVM's llvm/ADT/ArrayRef.h, which "
+        "its wheel does not ship: install LLVM's headers (Debian/Ubuntu: apt-get install "
+        "llvm-dev) or point LLVM_INCLUDE_DIR at a directory holding llvm/ADT/ArrayRef.h.")
 
 
 def link_flags():
