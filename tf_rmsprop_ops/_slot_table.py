@@ -147,21 +147,6 @@ class _State8IntoFloat32(trackable.Trackable):
                                        tf.float32, variable.device)}
         self._received = {}
 
-    def _trackable_children(self, save_type=trackable.SaveType.CHECKPOINT, **kwargs):
-        children = super()._trackable_children(save_type, **kwargs)
-        if save_type != trackable.SaveType.SAVEDMODEL:
-            return children
-        # A SavedModel: flat state as its buffers (what the exported functions capture),
-        # not as per-variable views a loaded model could not rebuild.
-        out, buffers = {}, []
-        for name, child in children.items():
-            if not _flat_state.is_flat(child):
-                out[name] = child
-            elif not any(child.buffer is b for b in buffers):
-                out[f"flat_buffer_{len(buffers)}"] = child.buffer
-                buffers.append(child.buffer)
-        return out
-
     def _lookup_dependency(self, name, cached_dependencies=None):
         return self._parts.get(name)
 

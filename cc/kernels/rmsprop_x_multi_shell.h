@@ -73,22 +73,7 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     num_slots_ = static_cast<int>(slot_names.size());
     OP_REQUIRES_OK(c, c->GetAttr("slot_offsets", &offsets_));
     flat_ = !offsets_.empty();
-    OP_REQUIRES(c, !flat_ || variant_.state_bits == 32,
-                absl::InvalidArgumentError(
-                    "slot_offsets (flat state buffers) take 32-bit state; state_bits=8 takes "
-                    "each variable's (codes, absmax) slots"));
-    OP_REQUIRES(c, !flat_ || static_cast<int>(offsets_.size()) == n_,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "slot_offsets must hold one offset for each of the ", n_,
-                    " variables, got ", offsets_.size())));
-    OP_REQUIRES(c, num_slot_inputs == (flat_ ? num_slots_ : n_ * num_slots_),
-                absl::InvalidArgumentError(
-                    flat_ ? absl::StrCat("with slot_offsets, slots must hold one flat buffer "
-                                         "per slot kind (", num_slots_, "), got ",
-                                         num_slot_inputs)
-                          : absl::StrCat("slots must hold ", num_slots_,
-                                         " slots for each of the ", n_, " variables, got ",
-                                         num_slot_inputs)));
+    OP_REQUIRES_OK(c, CheckFlatAttrs(variant_, n_, num_slots_, num_slot_inputs, offsets_));
     for (int i = 0; i < n_; ++i) {
       vars_.ids.push_back(i);
       vars_.names.push_back(absl::StrCat("vars[", i, "]"));
@@ -275,39 +260,20 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     return {CpuData<T>(var), at[0], mom, mg};
   }
 
-  // Flat buffers: each variable's range starts on a 256-element boundary (the 8-bit
-  // state's block layout; every vector load stays aligned), ascends, is disjoint from the
-  // previous one and lies inside every buffer (all buffers hold the same layout).
+  // Flat buffers: every variable's range inside every buffer (CheckFlatRange).
   absl::Status CheckOffsets(
       const std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>>& refs) const {
-    int64_t end = 0;  // where the previous variable's range ends
-    for (int i = 0; i < n_; ++i) {
-      const int64_t size = refs[i]->tensor()->NumElements();
-      if (offsets_[i] % kFlatAlignment != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "slot_offsets[", i, "] = ", offsets_[i], " must be a multiple of ",
-            kFlatAlignment, " (each variable's state starts on a block boundary)"));
-      }
-      if (offsets_[i] < end) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "slot_offsets[", i, "] = ", offsets_[i], " must be >= ", end,
-            (i == 0 ? "" : absl::StrCat(" (where vars[", i - 1, "]'s range ends)")),
-            ": the offsets ascend and the variables' ranges are disjoint"));
-      }
-      end = offsets_[i] + size;
-      for (int j = 0; j < num_slots_; ++j) {
-        const int64_t buffer = refs[n_ + j]->tensor()->NumElements();
-        if (end > buffer) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "vars[", i, "] (", size, " elements at slot_offsets[", i, "] = ", offsets_[i],
-              ") does not fit in ", vars_.names[n_ + j], " of ", buffer, " elements"));
-        }
+    for (int j = 0; j < num_slots_; ++j) {
+      int64_t end = 0;  // where the previous variable's range ends
+      const int64_t buffer = refs[n_ + j]->tensor()->NumElements();
+      for (int i = 0; i < n_; ++i) {
+        TF_RETURN_IF_ERROR(CheckFlatRange(i, offsets_[i], refs[i]->tensor()->NumElements(),
+                                          buffer, vars_.names[n_ + j], &end));
       }
     }
     return absl::OkStatus();
   }
 
-  static constexpr int64_t kFlatAlignment = 256;
   Variant variant_;
   bool use_locking_ = false;
   bool flat_ = false;

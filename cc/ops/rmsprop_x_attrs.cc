@@ -89,4 +89,54 @@ absl::Status RequireFloatState(const Variant& v, std::string_view what) {
       "sparse ops on the CPU have); keep this variable's slots at 32 bits"));
 }
 
+absl::Status CheckFlatAttrs(const Variant& variant, int n, int num_slots, int num_slot_inputs,
+                            const std::vector<int64_t>& offsets) {
+  if (offsets.empty()) {
+    if (num_slot_inputs != n * num_slots) {
+      return absl::InvalidArgumentError(absl::StrCat("slots must hold ", num_slots,
+                                                     " slots for each of the ", n,
+                                                     " variables, got ", num_slot_inputs));
+    }
+    return absl::OkStatus();
+  }
+  if (variant.state_bits != 32) {
+    return absl::InvalidArgumentError(
+        "slot_offsets (flat state buffers) take 32-bit state; state_bits=8 takes each "
+        "variable's (codes, absmax) slots");
+  }
+  if (static_cast<int>(offsets.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slot_offsets must hold one offset for each of the ", n, " variables, got ",
+        offsets.size()));
+  }
+  if (num_slot_inputs != num_slots) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("with slot_offsets, slots must hold one flat buffer per slot kind (",
+                     num_slots, "), got ", num_slot_inputs));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFlatRange(int i, int64_t offset, int64_t size, int64_t buffer_size,
+                            std::string_view buffer, int64_t* end) {
+  if (offset % kFlatAlignment != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slot_offsets[", i, "] = ", offset, " must be a multiple of ", kFlatAlignment,
+        " (each variable's state starts on a block boundary)"));
+  }
+  if (offset < *end) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slot_offsets[", i, "] = ", offset, " must be >= ", *end,
+        (i == 0 ? "" : absl::StrCat(" (where vars[", i - 1, "]'s range ends)")),
+        ": the offsets ascend and the variables' ranges are disjoint"));
+  }
+  if (offset + size > buffer_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vars[", i, "] (", size, " elements at slot_offsets[", i, "] = ", offset,
+        ") does not fit in ", buffer, " of ", buffer_size, " elements"));
+  }
+  *end = offset + size;
+  return absl::OkStatus();
+}
+
 }  // namespace tf_rmsprop_ops

@@ -87,6 +87,17 @@ struct InputIndex {
   }
 };
 
+// ApplyRMSpropXMulti's flat state (`slot_offsets`): the attrs agree (32-bit state, one
+// offset per variable, one buffer per slot kind), checked when a kernel or lowering is made.
+absl::Status CheckFlatAttrs(const Variant& variant, int n, int num_slots, int num_slot_inputs,
+                            const std::vector<int64_t>& offsets);
+// Variable i's range of the buffers: starts on a kFlatAlignment boundary, at or after `*end`
+// (where the previous range ends; updated), and ends inside a buffer of `buffer_size`
+// elements named `buffer`. The kernels and the lowering check every variable with it.
+inline constexpr int64_t kFlatAlignment = 256;
+absl::Status CheckFlatRange(int i, int64_t offset, int64_t size, int64_t buffer_size,
+                            std::string_view buffer, int64_t* end);
+
 }  // namespace tf_rmsprop_ops
 
 #endif  // TF_RMSPROP_OPS_CC_OPS_RMSPROP_X_ATTRS_H_

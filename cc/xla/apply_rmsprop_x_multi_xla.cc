@@ -13,6 +13,27 @@ namespace {
 
 using tensorflow::XlaOpKernelContext;
 
+// What both 32-bit paths read first: the dtype, its compute and storage types, the
+// hyperparameters and the output layout.
+struct Common {
+  tensorflow::DataType dtype;
+  xla::PrimitiveType compute, storage;
+  XlaHyperParams k;
+  OutputLayout layout;
+};
+
+absl::StatusOr<Common> ReadCommon(XlaOpKernelContext* ctx, const InputIndex& in) {
+  Common c;
+  c.dtype = ctx->input_type(in.grad());
+  c.compute = ComputeTypeFor(c.dtype);
+  TF_RETURN_IF_ERROR(tensorflow::DataTypeToPrimitiveType(c.dtype, &c.storage));
+  auto k = ReadXlaHyperParams(ctx, in, c.compute);
+  TF_RETURN_IF_ERROR(k.status());
+  c.k = *std::move(k);
+  c.layout = ChooseOutputLayout(ctx);
+  return c;
+}
+
 class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
  public:
   explicit ApplyRMSpropXMultiXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
@@ -23,33 +44,17 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
     num_slots_ = static_cast<int>(SlotNames(variant_).size());
     OP_REQUIRES_OK(c, c->GetAttr("slot_offsets", &offsets_));
     flat_ = !offsets_.empty();
-    OP_REQUIRES(c, !flat_ || variant_.state_bits == 32,
-                absl::InvalidArgumentError(
-                    "slot_offsets (flat state buffers) take 32-bit state; state_bits=8 takes "
-                    "each variable's (codes, absmax) slots"));
-    OP_REQUIRES(c, !flat_ || static_cast<int>(offsets_.size()) == n_,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "slot_offsets must hold one offset for each of the ", n_,
-                    " variables, got ", offsets_.size())));
-    OP_REQUIRES(c, num_slot_inputs == (flat_ ? num_slots_ : n_ * num_slots_),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "slots must hold ", flat_ ? "one flat buffer per slot kind" : "",
-                    flat_ ? "" : absl::StrCat(num_slots_, " slots for each of the ", n_,
-                                               " variables"),
-                    " (", flat_ ? num_slots_ : n_ * num_slots_, "), got ", num_slot_inputs)));
+    OP_REQUIRES_OK(c, CheckFlatAttrs(variant_, n_, num_slots_, num_slot_inputs, offsets_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
     const InputIndex in(n_ + (flat_ ? num_slots_ : n_ * num_slots_) - 1);  // scalars last
     if (variant_.state_bits == 8) return Compile8(ctx, in);
     if (flat_) return CompileFlat(ctx, in);
-    const tensorflow::DataType dtype = ctx->input_type(in.grad());
-    const xla::PrimitiveType compute = ComputeTypeFor(dtype);
-    xla::PrimitiveType storage;
-    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(dtype, &storage));
-    auto k = ReadXlaHyperParams(ctx, in, compute);
-    OP_REQUIRES_OK(ctx, k.status());
-    const OutputLayout layout = ChooseOutputLayout(ctx);
+    auto common = ReadCommon(ctx, in);
+    OP_REQUIRES_OK(ctx, common.status());
+    const auto& [dtype, compute, storage, hyper, layout] = *common;
+    const XlaHyperParams* k = &hyper;
     // Read and check everything first: an error leaves no variable assigned.
     std::vector<ResourceInputs> resources(n_);
     std::vector<XlaState> states(n_);
@@ -122,13 +127,10 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
   // it, the updated slices written back with DynamicUpdateSlice (in place in XLA), the same
   // checks as the kernels' (cc/kernels/rmsprop_x_multi_shell.h) at compile time.
   void CompileFlat(XlaOpKernelContext* ctx, const InputIndex& in) {
-    const tensorflow::DataType dtype = ctx->input_type(in.grad());
-    const xla::PrimitiveType compute = ComputeTypeFor(dtype);
-    xla::PrimitiveType storage;
-    OP_REQUIRES_OK(ctx, tensorflow::DataTypeToPrimitiveType(dtype, &storage));
-    auto k = ReadXlaHyperParams(ctx, in, compute);
-    OP_REQUIRES_OK(ctx, k.status());
-    const OutputLayout layout = ChooseOutputLayout(ctx);
+    auto common = ReadCommon(ctx, in);
+    OP_REQUIRES_OK(ctx, common.status());
+    const auto& [dtype, compute, storage, hyper, layout] = *common;
+    const XlaHyperParams* k = &hyper;
     const std::vector<std::string> names = SlotNames(variant_);
     std::vector<xla::XlaOp> buffers(num_slots_);
     std::vector<int64_t> buffer_size(num_slots_);
@@ -143,26 +145,18 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
     }
     std::vector<XlaState> states(n_);
     std::vector<tensorflow::TensorShape> shapes(n_);
-    int64_t end = 0;
+    std::vector<int64_t> ends(num_slots_, 0);  // where each buffer's previous range ends
     for (int i = 0; i < n_; ++i) {
       OP_REQUIRES_OK(ctx, ReadXlaState(ctx, ResourceInputs{i, {}}, variant_, dtype, compute,
                                        &shapes[i], &states[i]));
       const int64_t size = shapes[i].num_elements();
-      OP_REQUIRES(ctx, offsets_[i] % 256 == 0,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "slot_offsets[", i, "] = ", offsets_[i], " must be a multiple of 256 "
-                      "(each variable's state starts on a block boundary)")));
-      OP_REQUIRES(ctx, offsets_[i] >= end,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "slot_offsets[", i, "] = ", offsets_[i], " must be >= ", end,
-                      ": the offsets ascend and the variables' ranges are disjoint")));
-      end = offsets_[i] + size;
       for (int j = 0; j < num_slots_; ++j) {
-        OP_REQUIRES(ctx, end <= buffer_size[j],
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "vars[", i, "] (", size, " elements at slot_offsets[", i, "] = ",
-                        offsets_[i], ") does not fit in slots[", j, "] (the flat '",
-                        names[j], "' buffer) of ", buffer_size[j], " elements")));
+        int64_t end = ends[j];
+        OP_REQUIRES_OK(ctx, CheckFlatRange(i, offsets_[i], size, buffer_size[j],
+                                           absl::StrCat("slots[", j, "] (the flat '",
+                                                        names[j], "' buffer)"),
+                                           &end));
+        ends[j] = end;
       }
       const tensorflow::TensorShape grad_shape = ctx->InputShape(in.grad() + i);
       OP_REQUIRES(ctx, grad_shape.IsSameSize(shapes[i]),
@@ -172,7 +166,7 @@ class ApplyRMSpropXMultiXlaOp : public tensorflow::XlaOpKernel {
       std::vector<xla::XlaOp*> slots = StateOps(variant_, &states[i]);
       for (int j = 0; j < num_slots_; ++j) {
         *slots[j + 1] = xla::ConvertElementType(
-            xla::Reshape(xla::SliceInDim(buffers[j], offsets_[i], end, 1, 0),
+            xla::Reshape(xla::SliceInDim(buffers[j], offsets_[i], offsets_[i] + size, 1, 0),
                          shapes[i].dim_sizes()),
             compute);
       }
