@@ -20,6 +20,14 @@ need_llvm_headers() {
   ! ls /usr/lib/llvm-*/include/llvm/ADT/ArrayRef.h > /dev/null 2>&1 && [ -z "${LLVM_INCLUDE_DIR:-}" ]
 }
 
+if [ "${1:-}" = "--prefetch" ]; then  # .ci/run, in the background: the wheels into pip's cache
+  for version in ${TF_VERSIONS:-2.20 2.19}; do
+    python3 -m pip download -q --disable-pip-version-check -d "$(mktemp -d)" \
+      "tensorflow-cpu==$version.*" pytest hypothesis
+  done
+  exit 0
+fi
+
 for version in ${TF_VERSIONS:-2.20 2.19}; do
   start=$SECONDS
   echo "== TensorFlow $version: fresh venv, the README's install, the op-level tests"
