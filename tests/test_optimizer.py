@@ -476,3 +476,29 @@ def test_a_step_an_op_rejects_inside_tf_function_does_not_count(rng):
     for got, want in zip([v.numpy() for v in opt.variables] + [table.numpy(), dense.numpy()],
                          state):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cls", ["module", "keras"])
+@pytest.mark.parametrize("use_locking", [False, True])
+def test_use_locking_reaches_every_op_of_a_step(rng, cls, use_locking):
+    """`use_locking` (both optimizers, in the config) is the attr of every op a step runs:
+    dense multi-tensor, single-variable and sparse (tests/test_concurrency.py pins what the
+    attr does)."""
+    import tf_rmsprop_ops.keras as tfx_keras
+    make = RMSpropX if cls == "module" else tfx_keras.RMSpropX
+    opt = make(learning_rate=0.01, momentum=0.9, use_locking=use_locking)
+    assert opt.get_config()["use_locking"] is use_locking
+    assert make.from_config(opt.get_config()).use_locking is use_locking
+    variables = [tf.Variable(rng.normal(size=s).astype(np.float32))
+                 for s in [(3, 4), (4,), (6, 2)]]
+    grads = [tf.constant(rng.normal(size=(3, 4)).astype(np.float32)),
+             tf.constant(rng.normal(size=(4,)).astype(np.float32)),
+             tf.IndexedSlices(tf.constant(rng.normal(size=(2, 2)).astype(np.float32)),
+                              tf.constant([1, 4]), tf.constant([6, 2]))]
+    step = tf.function(lambda g: opt.apply_gradients(zip(g, variables)))
+    graph = step.get_concrete_function(grads).graph
+    ops = [op for op in graph.get_operations()
+           if op.type in ("ApplyRMSpropX", "ApplyRMSpropXMulti", "SparseApplyRMSpropX")]
+    assert {op.type for op in ops} == {"ApplyRMSpropXMulti", "SparseApplyRMSpropX"}
+    assert all(op.get_attr("use_locking") is use_locking for op in ops)
+    step(grads)  # and it runs

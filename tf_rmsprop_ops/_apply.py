@@ -28,10 +28,12 @@ class Structure:
     epsilon_placement: str = "inside_sqrt"
     lr_placement: str = "inside_momentum"
     weight_decay_mode: str = "none"
+    use_locking: bool = False
 
     def op_attrs(self):
         return dict(nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
-                    lr_placement=self.lr_placement, weight_decay_mode=self.weight_decay_mode)
+                    lr_placement=self.lr_placement, weight_decay_mode=self.weight_decay_mode,
+                    use_locking=self.use_locking)
 
 
 @dataclasses.dataclass(frozen=True)

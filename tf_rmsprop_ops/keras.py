@@ -49,7 +49,7 @@ class _Fill(keras.initializers.Initializer):
 class RMSpropX(keras.optimizers.Optimizer):
     """RMSprop on the fused ops. Arguments as `keras.optimizers.RMSprop`, plus `nesterov`,
     `epsilon_placement`, `lr_placement`, `weight_decay_mode` ("decoupled" | "coupled"),
-    `initial_scale`, `bias_correction`, `state_bits` and `min_8bit_size` (see
+    `initial_scale`, `bias_correction`, `state_bits`, `min_8bit_size` and `use_locking` (see
     `tf_rmsprop_ops.RMSpropX`; with `state_bits=8`, `get_slot` returns the dequantized state
     and the optimizer's variables hold the uint8 codes and float32 absmax), and
     `from_preset(name, **overrides)`."""
@@ -78,7 +78,7 @@ class RMSpropX(keras.optimizers.Optimizer):
                  epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
                  multi_tensor=True, state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
-                 **kwargs):
+                 use_locking=False, **kwargs):
         _hyper.check("learning_rate", learning_rate)
         if epsilon_placement not in EPSILON_PLACEMENTS:
             raise ValueError(f"Argument `epsilon_placement` must be one of {EPSILON_PLACEMENTS}; "
@@ -105,6 +105,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         self.weight_decay_mode, self.initial_scale = weight_decay_mode, initial_scale
         self.bias_correction = bias_correction
         self.multi_tensor = multi_tensor
+        self.use_locking = bool(use_locking)
         self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
         self._selection = selection
         self.use_momentum = momentum > 0 or nesterov
@@ -181,7 +182,7 @@ class RMSpropX(keras.optimizers.Optimizer):
         return _apply.Structure(
             use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=mode)
+            weight_decay_mode=mode, use_locking=self.use_locking)
 
     def _apply_weight_decay(self, variables):
         """Fused into the op (`update_step`): nothing to do here."""
@@ -371,5 +372,5 @@ class RMSpropX(keras.optimizers.Optimizer):
                       weight_decay_mode=self.weight_decay_mode,
                       initial_scale=self.initial_scale, bias_correction=self.bias_correction,
                       multi_tensor=self.multi_tensor, state_bits=self.state_bits,
-                      min_8bit_size=self.min_8bit_size)
+                      min_8bit_size=self.min_8bit_size, use_locking=self.use_locking)
         return config

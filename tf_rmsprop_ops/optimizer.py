@@ -84,6 +84,12 @@ class RMSpropX(tf.Module):
       under a tf.distribute strategy, DTensor, shards of a ShardedVariable, 8-bit state,
       and variables whose first gradient is an IndexedSlices (the sparse op; a flat
       variable that later gets an IndexedSlices is a ValueError, nothing updated).
+      use_locking (default False): the ops' `use_locking`. Dense updates (one variable or
+      a multi-tensor group) always hold every variable's and slot's lock exclusively, as
+      TensorFlow's dense kernels on resource variables; sparse updates without it take a
+      shared lock (Hogwild!, as TensorFlow's sparse kernels), so that concurrent steps on
+      the same table (several ParameterServerStrategy workers) may interleave rows; with
+      it they are serialized (var and slots always at the same step).
       state_bits (32, or 8: blockwise 8-bit optimizer state, a quarter of the slot memory;
       docs/design.md 1.7): with 8, the slots of each half, bfloat16 or float32 variable of at
       least `min_8bit_size` elements (default 4096, as bitsandbytes) are uint8 codes plus a
@@ -117,7 +123,8 @@ class RMSpropX(tf.Module):
                  name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
                  lr_placement="inside_momentum", weight_decay_mode="decoupled",
                  initial_scale=0.0, bias_correction=False, multi_tensor=True, state_bits=32,
-                 min_8bit_size=state8.MIN_8BIT_SIZE, flat_state=False, **kwargs):
+                 min_8bit_size=state8.MIN_8BIT_SIZE, flat_state=False, use_locking=False,
+                 **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
         super().__init__(name=name)
@@ -149,6 +156,7 @@ class RMSpropX(tf.Module):
         self.bias_correction = bool(bias_correction)
         self.multi_tensor = bool(multi_tensor)
         self.flat_state = bool(flat_state)
+        self.use_locking = bool(use_locking)
         self._sparse_keys = NoDependency(set())  # variables whose first gradient is sparse
         self._selection = state8.Selection(state_bits, min_8bit_size)
         self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
@@ -575,7 +583,8 @@ class RMSpropX(tf.Module):
         return _apply.Structure(
             use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=self._weight_decay_mode_for(var))
+            weight_decay_mode=self._weight_decay_mode_for(var),
+            use_locking=self.use_locking)
 
     def _accumulate_or_update(self, grads, variables):
         steps = self.gradient_accumulation_steps
@@ -640,7 +649,7 @@ class RMSpropX(tf.Module):
             epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
             weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale,
             bias_correction=self.bias_correction, multi_tensor=self.multi_tensor,
-            flat_state=self.flat_state,
+            flat_state=self.flat_state, use_locking=self.use_locking,
             state_bits=self.state_bits, min_8bit_size=self.min_8bit_size)
 
     @classmethod
