@@ -159,6 +159,78 @@ def test_a_bad_flat_layout_is_rejected_before_any_write(rng, fault, jit):
         np.testing.assert_array_equal(v.numpy(), b)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["kernel", "xla"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v.nesterov], ids=str)
+def test_sparse_op_on_a_flat_range_gives_the_per_variable_bits(rng, variant, jit):
+    """SparseApplyRMSpropX with `slot_offset`: var's range of each buffer, the rows named
+    (duplicates summed) updated as with per-variable slots; every other element of the
+    buffers (the other variables' ranges, the padding) untouched."""
+    dtype = tf.float32
+    shapes = [(3, 5), (40, 6), (7,)]
+    states, per_var, flat_vars, buffers, offsets, kinds = _flat_setup(rng, dtype, variant,
+                                                                      shapes)
+    hyper = random_hyper(rng, dtype, variant)
+    before = [b.numpy().copy() for b in buffers]
+    ids = rng.integers(0, 40, size=9)
+    ids[3] = ids[1]  # a duplicate
+    rows = tf.constant(rng.normal(size=(9, 6)).astype(np.float32) * 1e-2)
+    one = per_var[1]
+
+    def per_var_call():
+        ops.sparse_apply_rmsprop_x(one["var"], one["ms"], rows, ids, mom=one.get("mom"),
+                                   mg=one.get("mg"), **hyper, **variant.op_kwargs())
+
+    def flat_call():
+        it = iter(buffers)
+        ms = next(it)
+        mom = next(it) if variant.momentum else None
+        mg = next(it) if variant.centered else None
+        ops.sparse_apply_rmsprop_x(flat_vars[1], ms, rows, ids, mom=mom, mg=mg,
+                                   slot_offset=offsets[1], **hyper, **variant.op_kwargs())
+
+    for call in (per_var_call, flat_call):
+        (tf.function(call, jit_compile=True) if jit else call)()
+    n = 240
+    for k, b, old in zip(kinds, buffers, before):
+        got = b.numpy()
+        np.testing.assert_array_equal(got[offsets[1] + n:], old[offsets[1] + n:], err_msg=k)
+        np.testing.assert_array_equal(got[:offsets[1]], old[:offsets[1]], err_msg=k)
+        np.testing.assert_array_equal(got[offsets[1]:offsets[1] + n].reshape(40, 6),
+                                      one[k].numpy(), err_msg=k)
+    np.testing.assert_array_equal(flat_vars[1].numpy(), one["var"].numpy())
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["kernel", "xla"])
+@pytest.mark.parametrize("fault", ["unaligned", "too_short", "rank", "negative"])
+def test_a_bad_sparse_slot_offset_is_rejected_before_any_write(rng, fault, jit):
+    var = tf.Variable(rng.normal(size=(40, 6)).astype(np.float32))
+    ms = tf.Variable(np.abs(rng.normal(size=512)).astype(np.float32))
+    offset, match, error = 256, None, tf.errors.InvalidArgumentError
+    if fault == "unaligned":
+        offset, match = 100, "slot_offset = 100 must be a multiple of 256"
+    elif fault == "too_short":
+        offset, match = 512, r"var \(240 elements at slot_offset = 512\) does not fit"
+    elif fault == "negative":
+        offset, match = -5, "slot_offset must be -1 .* or >= 0"
+    else:
+        ms = tf.Variable(np.ones((2, 256), np.float32))
+        match = "must be rank 1"
+        if jit:
+            error = (ValueError, tf.errors.InvalidArgumentError)
+    if jit and fault in ("unaligned", "negative"):  # the shape function's, when tracing
+        error = (ValueError, tf.errors.InvalidArgumentError)
+    before = [var.numpy().copy(), ms.numpy().copy()]
+
+    def call():
+        ops.sparse_apply_rmsprop_x(var, ms, tf.ones([2, 6]), tf.constant([1, 5]), lr=0.1,
+                                   slot_offset=offset)
+
+    with pytest.raises(error, match=match):
+        (tf.function(call, jit_compile=True) if jit else call)()
+    np.testing.assert_array_equal(var.numpy(), before[0])
+    np.testing.assert_array_equal(ms.numpy(), before[1])
+
+
 def test_flat_layout_with_8bit_state_is_refused():
     from tf_rmsprop_ops._library import ops as raw
     var = tf.Variable(tf.ones([4]))
@@ -237,11 +309,11 @@ def test_optimizer_flat_state_gives_the_per_variable_bits(rng, kwargs, function)
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=f"state {i}")
         else:  # the same kernel loop
             np.testing.assert_array_equal(b, a, err_msg=f"state {i}")
-    # Which variables went flat: 32-bit state, dense first gradient (the table's is sparse).
+    # Which variables went flat: those with 32-bit state (the sparse table too).
     eight_bit = kwargs.get("state_bits") == 8
     for v in variables:
         slot = opt.slot_state(v, "ms")
-        want = v is not variables[-1] and not (eight_bit and v.shape.num_elements() >= 100)
+        want = not (eight_bit and v.shape.num_elements() >= 100)
         assert is_flat(slot) == want, v.name
         if want:
             assert slot.offset % 256 == 0 and slot.shape == v.shape
@@ -263,19 +335,32 @@ def test_a_step_takes_each_buffer_once(rng):
     assert len(calls[0].get_attr("slot_offsets")) == n
 
 
-def test_a_sparse_gradient_for_flat_state_is_refused_before_any_write(rng):
-    init, data = _model_problem(rng, steps=1, sparse_table=False)
-    variables = [tf.Variable(x) for x in init]
-    opt = RMSpropX(learning_rate=0.01, momentum=0.9, flat_state=True)
-    opt.build(variables)  # built before any gradient: every variable's state is flat
-    assert all(is_flat(opt.slot_state(v, "ms")) for v in variables)
-    before = _state(variables, opt)
-    grads = list(data[0])
-    grads[-1] = tf.IndexedSlices(tf.ones([2, 4]), tf.constant([1, 3]), tf.constant([20, 4]))
-    with pytest.raises(ValueError, match="flat buffer .*IndexedSlices.*nothing was updated"):
-        opt.apply_gradients(zip(grads, variables))
-    for a, b in zip(before, _state(variables, opt)):
-        np.testing.assert_array_equal(b, a)
+@pytest.mark.parametrize("jit", [False, True], ids=["kernel", "xla"])
+def test_sparse_gradients_on_flat_state_give_the_per_variable_bits(rng, jit):
+    """Built before any gradient, every variable's state is flat; the table's gradient is
+    dense in some steps and an IndexedSlices (duplicate rows included) in others: the
+    sparse op runs on its range of each buffer, with the per-variable bits (XLA: within
+    XLA's rounding)."""
+    init, dense = _model_problem(rng, steps=4, sparse_table=False)
+    _, sparse = _model_problem(rng, steps=4, sparse_table=True)
+    data = [d if i % 2 == 0 else d[:-1] + [s[-1]] for i, (d, s) in enumerate(zip(dense, sparse))]
+    kwargs = dict(learning_rate=0.01, momentum=0.9, centered=True, jit_compile=jit)
+    runs = []
+    for flat in (False, True):
+        variables = [tf.Variable(x) for x in init]
+        opt = RMSpropX(flat_state=flat, **kwargs)
+        opt.build(variables)
+        assert all(is_flat(opt.slot_state(v, "ms")) == flat for v in variables)
+        step = tf.function(lambda g, opt=opt, variables=variables:
+                           opt.apply_gradients(zip(g, variables)))
+        for grads in data:
+            step(grads)
+        runs.append(_state(variables, opt))
+    for i, (a, b) in enumerate(zip(*runs)):
+        if jit:
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=f"state {i}")
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=f"state {i}")
 
 
 def test_flat_state_is_per_variable_under_a_strategy(rng):

@@ -55,15 +55,6 @@ class Slots:
         return _flat_state.is_flat(self.ms)
 
 
-def _sparse_on_flat(var):
-    return ValueError(
-        f"{getattr(var, 'name', 'A variable')} keeps its state in a flat buffer "
-        "(flat_state=True) and got an IndexedSlices gradient, which the sparse op applies to "
-        "per-variable state only; nothing was updated. Let the optimizer build by its first "
-        "step (a variable whose first gradient is an IndexedSlices keeps per-variable "
-        "state), or use flat_state=False.")
-
-
 def _call_flat(group, structure, scalars):
     """One ApplyRMSpropXMulti over `group` ((grad, var, slots) with FlatSlots of the same
     buffers), in the buffers' order."""
@@ -80,8 +71,11 @@ def call_op(var, slots, values, indices, structure, **scalars):
     """One op call on `var` (a variable or a resource handle) and its slots."""
     ms, mom, mg = slots.ms, slots.mom, slots.mg
     if slots.flat():
-        if indices is not None:
-            raise _sparse_on_flat(var)
+        if indices is not None:  # the sparse op on var's range of each buffer
+            return sparse_apply_rmsprop_x(
+                var, ms.buffer, values, indices, mom=mom.buffer if mom is not None else None,
+                mg=mg.buffer if mg is not None else None, slot_offset=ms.offset, **scalars,
+                **structure.op_attrs())
         return _call_flat([(values, var, slots)], structure, scalars)
     if indices is not None:
         return sparse_apply_rmsprop_x(var, ms, values, indices, mom=mom, mg=mg, **scalars,
@@ -243,9 +237,6 @@ def apply_updates(items, *, lr, rho, momentum, epsilon, weight_decay, bias_corre
     The scalars are folded once per structure and are what the whole-step checks see.
     The results are the same bits either way (one formula, one kernel loop)."""
     groups, single = {}, []
-    for grad, var, slots, _ in items:  # before any op of the step
-        if isinstance(grad, tf.IndexedSlices) and slots.flat():
-            raise _sparse_on_flat(var)
     for item in items:
         key = _multi_tensor_key(item[0], item[1], item[3], item[2]) if multi_tensor else None
         (groups.setdefault(key, []) if key is not None else single).append(item)

@@ -5,9 +5,9 @@ costs microseconds per input; BENCHMARKS.md).
 
 A group is the variables of one `build` with equal dtype and device whose state can live in
 a buffer: 32-bit state, no tf.distribute strategy, no DTensor, no shard of a
-ShardedVariable, and no IndexedSlices gradient when the optimizer is built by its first
-step (the sparse op updates per-variable state). Each variable's range starts on a
-256-element boundary (`ops.flat_offsets`, the 8-bit state's block layout).
+ShardedVariable. Each variable's range starts on a 256-element boundary
+(`ops.flat_offsets`, the 8-bit state's block layout); an IndexedSlices gradient takes
+SparseApplyRMSpropX with `slot_offset` on that range.
 
 A variable's state is a `FlatSlot`: its range of a buffer, variable-like (`value()`,
 `numpy()`, `assign()`, `shape`, `dtype`, convertible to a tensor) and checkpointed per

@@ -130,13 +130,17 @@ def _check_static_indices(indices, var):
 def sparse_apply_rmsprop_x(var, ms, grad, indices, *, lr, rho=0.9, momentum=0.0,
                            epsilon=1e-7, weight_decay=0.0, mom=None, mg=None, nesterov=False,
                            epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
-                           weight_decay_mode="none", use_locking=False, name=None):
+                           weight_decay_mode="none", use_locking=False, slot_offset=None,
+                           name=None):
     """Applies one RMSpropX step to the rows `indices` of `var` (and of its slots).
 
     `grad` has shape `[N] + var.shape[1:]` and `indices` (int32/int64) shape `[N]`. Rows not
     named are untouched, slots included (lazy, as TF's sparse optimizers). A duplicated index
     sums its gradient rows, then applies one update. An index outside `[0, rows)` is an
     InvalidArgumentError and nothing is written. Arguments as in `apply_rmsprop_x`.
+    `slot_offset` (flat state, 32-bit): `ms`/`mom`/`mg` are rank-1 flat buffers and var's
+    state is their elements [slot_offset, slot_offset + size(var)), row-major (the layout
+    of `apply_rmsprop_x_multi_flat`; a multiple of FLAT_ALIGNMENT).
     """
     _check_static_indices(indices, var)
     args = _common_args(var, ms, mom, mg, grad, lr, rho, momentum, epsilon, weight_decay,
@@ -145,6 +149,8 @@ def sparse_apply_rmsprop_x(var, ms, grad, indices, *, lr, rho=0.9, momentum=0.0,
     indices = tf.convert_to_tensor(indices)
     if indices.dtype not in (tf.int32, tf.int64):
         indices = tf.cast(indices, tf.int64)
+    if slot_offset is not None:
+        args["slot_offset"] = int(slot_offset)
     return _ops.sparse_apply_rm_sprop_x(**args, indices=indices, name=name)
 
 

@@ -80,10 +80,10 @@ class RMSpropX(tf.Module):
       and mid-size variables; BENCHMARKS.md). The same bits as per-variable state.
       `get_slot` returns the variable's `_flat_state.FlatSlot` (a view: `value()`,
       `numpy()`, `assign()`); checkpoints stay per variable (restorable into
-      flat_state=False and back). Per-variable state is kept where a buffer cannot live:
-      under a tf.distribute strategy, DTensor, shards of a ShardedVariable, 8-bit state,
-      and variables whose first gradient is an IndexedSlices (the sparse op; a flat
-      variable that later gets an IndexedSlices is a ValueError, nothing updated).
+      flat_state=False and back). IndexedSlices gradients take the sparse op on the
+      variable's range of each buffer. Per-variable state is kept where a buffer cannot
+      live: under a tf.distribute strategy, DTensor, shards of a ShardedVariable, 8-bit
+      state.
       use_locking (default False): the ops' `use_locking`. Dense updates (one variable or
       a multi-tensor group) always hold every variable's and slot's lock exclusively, as
       TensorFlow's dense kernels on resource variables; sparse updates without it take a
@@ -157,7 +157,6 @@ class RMSpropX(tf.Module):
         self.multi_tensor = bool(multi_tensor)
         self.flat_state = bool(flat_state)
         self.use_locking = bool(use_locking)
-        self._sparse_keys = NoDependency(set())  # variables whose first gradient is sparse
         self._selection = state8.Selection(state_bits, min_8bit_size)
         self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
         if self.bias_correction:
@@ -294,7 +293,7 @@ class RMSpropX(tf.Module):
             key = _distribute.var_key(var)
             var = _distribute.unwrap(var)
             if (key in self._index or key in seen or bits_of[key] != 32
-                    or key in self._sparse_keys or _dtensor.is_dvariable(var)
+                    or _dtensor.is_dvariable(var)
                     or getattr(var, "_sharded_container", None) is not None
                     or not var.shape.is_fully_defined()):
                 continue
@@ -454,10 +453,6 @@ class RMSpropX(tf.Module):
                 raise ValueError(f"Variable {v.name} appears more than once in the update; sum "
                                  "its gradients into one.")
             seen.add(key)
-        # flat_state: a variable whose first gradient is sparse keeps per-variable state.
-        self._sparse_keys.update(_distribute.var_key(v) for g, v in
-                                 zip(grads, trainable_variables)
-                                 if isinstance(g, tf.IndexedSlices))
         self.build(all_variables)
         if _distribute.is_v1_graph():
             return self._apply_in_v1_graph(grads, trainable_variables)

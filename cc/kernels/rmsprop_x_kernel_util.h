@@ -63,6 +63,15 @@ StatePointers<T> StateOf(const Variant& variant, std::vector<tensorflow::Tensor>
   return StateOf<T>(variant, &(*tensors)[0], slots);
 }
 
+// Flat state: the same pointers with the slots moved `offset` elements into their buffers.
+template <typename T>
+StatePointers<T> AtSlotOffset(StatePointers<T> s, int64_t offset) {
+  s.ms += offset;
+  if (s.mom != nullptr) s.mom += offset;
+  if (s.mg != nullptr) s.mg += offset;
+  return s;
+}
+
 // The resource inputs of an op instance ("var", then the slots) with their flat indices.
 struct VariableInputs {
   std::vector<int> ids;

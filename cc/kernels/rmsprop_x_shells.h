@@ -264,6 +264,8 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
   explicit SparseApplyRMSpropXOp(tensorflow::OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
     OP_REQUIRES_OK(c, c->GetAttr("use_locking", &use_locking_));
+    OP_REQUIRES_OK(c, c->GetAttr("slot_offset", &slot_offset_));
+    OP_REQUIRES_OK(c, CheckSlotOffset(variant_, slot_offset_));
     vars_ = ListVariableInputs(variant_);
   }
 
@@ -300,7 +302,21 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
       OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<Device, T>(
                               ctx, vars_.ids[i], use_locking_, sparse_access, &t[i]));
     }
-    OP_REQUIRES_OK(ctx, CheckSlotShapes(vars_, t));
+    if (slot_offset_ >= 0) {  // flat state: var's range of each rank-1 buffer
+      for (size_t i = 1; i < t.size(); ++i) {
+        OP_REQUIRES(ctx, t[i].dims() == 1,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        vars_.names[i], " (a flat buffer) must be rank 1, got shape ",
+                        t[i].shape().DebugString())));
+        OP_REQUIRES(ctx, slot_offset_ + t[0].NumElements() <= t[i].NumElements(),
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "var (", t[0].NumElements(), " elements at slot_offset = ",
+                        slot_offset_, ") does not fit in ", vars_.names[i], " of ",
+                        t[i].NumElements(), " elements")));
+      }
+    } else {
+      OP_REQUIRES_OK(ctx, CheckSlotShapes(vars_, t));
+    }
     const tensorflow::TensorShape& var_shape = t[0].shape();
     OP_REQUIRES(ctx, var_shape.dims() >= 1,
                 absl::InvalidArgumentError("var must have rank >= 1 to be updated by rows, got a scalar"));
@@ -318,7 +334,9 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
                                     indices.dim_size(0),
                                     var_shape.dim_size(0),
                                     var_row.num_elements(),
-                                    StateOf<T>(variant_, &t)};
+                                    slot_offset_ >= 0
+                                        ? AtSlotOffset(StateOf<T>(variant_, &t), slot_offset_)
+                                        : StateOf<T>(variant_, &t)};
     OP_REQUIRES_OK(ctx, (SparseLaunch<Device, T, Index>::Run(ctx, args)));
   }
 
@@ -389,6 +407,7 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
 
   Variant variant_;
   bool use_locking_ = false;
+  int64_t slot_offset_ = -1;
   VariableInputs vars_;
 };
 

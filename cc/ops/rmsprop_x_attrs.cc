@@ -117,6 +117,28 @@ absl::Status CheckFlatAttrs(const Variant& variant, int n, int num_slots, int nu
   return absl::OkStatus();
 }
 
+absl::Status CheckSlotOffset(const Variant& variant, int64_t slot_offset) {
+  if (slot_offset < 0) {
+    if (slot_offset != -1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "slot_offset must be -1 (per-variable slots) or >= 0 (flat buffers), got ",
+          slot_offset));
+    }
+    return absl::OkStatus();
+  }
+  if (variant.state_bits != 32) {
+    return absl::InvalidArgumentError(
+        "slot_offset (flat state buffers) takes 32-bit state; state_bits=8 takes the "
+        "variable's (codes, absmax) slots");
+  }
+  if (slot_offset % kFlatAlignment != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slot_offset = ", slot_offset, " must be a multiple of ", kFlatAlignment,
+        " (the variable's state starts on a block boundary)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckFlatRange(int i, int64_t offset, int64_t size, int64_t buffer_size,
                             std::string_view buffer, int64_t* end) {
   if (offset % kFlatAlignment != 0) {

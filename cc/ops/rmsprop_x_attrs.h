@@ -95,6 +95,9 @@ absl::Status CheckFlatAttrs(const Variant& variant, int n, int num_slots, int nu
 // (where the previous range ends; updated), and ends inside a buffer of `buffer_size`
 // elements named `buffer`. The kernels and the lowering check every variable with it.
 inline constexpr int64_t kFlatAlignment = 256;
+// SparseApplyRMSpropX's `slot_offset`: -1 (per-variable slots) or, with 32-bit state, a
+// multiple of kFlatAlignment.
+absl::Status CheckSlotOffset(const Variant& variant, int64_t slot_offset);
 absl::Status CheckFlatRange(int i, int64_t offset, int64_t size, int64_t buffer_size,
                             std::string_view buffer, int64_t* end);
 

@@ -38,13 +38,21 @@ absl::Status ScalarShapes(InferenceContext* c, const InputIndex& in) {
   return absl::OkStatus();
 }
 
-// Checks the attrs, the scalar inputs, and that var and every slot agree in shape.
-absl::Status VarAndSlotsShape(InferenceContext* c, const InputIndex& in, ShapeHandle* var) {
+// Checks the attrs, the scalar inputs, and that var and every slot agree in shape (flat
+// state, `flat` true: every slot is a rank-1 buffer).
+absl::Status VarAndSlotsShape(InferenceContext* c, const InputIndex& in, ShapeHandle* var,
+                              bool flat = false) {
   Variant variant;
   TF_RETURN_IF_ERROR(ParseVariant(c, &variant));
   *var = HandleShape(c, in.var());
   const std::vector<std::string> names = SlotNames(variant);
   for (int i = 0; i < in.num_slots; ++i) {
+    if (flat) {
+      ShapeHandle buffer;
+      TF_RETURN_IF_ERROR(Named(c->WithRank(HandleShape(c, in.slot(i)), 1, &buffer),
+                               absl::StrCat("the flat '", names[i], "' buffer must be rank 1")));
+      continue;
+    }
     if (IsAbsmaxSlot(variant, i)) continue;  // [rows, blocks per row]: checked by the kernel
     TF_RETURN_IF_ERROR(Named(c->Merge(*var, HandleShape(c, in.slot(i)), var),
                              absl::StrCat("slot '", names[i], "' must have var's shape")));
@@ -67,8 +75,13 @@ absl::Status SparseShapeFn(InferenceContext* c) {
   int num_slots;
   TF_RETURN_IF_ERROR(c->GetAttr("num_slots", &num_slots));
   const InputIndex in(num_slots);
+  int64_t slot_offset;
+  TF_RETURN_IF_ERROR(c->GetAttr("slot_offset", &slot_offset));
+  Variant variant;
+  TF_RETURN_IF_ERROR(ParseVariant(c, &variant));
+  TF_RETURN_IF_ERROR(CheckSlotOffset(variant, slot_offset));
   ShapeHandle var, indices, grad, var_rows, grad_rows;
-  TF_RETURN_IF_ERROR(VarAndSlotsShape(c, in, &var));
+  TF_RETURN_IF_ERROR(VarAndSlotsShape(c, in, &var, /*flat=*/slot_offset >= 0));
   TF_RETURN_IF_ERROR(Named(c->WithRank(c->input(in.indices()), 1, &indices),
                            "indices must be a vector"));
   TF_RETURN_IF_ERROR(Named(c->WithRankAtLeast(c->input(in.grad()), 1, &grad),
@@ -181,8 +194,15 @@ REGISTER_OP("SparseApplyRMSpropX")
     .Input("indices: Tindices")
     .RMSPROPX_ATTRS
     .Attr("Tindices: {int32, int64}")
+    .Attr("slot_offset: int = -1")
     .SetShapeFn(SparseShapeFn)
-    .Doc(kDoc);
+    .Doc(R"doc(
+var and slots are resource variables of dtype T; a row of var (and of each slot) is updated
+once per distinct index, with the summed gradient rows of that index.
+slot_offset (32-bit state): when >= 0, each slot is a rank-1 flat buffer and var's state is
+its elements [slot_offset, slot_offset + size(var)), row-major (ApplyRMSpropXMulti's
+slot_offsets layout: a multiple of 256); other elements are never touched.
+)doc");
 
 REGISTER_OP("ApplyRMSpropXMulti")
     .Input("vars: N * resource")

@@ -112,6 +112,8 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
  public:
   explicit SparseApplyRMSpropXXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
     OP_REQUIRES_OK(c, ParseVariant(c, &variant_));
+    OP_REQUIRES_OK(c, c->GetAttr("slot_offset", &slot_offset_));
+    OP_REQUIRES_OK(c, CheckSlotOffset(variant_, slot_offset_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override {
@@ -138,6 +140,10 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
                       "blocks; a rank-1 variable is one row), got shape ",
                       var_shape.DebugString())));
       OP_REQUIRES_OK(ctx, ReadXla8States(ctx, r, variant_, var_shape, &states8));
+    } else if (slot_offset_ >= 0) {  // flat state: var's range of each buffer
+      OP_REQUIRES_OK(ctx, ReadXlaState(ctx, ResourceInputs{in.var(), {}}, variant_, dtype,
+                                       compute, &var_shape, &state));
+      OP_REQUIRES_OK(ctx, ReadFlatSlots(ctx, in, dtype, compute, var_shape, &state));
     } else {
       OP_REQUIRES_OK(ctx, ReadXlaState(ctx, in, variant_, dtype, compute, &var_shape, &state));
     }
@@ -189,10 +195,62 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
     for (size_t j = 0; j < outputs.size(); ++j) {
       *outputs[j] = xla::Reshape(written[j], var_shape.dim_sizes());
     }
+    if (slot_offset_ >= 0) {
+      OP_REQUIRES_OK(ctx, AssignXlaState(ctx, ResourceInputs{in.var(), {}}, variant_, dtype,
+                                         result));
+      OP_REQUIRES_OK(ctx, AssignFlatSlots(ctx, in, dtype, var_shape, result));
+      return;
+    }
     OP_REQUIRES_OK(ctx, AssignXlaState(ctx, in, variant_, dtype, result));
   }
 
  private:
+  // Flat state: each slot is var's range of a rank-1 buffer (the kernel's checks).
+  absl::Status ReadFlatSlots(XlaOpKernelContext* ctx, const InputIndex& in,
+                             tensorflow::DataType dtype, xla::PrimitiveType compute,
+                             const TensorShape& var_shape, XlaState* state) {
+    const std::vector<std::string> names = SlotNames(variant_);
+    const std::vector<xla::XlaOp*> slots = StateOps(variant_, state);
+    const int64_t size = var_shape.num_elements();
+    buffers_.assign(in.num_slots, xla::XlaOp());
+    for (int i = 0; i < in.num_slots; ++i) {
+      TensorShape shape;
+      TF_RETURN_IF_ERROR(ctx->ReadVariableInput(in.slot(i), dtype, &shape, &buffers_[i]));
+      if (shape.dims() != 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the flat '", names[i], "' buffer must be rank 1, got shape ", shape.DebugString()));
+      }
+      if (slot_offset_ + size > shape.num_elements()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "var (", size, " elements at slot_offset = ", slot_offset_, ") does not fit in the "
+            "flat '", names[i], "' buffer of ", shape.num_elements(), " elements"));
+      }
+      *slots[i + 1] = xla::ConvertElementType(
+          xla::Reshape(xla::SliceInDim(buffers_[i], slot_offset_, slot_offset_ + size, 1, 0),
+                       var_shape.dim_sizes()),
+          compute);
+    }
+    return absl::OkStatus();
+  }
+
+  // Writes the updated slots back into their ranges (DynamicUpdateSlice: in place in XLA).
+  absl::Status AssignFlatSlots(XlaOpKernelContext* ctx, const InputIndex& in,
+                               tensorflow::DataType dtype, const TensorShape& var_shape,
+                               XlaState& result) {
+    xla::PrimitiveType storage;
+    TF_RETURN_IF_ERROR(tensorflow::DataTypeToPrimitiveType(dtype, &storage));
+    const std::vector<xla::XlaOp*> slots = StateOps(variant_, &result);
+    for (int i = 0; i < in.num_slots; ++i) {
+      const xla::XlaOp flat = xla::ConvertElementType(
+          xla::Reshape(*slots[i + 1], {var_shape.num_elements()}), storage);
+      TF_RETURN_IF_ERROR(ctx->AssignVariable(
+          in.slot(i), dtype,
+          xla::DynamicUpdateSlice(buffers_[i], flat,
+                                  {xla::ConstantR0<int64_t>(ctx->builder(), slot_offset_)})));
+    }
+    return absl::OkStatus();
+  }
+
   // Steps 1-4: the segments of equal indices, their summed gradient rows and var rows.
   absl::Status SegmentsOf(XlaOpKernelContext* ctx, const InputIndex& in, int64_t n, int64_t rows,
                           int64_t d, xla::PrimitiveType compute, Segments* out) {
@@ -286,6 +344,8 @@ class SparseApplyRMSpropXXlaOp : public tensorflow::XlaOpKernel {
   }
 
   Variant variant_;
+  int64_t slot_offset_ = -1;
+  std::vector<xla::XlaOp> buffers_;  // flat state: the buffers read by ReadFlatSlots
 };
 
 REGISTER_XLA_OP(Name("SparseApplyRMSpropX").TypeConstraint("T", tensorflow::kFloatTypes),
