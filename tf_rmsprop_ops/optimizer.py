@@ -97,7 +97,8 @@ class RMSpropX(tf.Module):
       chosen variables at 32 bits; `get_slot` returns the dequantized value. CPU kernels,
       dense and sparse, under jit_compile (XLA lowerings: the same codec; XLA's fused
       multiply-adds move the float math by an ulp now and then) and tf.distribute strategies
-      (a ShardedVariable's shards decide by the whole variable); no DTensor yet (ValueError).
+      (a ShardedVariable's shards decide by the whole variable) and DTensor (a layout that
+      cuts a row's blocks between devices is a ValueError; `_dtensor.state8_absmax_layout`).
       Checkpoints restore across formats (32-bit state is quantized, 8-bit dequantized).
     `RMSpropX.from_preset("keras" | "tf_keras" | "tf1" | "pytorch" | "optax", **overrides)`
     sets these (and the defaults) to reproduce that framework's RMSprop.
