@@ -59,7 +59,7 @@ def run(model, repeats, threads, rng):
         # A closure, not `def step(opt=opt, variables=variables)`: a tf.function's default
         # arguments are inputs, bound and checked on every call (1.5-2 ms for the MLP's 80
         # variables here), a cost neither the floor nor Keras' steps pay and no training
-        # step has (BENCHMARKS.md, profiling log, 2026-12-07).
+        # step has (BENCHMARKS.md, profiling log).
         def make(opt=opt, variables=variables):
             def step():
                 opt.apply_gradients(zip(grads, variables))
