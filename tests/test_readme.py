@@ -35,3 +35,15 @@ def test_the_two_commands_are_marked_for_ci():
         assert "pip install" in block
     assert "tf-rmsprop-ops demo" in text.split("<!-- ci:main -->", 1)[1].split("```", 2)[1]
     assert "pytest" in text.split("<!-- ci:test -->", 1)[1].split("```", 2)[1]
+
+
+def test_every_use_block_runs(tmp_path):
+    """Every python block of "## Use", in order, in one process (the later sketches use the
+    first block's imports): they run as shown and their asserts hold."""
+    section = open(README).read().split("## Use", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python")[1:]]
+    assert len(blocks) >= 3
+    out = subprocess.run([sys.executable, "-c", "\n".join(blocks)], capture_output=True,
+                         text=True, timeout=240, cwd=tmp_path,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-3000:]
