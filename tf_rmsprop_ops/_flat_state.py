@@ -21,8 +21,6 @@ from tensorflow.python.trackable import base as trackable
 
 from tf_rmsprop_ops import ops
 
-KINDS = ("ms", "mom", "mg")
-
 
 class FlatSlot(trackable.Trackable):
     """One variable's state in a flat buffer: elements [offset, offset + size) of `buffer`,

@@ -204,20 +204,27 @@ def apply_rmsprop_x_multi(variables, slots, grads, *, lr, rho=0.9, momentum=0.0,
     if len(bits) > 1:
         raise TypeError("apply_rmsprop_x_multi: the variables' slots must be all 32-bit or all "
                         "8-bit (State8) in one call")
+    return _multi_op(variables, flat_slots, grads, lr, rho, momentum, epsilon, weight_decay,
+                     num_slots=len(flat_slots) // len(variables), state_bits=bits.pop(),
+                     centered=centered, use_momentum=use_momentum, nesterov=nesterov,
+                     epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+                     weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)
+
+
+def _multi_op(variables, slot_handles, grads, lr, rho, momentum, epsilon, weight_decay,
+              **attrs):
+    """The ApplyRMSpropXMulti call of both wrappers: the variables' handles, the scalars
+    rounded once to their dtype, the gradients in it."""
     dtype = _dtype_of(variables[0], grads[0])
 
     def scalar(x):
         return as_scalar(x, dtype)
 
     return _ops.apply_rm_sprop_x_multi(
-        vars=[_handle(v, "variables") for v in variables], slots=flat_slots, lr=scalar(lr),
+        vars=[_handle(v, "variables") for v in variables], slots=slot_handles, lr=scalar(lr),
         rho=scalar(rho), momentum=scalar(momentum), epsilon=scalar(epsilon),
         weight_decay=scalar(weight_decay),
-        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads],
-        num_slots=len(flat_slots) // len(variables), state_bits=bits.pop(),
-        centered=centered, use_momentum=use_momentum, nesterov=nesterov,
-        epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-        weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)
+        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads], **attrs)
 
 
 FLAT_ALIGNMENT = 256  # elements: where each variable's state starts in a flat buffer
@@ -263,16 +270,8 @@ def apply_rmsprop_x_multi_flat(variables, buffers, offsets, grads, *, lr, rho=0.
     if len(buffers) != num_slots:
         raise ValueError(f"apply_rmsprop_x_multi_flat: got {len(buffers)} buffers, expected "
                          f"{num_slots} (ms[, mom][, mg])")
-    dtype = _dtype_of(variables[0], grads[0])
-
-    def scalar(x):
-        return as_scalar(x, dtype)
-
-    return _ops.apply_rm_sprop_x_multi(
-        vars=[_handle(v, "variables") for v in variables],
-        slots=[_handle(b, "buffers") for b in buffers], lr=scalar(lr), rho=scalar(rho),
-        momentum=scalar(momentum), epsilon=scalar(epsilon), weight_decay=scalar(weight_decay),
-        grads=[tf.convert_to_tensor(g, dtype=dtype) for g in grads], num_slots=num_slots,
-        slot_offsets=offsets, centered=centered, use_momentum=use_momentum, nesterov=nesterov,
-        epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-        weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)
+    return _multi_op(variables, [_handle(b, "buffers") for b in buffers], grads, lr, rho,
+                     momentum, epsilon, weight_decay, num_slots=num_slots, slot_offsets=offsets,
+                     centered=centered, use_momentum=use_momentum, nesterov=nesterov,
+                     epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+                     weight_decay_mode=weight_decay_mode, use_locking=use_locking, name=name)

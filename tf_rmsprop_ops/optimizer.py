@@ -326,8 +326,9 @@ class RMSpropX(tf.Module):
         return slot
 
     def slot_state(self, var, name):
-        """The slot `name` of `var` as stored: its variable, or a `state8.State8` (codes and
-        absmax variables) under 8-bit state."""
+        """The slot `name` of `var` as stored: its variable, a `state8.State8` (codes and
+        absmax variables) under 8-bit state, or a `_flat_state.FlatSlot` (its range of a
+        flat buffer) under flat_state."""
         name = SLOT_ALIASES.get(name, name)
         if name not in self.slot_names:
             raise KeyError(f"No slot '{name}': this optimizer has {self.slot_names}")

@@ -135,14 +135,9 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     // Per variable: every shape checked, then its pointers and global element offset.
     MultiArgs<T> args{variant_, k, std::vector<StatePointers<T>>(n_),
                       std::vector<const CpuStorage<T>*>(n_), std::vector<int64_t>(n_ + 1, 0)};
+    tensorflow::Tensor* buffers[3] = {};  // flat state: one per slot kind
     if (flat_) {
-      for (int j = 0; j < num_slots_; ++j) {
-        const tensorflow::Tensor& buffer = *refs[n_ + j]->tensor();
-        OP_REQUIRES(ctx, buffer.dims() == 1,
-                    absl::InvalidArgumentError(absl::StrCat(
-                        vars_.names[n_ + j], " must be rank 1, got shape ",
-                        buffer.shape().DebugString())));
-      }
+      for (int j = 0; j < num_slots_; ++j) buffers[j] = refs[n_ + j]->tensor();
       OP_REQUIRES_OK(ctx, CheckOffsets(refs));
     }
     for (int i = 0; i < n_; ++i) {
@@ -158,7 +153,8 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
                   absl::InvalidArgumentError(absl::StrCat(
                       "grads[", i, "] must have vars[", i, "]'s shape ",
                       var->shape().DebugString(), ", got ", grad.shape().DebugString())));
-      args.state[i] = flat_ ? FlatStateOf(var, refs, i) : StateOf<T>(variant_, var, slots);
+      args.state[i] = flat_ ? AtSlotOffset(StateOf<T>(variant_, var, buffers), offsets_[i])
+                            : StateOf<T>(variant_, var, slots);
       args.grads[i] = CpuData<T>(grad);
       args.start[i + 1] = args.start[i] + grad.NumElements();
     }
@@ -248,24 +244,17 @@ class ApplyRMSpropXMultiOp : public tensorflow::OpKernel {
     return absl::OkStatus();
   }
 
-  // Variable i's pointers: its var, and its range of each flat buffer.
-  StatePointers<T> FlatStateOf(
-      tensorflow::Tensor* var,
-      const std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>>& refs, int i) const {
-    CpuStorage<T>* at[3] = {};
-    for (int j = 0; j < num_slots_; ++j) at[j] = CpuData<T>(refs[n_ + j]->tensor()) + offsets_[i];
-    int next = 1;
-    CpuStorage<T>* mom = variant_.momentum ? at[next++] : nullptr;
-    CpuStorage<T>* mg = variant_.centered ? at[next++] : nullptr;
-    return {CpuData<T>(var), at[0], mom, mg};
-  }
-
-  // Flat buffers: every variable's range inside every buffer (CheckFlatRange).
+  // Flat buffers: each rank 1, every variable's range inside each (CheckFlatRange).
   absl::Status CheckOffsets(
       const std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>>& refs) const {
     for (int j = 0; j < num_slots_; ++j) {
+      const tensorflow::Tensor& tensor = *refs[n_ + j]->tensor();
+      if (tensor.dims() != 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            vars_.names[n_ + j], " must be rank 1, got shape ", tensor.shape().DebugString()));
+      }
       int64_t end = 0;  // where the previous variable's range ends
-      const int64_t buffer = refs[n_ + j]->tensor()->NumElements();
+      const int64_t buffer = tensor.NumElements();
       for (int i = 0; i < n_; ++i) {
         TF_RETURN_IF_ERROR(CheckFlatRange(i, offsets_[i], refs[i]->tensor()->NumElements(),
                                           buffer, vars_.names[n_ + j], &end));

@@ -110,23 +110,8 @@ absl::Status MultiShapeFn(InferenceContext* c) {
   std::vector<int64_t> offsets;
   TF_RETURN_IF_ERROR(c->GetAttr("slot_offsets", &offsets));
   const bool flat = !offsets.empty();
-  const int slot_inputs = flat ? num_slots : n * num_slots;
-  if (flat && static_cast<int>(offsets.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "slot_offsets must hold one offset for each of the N = ", n, " variables, got ",
-        offsets.size()));
-  }
-  if (flat && num_slot_inputs != num_slots) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "with slot_offsets, slots must hold one flat buffer per slot kind (num_slots = ",
-        num_slots, "), got ", num_slot_inputs));
-  }
-  if (!flat && num_slot_inputs != n * num_slots) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "slots must hold num_slots = ", num_slots, " slots for each of the N = ", n,
-        " variables (", n * num_slots, "), got ", num_slot_inputs));
-  }
-  const InputIndex in(n + slot_inputs - 1);  // scalars follow vars and slots
+  TF_RETURN_IF_ERROR(CheckFlatAttrs(variant, n, num_slots, num_slot_inputs, offsets));
+  const InputIndex in(n + num_slot_inputs - 1);  // scalars follow vars and slots
   TF_RETURN_IF_ERROR(ScalarShapes(c, in));
   const std::vector<std::string> names = SlotNames(variant);
   for (int j = 0; flat && j < num_slots; ++j) {
