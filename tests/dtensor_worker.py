@@ -30,7 +30,10 @@ def full(dv, mesh):
     return dtensor.relayout(value, dtensor.Layout.replicated(mesh, rank=value.shape.rank)).numpy()
 
 
-def run_case(rng, mesh, layout, in_function, kwargs, dim=DIM, table_dim=None):
+def run_case(rng, mesh, layout, in_function, kwargs, dim=DIM, table_dim=None, each_step=None):
+    """Three steps on the mesh and on plain variables, the plain run on the mesh's own
+    gradients. `each_step(objects)`, when given, runs after each step and before the
+    next (state8_case compares there and restarts the plain run from the mesh's state)."""
     table_dim = table_dim or dim
     init = rng.normal(size=(ROWS, dim)).astype(np.float32)
     tinit = rng.normal(size=(ROWS, table_dim)).astype(np.float32)
@@ -56,21 +59,38 @@ def run_case(rng, mesh, layout, in_function, kwargs, dim=DIM, table_dim=None):
         opt.apply_gradients([(gw, w), (gt, t)])
         return gt
 
+    def mesh_step(opt, w, t, x, i):
+        gw, gt = grads_of(w, t, x, i)
+        opt.apply_gradients([(gw, w), (gt, t)])
+        return gw, gt
+
     if in_function:
-        dstep = tf.function(step)
+        dstep = tf.function(mesh_step)
     else:  # the gradients in a function (eager DTensor tapes miss broadcasts), the update eager
         grads_fn = tf.function(grads_of)
 
         def dstep(opt, w, t, x, i):
             gw, gt = grads_fn(w, t, x, i)
             opt.apply_gradients([(gw, w), (gt, t)])
-            return gt
+            return gw, gt
+
+    def plain_grad(g):
+        """The mesh's gradient as a plain tensor: the plain run applies the mesh's own
+        gradients (a sharded matmul sums in another order), so any difference left is the
+        update's."""
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(tf.constant(full(g.values, mesh)),
+                                    tf.constant(full(g.indices, mesh)), g.dense_shape)
+        return tf.constant(full(g, mesh))
+
     sparse_seen = []
     for x, i in zip(xs, ids):
-        gt = dstep(dopt, dvar, dtable, on_layout(x, rep(2)),
-                   dtensor.copy_to_mesh(tf.constant(i), rep(1)))
+        gw, gt = dstep(dopt, dvar, dtable, on_layout(x, rep(2)),
+                       dtensor.copy_to_mesh(tf.constant(i), rep(1)))
         sparse_seen.append(isinstance(gt, tf.IndexedSlices))
-        step(opt, var, table, tf.constant(x), tf.constant(i))
+        opt.apply_gradients([(plain_grad(gw), var), (plain_grad(gt), table)])
+        if each_step:
+            each_step((dvar, dtable, dopt, var, table, opt))
     components = [c.shape.as_list() for c in dtensor.unpack(dvar.read_value())]
     return dict(
         dense_err=float(np.max(np.abs(full(dvar, mesh) - var.numpy()))),
@@ -90,28 +110,46 @@ def run_case(rng, mesh, layout, in_function, kwargs, dim=DIM, table_dim=None):
 
 
 def state8_case(rng, mesh, layout, in_function, kwargs, dim, table_dim):
-    """8-bit state on the mesh against 8-bit state on plain variables (same gradients up to
-    the sharded matmul's rounding): the variables, the dequantized slots, the codes, and the
-    codes' and absmax's layouts."""
+    """8-bit state on the mesh against 8-bit state on plain variables, each step from the
+    same state and on the same gradients (the plain run restarts from the mesh's variables,
+    codes and absmax before each step): the variables, the dequantized slots, the codes, and
+    the codes' and absmax's layouts after each step. From the same state a difference in
+    rounding moves a code at most to a neighbour and never reaches the variable (which
+    moves with the unquantized state); across steps it would compound through the codes."""
+    seen = {"dense_err": 0.0, "sparse_err": 0.0, "codes_equal": 1.0, "code_step": 0,
+            "slot_err": 0.0, "layouts": []}
+
+    def compare_and_sync(objects):
+        dvar, dtable, dopt, var, table, opt = objects
+        seen["dense_err"] = max(seen["dense_err"], float(np.abs(full(dvar, mesh) - var.numpy()).max()))
+        seen["sparse_err"] = max(seen["sparse_err"],
+                                 float(np.abs(full(dtable, mesh) - table.numpy()).max()))
+        seen["layouts"] = []
+        for dv, pv in ((dvar, var), (dtable, table)):
+            for name in dopt.slot_names:
+                d8, p8 = dopt.slot_state(dv, name), opt.slot_state(pv, name)
+                dcodes, pcodes = full(d8.codes, mesh), p8.codes.numpy()
+                seen["codes_equal"] = min(seen["codes_equal"], float(np.mean(dcodes == pcodes)))
+                seen["code_step"] = max(seen["code_step"], int(np.abs(
+                    dcodes.astype(np.int64) - pcodes.astype(np.int64)).max()))
+                seen["layouts"].append([dtensor.fetch_layout(d8.codes.read_value()).sharding_specs,
+                                        dtensor.fetch_layout(d8.absmax.read_value()).sharding_specs])
+                # relative to the slot's largest value: a neighbouring code is at most 1.41%
+                scale = float(np.abs(opt.get_slot(pv, name).numpy()).max())
+                seen["slot_err"] = max(seen["slot_err"], float(np.abs(
+                    full(dopt.get_slot(dv, name), mesh) - opt.get_slot(pv, name).numpy()).max()) / scale)
+                p8.codes.assign(dcodes)
+                p8.absmax.assign(full(d8.absmax, mesh))
+        var.assign(full(dvar, mesh))
+        table.assign(full(dtable, mesh))
+
     out, (dvar, dtable, dopt, var, table, opt, *_) = run_case(
-        rng, mesh, layout, in_function, kwargs, dim, table_dim)
-    slots = [(name, dv, pv) for dv, pv in ((dvar, var), (dtable, table))
-             for name in dopt.slot_names]
-    codes = {}
-    for name, dv, pv in slots:
-        d8, p8 = dopt.slot_state(dv, name), opt.slot_state(pv, name)
-        codes.setdefault("equal", []).append(
-            float(np.mean(full(d8.codes, mesh) == p8.codes.numpy())))
-        codes.setdefault("layouts", []).append(
-            [dtensor.fetch_layout(d8.codes.read_value()).sharding_specs,
-             dtensor.fetch_layout(d8.absmax.read_value()).sharding_specs])
-        scale = float(np.abs(opt.get_slot(pv, name).numpy()).max())
-        codes.setdefault("slot_err", []).append(
-            float(np.abs(full(dopt.get_slot(dv, name), mesh) -
-                         opt.get_slot(pv, name).numpy()).max()) / scale)
-    out.update(codes_equal=min(codes["equal"]), state_layouts=codes["layouts"],
-               slot_err=max(codes["slot_err"]), eight_bit=all(
-                   type(dopt.slot_state(dv, n)).__name__ == "State8" for n, dv, _ in slots))
+        rng, mesh, layout, in_function, kwargs, dim, table_dim, each_step=compare_and_sync)
+    out.update(dense_err=seen["dense_err"], sparse_err=seen["sparse_err"],
+               codes_equal=seen["codes_equal"], code_step=seen["code_step"],
+               slot_err=seen["slot_err"], state_layouts=seen["layouts"], eight_bit=all(
+                   type(dopt.slot_state(dv, n)).__name__ == "State8"
+                   for dv in (dvar, dtable) for n in dopt.slot_names))
     out.pop("slot_layouts_match")
     return out
 

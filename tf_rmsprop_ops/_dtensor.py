@@ -192,7 +192,9 @@ def _apply_on_shards(call_op, var, slots, grad, indices, structure, scalars):
 def _tf_ops_step(var, slots, values, indices, structure, scalars):
     """The RMSpropX step in TensorFlow elementwise ops, for sharded DVariables inside a
     DTensor function (DTensor's SPMD expansion keeps every operand in var's layout).
-    Mirrors `tf_rmsprop_ops.reference.rmsprop_x_step`; tests pin the two together."""
+    Mirrors `tf_rmsprop_ops.reference.rmsprop_x_step` in the kernels' float32 operations and
+    order (cc/rmsprop_x_update.h): on float32 state it gives the kernels' bits inside a
+    function too (tests pin both)."""
     dtype = var.dtype
     compute = tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
     c = {k: tf.cast(v, compute) for k, v in scalars.items()}
@@ -214,12 +216,18 @@ def _tf_ops_step(var, slots, values, indices, structure, scalars):
     w = old["var"]
     if structure.weight_decay_mode == "coupled":
         g = g + wd * w
-    new = {"ms": rho * old["ms"] + (1 - rho) * g * g}
+    # The kernels' float32 operations in cc/rmsprop_x_update.h's order (built with
+    # -ffp-contract=off) give the kernels' bits, so an 8-bit state lands on their codes.
+    # Square (not g * g): Grappler's MinimizeBroadcasts re-associates a chain of Muls
+    # ((1 - rho) * (g * g) into ((1 - rho) * g) * g) inside a function.
+    new = {"ms": rho * old["ms"] + (1 - rho) * tf.square(g)}
     v = new["ms"]
     if slots.mg is not None:
         new["mg"] = rho * old["mg"] + (1 - rho) * g
-        v = tf.maximum(v - new["mg"] * new["mg"], 0)
-    denom = (tf.sqrt(v + eps) if structure.epsilon_placement == "inside_sqrt"
+        v = tf.maximum(v - tf.square(new["mg"]), 0)
+    # abs() of a square root is the root itself; it keeps Grappler's arithmetic optimizer
+    # from rewriting g / sqrt(x) into g * rsqrt(x) inside a function (another rounding).
+    denom = (tf.abs(tf.sqrt(v + eps)) if structure.epsilon_placement == "inside_sqrt"
              else tf.sqrt(v) + eps)
     step = g / denom
     if slots.mom is not None:
