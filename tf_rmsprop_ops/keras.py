@@ -18,9 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, ops, presets, state8
+from tf_rmsprop_ops import _apply, _distribute, _gradients, _hyper, _settings, ops, state8
 from tf_rmsprop_ops import optimizer as _module_optimizer
-from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
 # The tf.Module optimizer in Keras' registry too, under its own name (this class is
 # `tf_rmsprop_ops>RMSpropX`): `keras.optimizers.deserialize(keras.optimizers.serialize(opt))`
@@ -46,19 +45,15 @@ class _Fill(keras.initializers.Initializer):
 
 
 @keras.saving.register_keras_serializable(package="tf_rmsprop_ops")
-class RMSpropX(keras.optimizers.Optimizer):
+class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
     """RMSprop on the fused ops. Arguments as `keras.optimizers.RMSprop`, plus `nesterov`,
     `epsilon_placement`, `lr_placement`, `weight_decay_mode` ("decoupled" | "coupled"),
     `initial_scale`, `bias_correction`, `state_bits`, `min_8bit_size` and `use_locking` (see
     `tf_rmsprop_ops.RMSpropX`; with `state_bits=8`, `get_slot` returns the dequantized state
     and the optimizer's variables hold the uint8 codes and float32 absmax), and
-    `from_preset(name, **overrides)`."""
-
-    # Checked on every assignment (ValueError naming the argument); see _hyper.
-    rho = _hyper.Checked(also=_hyper.rho_with_bias_correction)
-    momentum = _hyper.Checked()
-    epsilon = _hyper.Checked()
-    weight_decay = _hyper.Checked(optional=True)
+    `from_preset(name, **overrides)`. RMSpropX's own arguments (validation, config, the ops'
+    formula per variable) are `_settings.RMSpropSettings`', shared with the tf.Module class;
+    the rest is Keras' base optimizer."""
 
     @property
     def learning_rate(self):
@@ -69,7 +64,6 @@ class RMSpropX(keras.optimizers.Optimizer):
         _hyper.check("learning_rate", value)
         super(RMSpropX, type(self)).learning_rate.fset(self, value)
 
-
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
@@ -79,17 +73,10 @@ class RMSpropX(keras.optimizers.Optimizer):
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
                  multi_tensor=True, state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
                  use_locking=False, **kwargs):
-        _hyper.check("learning_rate", learning_rate)
-        if epsilon_placement not in EPSILON_PLACEMENTS:
-            raise ValueError(f"Argument `epsilon_placement` must be one of {EPSILON_PLACEMENTS}; "
-                             f"received {epsilon_placement!r}.")
-        if lr_placement not in LR_PLACEMENTS:
-            raise ValueError(f"Argument `lr_placement` must be one of {LR_PLACEMENTS}; "
-                             f"received {lr_placement!r}.")
-        if weight_decay_mode not in ("decoupled", "coupled"):
-            raise ValueError("Argument `weight_decay_mode` must be 'decoupled' or 'coupled'; "
-                             f"received {weight_decay_mode!r}.")
-        selection = state8.Selection(state_bits, min_8bit_size)  # checks both
+        selection = _settings.validate(
+            learning_rate=learning_rate, epsilon_placement=epsilon_placement,
+            lr_placement=lr_placement, weight_decay_mode=weight_decay_mode,
+            state_bits=state_bits, min_8bit_size=min_8bit_size)
         if name is None:  # unique per process, as Keras names its own: rmspropx, rmspropx_1
             uid = keras.backend.get_uid("rmspropx")
             name = "rmspropx" if uid == 1 else f"rmspropx_{uid - 1}"
@@ -99,23 +86,12 @@ class RMSpropX(keras.optimizers.Optimizer):
             ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps, name=name, **kwargs)
-        self.rho, self.momentum, self.epsilon = rho, momentum, epsilon
-        self.centered, self.nesterov = centered, nesterov
-        self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
-        self.weight_decay_mode, self.initial_scale = weight_decay_mode, initial_scale
-        self.bias_correction = bias_correction
-        self.multi_tensor = multi_tensor
-        self.use_locking = bool(use_locking)
-        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
-        self._selection = selection
-        self.use_momentum = momentum > 0 or nesterov
-        if bias_correction:
-            _apply.check_bias_correction(self._structure(None), self.rho)
-
-    @classmethod
-    def from_preset(cls, preset, **overrides):
-        """See `tf_rmsprop_ops.presets`."""
-        return cls(**presets.preset_kwargs(preset, overrides))
+        self._init_settings(
+            selection, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
+            nesterov=nesterov, epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
+            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
+            min_8bit_size=min_8bit_size, use_locking=use_locking)
 
     def build(self, var_list):
         if self.built:
@@ -173,16 +149,8 @@ class RMSpropX(keras.optimizers.Optimizer):
                 dtype="float32", name=f"{base}_absmax"))
         return slots, absmaxes
 
-    def _structure(self, variable):
-        if not self.weight_decay or (variable is not None and
-                                     not self._use_weight_decay(variable)):
-            mode = "none"
-        else:
-            mode = self.weight_decay_mode
-        return _apply.Structure(
-            use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
-            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=mode, use_locking=self.use_locking)
+    def _decays(self, variable):
+        return self._use_weight_decay(variable)
 
     def _apply_weight_decay(self, variables):
         """Fused into the op (`update_step`): nothing to do here."""
@@ -212,11 +180,7 @@ class RMSpropX(keras.optimizers.Optimizer):
 
     def _apply_items(self, items, learning_rate):
         def apply():
-            _apply.apply_updates(
-                items, lr=learning_rate, rho=self.rho, momentum=self.momentum,
-                epsilon=self.epsilon, weight_decay=self.weight_decay or 0.0,
-                bias_correction_step=(self.iterations + 1) if self.bias_correction else None,
-                multi_tensor=self.multi_tensor)
+            self._apply_updates(items, learning_rate)
         # Keras counts the step (`iterations.assign_add` in `Optimizer.apply`) and zeroes
         # its gradient accumulators after this; in a graph nothing ordered those writes after
         # our ops, so a step an op rejected still counted and lost the accumulated gradients.
@@ -366,11 +330,5 @@ class RMSpropX(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
-                      centered=self.centered, nesterov=self.nesterov,
-                      epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-                      weight_decay_mode=self.weight_decay_mode,
-                      initial_scale=self.initial_scale, bias_correction=self.bias_correction,
-                      multi_tensor=self.multi_tensor, state_bits=self.state_bits,
-                      min_8bit_size=self.min_8bit_size, use_locking=self.use_locking)
+        config.update(self._settings_config())
         return config

@@ -21,32 +21,16 @@ decoupled, `var -= lr * wd * var` before the step, as Keras). Deliberate differe
   `initial_scale` (1.0 reproduces TF1's accumulator initialisation), `bias_correction`
   (Optax), and presets for each framework (`from_preset`, `tf_rmsprop_ops.presets`).
 """
-import contextlib
-import re
-import warnings
-
 import tensorflow as tf
-from tensorflow.python.trackable.data_structures import NoDependency
 
-from tf_rmsprop_ops import (_apply, _distribute, _dtensor, _flat_state, _gradients, _hyper, ops,
-                            presets)
-from tf_rmsprop_ops import _slot_table
-from tf_rmsprop_ops import state8
-from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
+from tf_rmsprop_ops import (_apply, _base, _distribute, _dtensor, _flat_state, _settings,
+                            _slot_table, state8)
 
 # Slot names, and the names Keras uses for the same state.
 SLOT_ALIASES = {"velocity": "ms", "rms": "ms", "momentum": "mom", "average_gradient": "mg"}
 
 
-def _is_schedule(lr):
-    return isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule)
-
-
-def _base_name(var):
-    return re.sub(r":\d+$", "", getattr(var, "name", "variable")).replace("/", "_")
-
-
-class RMSpropX(tf.Module):
+class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
     """Optimizer that implements RMSprop with one fused op per variable.
 
     Args (Keras 3 RMSprop's, same defaults and meaning):
@@ -109,13 +93,6 @@ class RMSpropX(tf.Module):
     (InvalidArgumentError, nothing written; under XLA var becomes NaN: docs/design.md).
     """
 
-    # Checked on every assignment (ValueError naming the argument); see _hyper.
-    rho = _hyper.Checked(also=_hyper.rho_with_bias_correction)
-    momentum = _hyper.Checked()
-    epsilon = _hyper.Checked()
-    weight_decay = _hyper.Checked(optional=True)
-
-
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
@@ -128,177 +105,72 @@ class RMSpropX(tf.Module):
                  **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
-        super().__init__(name=name)
-        _validate(learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
-                  weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
-                  global_clipnorm=global_clipnorm, ema_momentum=ema_momentum,
-                  ema_overwrite_frequency=ema_overwrite_frequency,
-                  loss_scale_factor=loss_scale_factor,
-                  gradient_accumulation_steps=gradient_accumulation_steps,
-                  epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-                  weight_decay_mode=weight_decay_mode, nesterov=nesterov, mesh=mesh,
-                  state_bits=state_bits, min_8bit_size=min_8bit_size,
-                  jit_compile=jit_compile)
-        self.rho, self.momentum, self.epsilon = (
-            _hyper.require_number(n, v) for n, v in (("rho", rho), ("momentum", momentum),
-                                                     ("epsilon", epsilon)))
-        self.centered, self.nesterov = bool(centered), bool(nesterov)
-        self.weight_decay = (None if weight_decay is None
-                             else _hyper.require_number("weight_decay", weight_decay))
-        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
-        self.use_ema, self.ema_momentum = bool(use_ema), float(ema_momentum)
-        self.ema_overwrite_frequency = ema_overwrite_frequency
-        self.loss_scale_factor = loss_scale_factor
-        self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.jit_compile, self.mesh = bool(jit_compile), mesh
-        self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
-        self.weight_decay_mode, self.initial_scale = weight_decay_mode, float(initial_scale)
-        self.use_momentum = self.momentum > 0 or self.nesterov
-        self.bias_correction = bool(bias_correction)
-        self.multi_tensor = bool(multi_tensor)
+        common = dict(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
+                      clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
+                      ema_momentum=ema_momentum,
+                      ema_overwrite_frequency=ema_overwrite_frequency,
+                      loss_scale_factor=loss_scale_factor,
+                      gradient_accumulation_steps=gradient_accumulation_steps,
+                      jit_compile=jit_compile, mesh=mesh)
+        _base.validate(**common)
+        selection = _settings.validate(
+            rho=rho, momentum=momentum, epsilon=epsilon, weight_decay=weight_decay,
+            epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+            weight_decay_mode=weight_decay_mode, state_bits=state_bits,
+            min_8bit_size=min_8bit_size)
+        super().__init__(name=name, **common)
         self.flat_state = bool(flat_state)
-        self.use_locking = bool(use_locking)
-        self._selection = state8.Selection(state_bits, min_8bit_size)
-        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
-        if self.bias_correction:
-            _apply.check_bias_correction(self._structure(None), self.rho)
-
-        with tf.init_scope():
-            self._iterations = self._scalar_variable(0, tf.int64, "iteration")
-            self._learning_rate = self._make_learning_rate(learning_rate)
+        self._init_settings(
+            selection, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
+            nesterov=nesterov, epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
+            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
+            min_8bit_size=min_8bit_size, use_locking=use_locking)
         # Per-variable state, in build order (tracked by position for checkpoints; a
         # SlotTable restores a checkpoint of either state format into either).
         self._ms, self._mom, self._mg = (_slot_table.SlotTable(k) for k in ("ms", "mom", "mg"))
-        self._ema, self._accumulators = [], []
-        self._index = {}  # _distribute.var_key(variable) -> position
-        self._trainable_variables = []
-        self._exclude_keys, self._exclude_pattern = set(), None
-        self._warned_missing = set()
-        # (device, variable keys) -> XLA function; a cache, not state to save.
-        self._compiled_updates = NoDependency({})
-        self.built = False
-
-    # ---- hyperparameters -----------------------------------------------------------------
-
-    def _scalar_variable(self, value, dtype, name):
-        if self.mesh is not None:
-            return _dtensor.replicated_variable(self.mesh, value, name, dtype)
-        # Under a strategy every replica computes the same value: the first one is written.
-        return tf.Variable(value, dtype=dtype, name=name, trainable=False,
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-
-    def _make_learning_rate(self, lr):
-        if _is_schedule(lr) or callable(lr):
-            return lr
-        return self._scalar_variable(float(lr), tf.float32, "learning_rate")
-
-    @property
-    def iterations(self):
-        """Optimizer steps; with gradient accumulation, the number of real updates
-        (calls // gradient_accumulation_steps), as Keras. Schedules see the calls."""
-        if self.gradient_accumulation_steps:
-            return self._iterations // self.gradient_accumulation_steps
-        return self._iterations
-
-    @property
-    def learning_rate(self):
-        """The current learning rate (a schedule is evaluated at `iterations`)."""
-        lr = self._learning_rate
-        if _is_schedule(lr):
-            return lr(self._iterations)
-        if isinstance(lr, tf.Variable):
-            return lr
-        return lr()
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        _hyper.check("learning_rate", value)
-        if isinstance(self._learning_rate, tf.Variable) and not (
-                _is_schedule(value) or callable(value)):
-            self._learning_rate.assign(float(value))
-        else:
-            with tf.init_scope():
-                self._learning_rate = self._make_learning_rate(value)
 
     # ---- state -----------------------------------------------------------------------------
 
-    @property
-    def slot_names(self):
-        return ["ms"] + (["mom"] if self.use_momentum else []) + (["mg"] if self.centered else [])
-
-    def build(self, var_list):
-        """Creates the slots of every variable (only those of enabled features), once.
-
-        Under a strategy the slots are created in a cross-replica context (also when this
-        is first called inside `strategy.run`), colocated and mirrored like their variable.
-        """
-        missing = [v for v in var_list if _distribute.var_key(v) not in self._index]
-        if missing:
-            _distribute.in_cross_replica(self._create_slots, missing)
-        self.built = True
-
-    def _create_slots(self, var_list):
+    def _create_state(self, var_list):
         # Every variable's state format first: a refusal (ValueError) changes nothing.
-        bits_of = {}
-        for var in var_list:
-            key = _distribute.var_key(var)
-            if key not in self._index and key not in bits_of:
-                bits_of[key] = self._state_bits_for(_distribute.unwrap(var))
+        bits_of = {_distribute.var_key(v): self._state_bits_for(_distribute.unwrap(v))
+                   for v in var_list}
         flat = self._flat_slots(var_list, bits_of)
         for var in var_list:
-            key = _distribute.var_key(var)
-            if key in self._index:
-                continue
+            bits = bits_of[_distribute.var_key(var)]
             var = _distribute.unwrap(var)
-            self._index[key] = len(self._trainable_variables)
-            self._trainable_variables.append(var)
-            base = _base_name(var)
-            bits = bits_of[key]
 
-            def slot(name, value=0.0, create=True, quantized=False):
-                if not create:
-                    return None
-                if id(var) in flat and name in flat[id(var)]:
+            def slot(name, value=0.0):
+                if id(var) in flat:
                     return flat[id(var)][name]
-                if quantized and bits == 8 and _dtensor.is_dvariable(var):
-                    return state8.full(var.shape, value, state8.SIGNED[name], f"{base}_{name}",
-                                       _dtensor.state8_variable_maker(var))
-                if quantized and bits == 8:
-                    with _distribute.creation_scope(var):
-                        return state8.full(var.shape, value, state8.SIGNED[name],
-                                           f"{base}_{name}",
-                                           _distribute.state8_variable_maker())
+                if bits == 32:
+                    return self._plain_slot(var, name, value)
+                full_name = f"{_base.base_name(var)}_{name}"
                 if _dtensor.is_dvariable(var):
-                    with tf.init_scope():
-                        return _dtensor.variable_like(var, value, f"{base}_{name}")
+                    return state8.full(var.shape, value, state8.SIGNED[name], full_name,
+                                       _dtensor.state8_variable_maker(var))
                 with _distribute.creation_scope(var):
-                    # Rounded once, straight to var's dtype (tf.cast would go through
-                    # float32: 0.1 in a float64 slot would be 0.10000000149).
-                    return tf.Variable(tf.fill(var.shape, ops.as_scalar(value, var.dtype)),
-                                       name=f"{base}_{name}", trainable=False)
+                    return state8.full(var.shape, value, state8.SIGNED[name], full_name,
+                                       _distribute.state8_variable_maker())
 
-            self._ms.append(slot("ms", self.initial_scale, quantized=True), var)
-            self._mom.append(slot("mom", create=self.use_momentum, quantized=True), var)
-            self._mg.append(slot("mg", create=self.centered, quantized=True), var)
-            self._ema.append(slot("average", create=self.use_ema))
-            self._accumulators.append(
-                slot("accumulator", create=bool(self.gradient_accumulation_steps)))
+            self._ms.append(slot("ms", self.initial_scale), var)
+            self._mom.append(slot("mom") if self.use_momentum else None, var)
+            self._mg.append(slot("mg") if self.centered else None, var)
 
     def _flat_slots(self, var_list, bits_of):
         """With flat_state: {id(variable): {kind: FlatSlot}} for the new variables whose
         state can live in a flat buffer (`_flat_state`), else {}."""
         if not self.flat_state or tf.distribute.has_strategy():
             return {}
-        chosen, seen = [], set()
+        chosen = []
         for var in var_list:
             key = _distribute.var_key(var)
             var = _distribute.unwrap(var)
-            if (key in self._index or key in seen or bits_of[key] != 32
-                    or _dtensor.is_dvariable(var)
+            if (bits_of[key] != 32 or _dtensor.is_dvariable(var)
                     or getattr(var, "_sharded_container", None) is not None
                     or not var.shape.is_fully_defined()):
                 continue
-            seen.add(key)
             chosen.append(var)
         initial = {"ms": self.initial_scale}
         if self.use_momentum:
@@ -306,14 +178,8 @@ class RMSpropX(tf.Module):
         if self.centered:
             initial["mg"] = 0.0
         return _flat_state.build_groups(
-            chosen, initial, lambda v, kind: f"{_base_name(v)}_{kind}",
+            chosen, initial, lambda v, kind: f"{_base.base_name(v)}_{kind}",
             _distribute.creation_scope)
-
-    def _position(self, var):
-        key = _distribute.var_key(var)
-        if key not in self._index:
-            raise KeyError(f"Variable {getattr(var, 'name', var)} is not known to {self.name}")
-        return self._index[key]
 
     def get_slot(self, var, name):
         """The slot `name` of `var`: its variable, or for 8-bit state (`state_bits=8`) its
@@ -350,214 +216,14 @@ class RMSpropX(tf.Module):
         return self._selection.bits_for(var, _distribute.var_key(var),
                                         _dtensor.is_dvariable(var), _distribute.devices_of(var))
 
-    @property
-    def variables(self):
-        """All optimizer state: iterations, learning rate (if a variable), then per variable
-        its slots, EMA average and accumulator."""
-        out = [self._iterations]
-        if isinstance(self._learning_rate, tf.Variable):
-            out.append(self._learning_rate)
-        for group in zip(self._ms, self._mom, self._mg, self._ema, self._accumulators):
-            for v in group:
-                if isinstance(v, state8.State8):
-                    out.extend((v.codes, v.absmax))
-                elif v is not None:
-                    out.append(v)
+    def _state_of(self, position):
+        out = []
+        for slot in (self._ms[position], self._mom[position], self._mg[position]):
+            if isinstance(slot, state8.State8):
+                out.extend((slot.codes, slot.absmax))
+            elif slot is not None:
+                out.append(slot)
         return out
-
-    def set_weights(self, weights):
-        """Assigns `weights` (arrays, in the order of `variables`) to the optimizer state."""
-        variables = self.variables
-        if len(weights) != len(variables):
-            raise ValueError(f"set_weights: got {len(weights)} arrays for {len(variables)} "
-                             "optimizer variables (build the optimizer first).")
-        for var, value in zip(variables, weights):
-            if tuple(var.shape) != tuple(getattr(value, "shape", ())):
-                raise ValueError(f"set_weights: {var.name} has shape {var.shape}, got "
-                                 f"{getattr(value, 'shape', ())}")
-        for var, value in zip(variables, weights):
-            var.assign(value)
-
-    def get_weights(self):
-        return [v.numpy() for v in self.variables]
-
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        """Variables (or names matching any of `var_names`) that get no weight decay.
-        Must be called before `build`, as Keras."""
-        if self.built:
-            raise ValueError("exclude_from_weight_decay() can only be configured before the "
-                             "optimizer is built.")
-        self._exclude_keys = {_distribute.var_key(v) for v in (var_list or [])}
-        self._exclude_pattern = re.compile("|".join(set(var_names))) if var_names else None
-
-    def _weight_decay_mode_for(self, var):
-        if var is None:
-            return self.weight_decay_mode if self.weight_decay else "none"
-        if not self.weight_decay or _distribute.var_key(var) in self._exclude_keys:
-            return "none"
-        if self._exclude_pattern is not None and self._exclude_pattern.search(var.name):
-            return "none"
-        return self.weight_decay_mode
-
-    # ---- applying gradients ----------------------------------------------------------------
-
-    def minimize(self, loss, var_list, tape=None):
-        """Minimises `loss` (a zero-argument callable, or a tensor recorded by `tape`)."""
-        if not callable(loss) and tape is None:
-            raise ValueError("`tape` is required when a `Tensor` loss is passed.")
-        if callable(loss):
-            tape = tf.GradientTape()
-            with tape:
-                if callable(var_list):
-                    var_list = var_list()
-                tape.watch(var_list)
-                loss = self.scale_loss(loss())
-        elif callable(var_list):
-            var_list = var_list()
-        grads = tape.gradient(loss, var_list)
-        self.apply_gradients(zip(grads, var_list))
-        return self._iterations
-
-    def scale_loss(self, loss):
-        return loss * self.loss_scale_factor if self.loss_scale_factor is not None else loss
-
-    def apply_gradients(self, grads_and_vars):
-        grads, variables = zip(*grads_and_vars) if grads_and_vars else ((), ())
-        return self.apply(list(grads), list(variables))
-
-    def apply(self, grads, trainable_variables=None):
-        """Updates `trainable_variables` (default: those it was built with) with `grads`.
-
-        Returns the new `iterations` (eagerly and in tf.function); in a TF1-style graph, the
-        op that performs the whole update when run. Inside `strategy.run` the gradients are
-        summed over replicas first (see `_distribute`).
-        """
-        if trainable_variables is None:
-            if not self.built:
-                raise ValueError("Pass trainable_variables or call build() first.")
-            trainable_variables = self._trainable_variables
-        trainable_variables = list(trainable_variables)
-        grads = list(grads)
-        if len(grads) != len(trainable_variables):
-            raise ValueError(f"Got {len(grads)} gradients for {len(trainable_variables)} "
-                             "variables.")
-        # Everything checked before the optimizer changes (build adds slots and variables).
-        for v in trainable_variables:
-            _gradients.check_variable(v)
-        all_variables = trainable_variables
-        grads, trainable_variables = self._filter_missing(grads, trainable_variables)
-        grads = [_gradients.as_gradient(g, v) for g, v in zip(grads, trainable_variables)]
-        seen = set()
-        for g, v in zip(grads, trainable_variables):
-            _gradients.check(g, v)
-            key = _distribute.var_key(v)
-            if key in seen:  # two updates of one variable in one step: sum first
-                raise ValueError(f"Variable {v.name} appears more than once in the update; sum "
-                                 "its gradients into one.")
-            seen.add(key)
-        self.build(all_variables)
-        if _distribute.is_v1_graph():
-            return self._apply_in_v1_graph(grads, trainable_variables)
-        grads, trainable_variables = self._overwrite_with_gradients(grads, trainable_variables)
-        if not grads:  # every variable took its gradient's value: only the count moves
-            return self._finish_step()
-        grads = _distribute.all_reduce_sum(grads)
-        return _distribute.run_step(self._local_step, grads, trainable_variables,
-                                    self._finish_step)
-
-    def _overwrite_with_gradients(self, grads, variables):
-        """Keras' `variable.overwrite_with_gradient = True` (float8 scaling factors): such a
-        variable takes its gradient's value instead of an RMSprop step (no loss-scale
-        unscaling, clipping or weight decay, as Keras); under gradient accumulation it
-        takes the element-wise max of the accumulated gradients on the update step (Keras'
-        rule). Returns the other (gradient, variable) pairs. Under a tf.distribute strategy
-        the replicas' gradients would have to be combined in a way Keras leaves to the
-        layer: ValueError naming the variable."""
-        kept = []
-        for g, v in zip(grads, variables):
-            if not getattr(v, "overwrite_with_gradient", False):
-                kept.append((g, v))
-                continue
-            if tf.distribute.has_strategy():
-                raise ValueError(f"Variable {v.name} has overwrite_with_gradient=True, which "
-                                 "RMSpropX supports without a tf.distribute strategy only.")
-            g = tf.cast(tf.convert_to_tensor(g), v.dtype)
-            target = _distribute.unwrap(v)
-            if not self.gradient_accumulation_steps:
-                target.assign(g)
-                continue
-            acc = self._accumulators[self._position(v)]
-            is_update = (self._iterations + 1) % self.gradient_accumulation_steps == 0
-            running = tf.maximum(g, acc.read_value())
-            target.assign(tf.where(is_update, running, target.read_value()))
-            acc.assign(tf.where(is_update, tf.zeros_like(g), running))
-        return [g for g, _ in kept], [v for _, v in kept]
-
-    def _apply_in_v1_graph(self, grads, variables):
-        # A tf.function call gives the step TF2's automatic control dependencies (accumulate,
-        # update, EMA, count, in order); the returned op runs all of it.
-        def step(*flat):
-            return self.apply(list(flat), variables)
-        return tf.function(step, autograph=False)(*grads).op
-
-    def _local_step(self, grads, variables):
-        """One device's step on reduced gradients: everything but counting `iterations`."""
-        if self.loss_scale_factor is not None:
-            inverse = 1.0 / self.loss_scale_factor
-            grads = [_gradients.map_values(g, lambda x: x * tf.cast(inverse, x.dtype))
-                     for g in grads]
-        if self.gradient_accumulation_steps:
-            self._accumulate_or_update(grads, variables)
-        else:
-            self._update(grads, variables)
-        if self.use_ema:
-            self._update_ema()
-
-    def _finish_step(self):
-        return self._iterations.assign_add(1)
-
-    def _filter_missing(self, grads, variables):
-        kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        if not kept:
-            raise ValueError("No gradients provided for any variable.")
-        missing = [v.name for g, v in zip(grads, variables)
-                   if g is None and v.name not in self._warned_missing]
-        if missing:
-            self._warned_missing.update(missing)
-            warnings.warn(f"Gradients do not exist for variables {missing} when minimizing "
-                          "the loss; they are skipped.", stacklevel=3)
-        return [g for g, _ in kept], [v for _, v in kept]
-
-    def _clip(self, grads):
-        if self.clipnorm:
-            return [_gradients.clip_by_norm(g, self.clipnorm) for g in grads]
-        if self.global_clipnorm:
-            return _gradients.clip_by_global_norm(grads, self.global_clipnorm)
-        if self.clipvalue:
-            return [_gradients.clip_by_value(g, self.clipvalue) for g in grads]
-        return grads
-
-    def _update(self, grads, variables):
-        grads = self._clip(grads)
-        if not self.jit_compile or _inside_xla():
-            return self._update_variables(grads, variables, self.learning_rate)
-        # The learning rate is read outside XLA: under ParameterServerStrategy it lives on
-        # another device than the variables of a compiled group.
-        lr = tf.convert_to_tensor(self.learning_rate)
-        for device, pairs in _distribute.jit_groups(zip(grads, variables)):
-            group = [v for _, v in pairs]
-            key = (device, tuple(_distribute.var_key(v) for v in group))
-            if key not in self._compiled_updates:
-                self._compiled_updates[key] = self._compile_update(group)
-            with tf.device(device) if device else contextlib.nullcontext():
-                self._compiled_updates[key]([_gradients.as_function_argument(g)
-                                             for g, _ in pairs], lr)
-
-    def _compile_update(self, variables):
-        # The variables are captured, not passed: tf.function would hand out stand-ins.
-        def update(grads, lr):
-            return self._update_variables(grads, variables, lr)
-        return tf.function(update, jit_compile=True, autograph=False)
 
     def _update_variables(self, grads, variables, lr):
         items = []
@@ -566,145 +232,11 @@ class RMSpropX(tf.Module):
             items.append((grad, _distribute.unwrap(var),
                           _apply.Slots(self._ms[i], self._mom[i], self._mg[i]),
                           self._structure(var)))
-        _apply.apply_updates(
-            items, lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
-            weight_decay=self.weight_decay or 0.0,
-            bias_correction_step=self.iterations + 1 if self.bias_correction else None,
-            multi_tensor=self.multi_tensor)
-        for var in variables:  # as Keras: a variable's constraint after its update
-            constraint = getattr(var, "constraint", None)
-            if constraint is not None:
-                var.assign(constraint(var))
-
-    def _structure(self, var):
-        return _apply.Structure(
-            use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
-            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=self._weight_decay_mode_for(var),
-            use_locking=self.use_locking)
-
-    def _accumulate_or_update(self, grads, variables):
-        steps = self.gradient_accumulation_steps
-        accumulators = [self._accumulators[self._position(v)] for v in variables]
-        dense = [tf.convert_to_tensor(g) for g in grads]  # accumulators are dense
-
-        def update():
-            mean = [(g + a) / tf.cast(steps, g.dtype) for g, a in zip(dense, accumulators)]
-            self._update(mean, variables)
-            for a in accumulators:
-                a.assign(tf.zeros_like(a))
-            return tf.constant(True)
-
-        def accumulate():
-            for g, a in zip(dense, accumulators):
-                a.assign_add(g)
-            return tf.constant(False)
-
-        tf.cond((self._iterations + 1) % steps == 0, update, accumulate)
-
-    def _update_ema(self):
-        # Keras: the EMA counts `iterations` (updates, under gradient accumulation).
-        not_first = tf.cast(tf.not_equal(self.iterations, 0), tf.float32)
-        for var, average in zip(self._trainable_variables, self._ema):
-            m = tf.cast(not_first * self.ema_momentum, var.dtype)
-            average.assign(m * average + (1 - m) * var)
-        if self.ema_overwrite_frequency:
-            def overwrite():
-                self._overwrite_with_average(self._trainable_variables)
-                return tf.constant(True)
-            tf.cond((self.iterations + 1) % self.ema_overwrite_frequency == 0, overwrite,
-                    lambda: tf.constant(False))
-
-    def _overwrite_with_average(self, var_list):
-        for var in var_list:
-            var.assign(self._ema[self._position(var)])
-
-    def finalize_variable_values(self, var_list):
-        """Overwrites the variables with their moving average (when `use_ema`)."""
-        if self.use_ema:
-            self._overwrite_with_average(var_list)
+        self._apply_updates(items, lr)
 
     # ---- config ----------------------------------------------------------------------------
 
     def get_config(self):
-        lr = self._learning_rate
-        if _is_schedule(lr):
-            lr = tf.keras.optimizers.schedules.serialize(lr)
-        elif isinstance(lr, tf.Variable):
-            lr = float(lr.numpy())
-        else:
-            lr = float(lr())  # a callable cannot be serialised: its current value is
-        return dict(
-            name=self.name, learning_rate=lr, rho=self.rho, momentum=self.momentum,
-            epsilon=self.epsilon, centered=self.centered, weight_decay=self.weight_decay,
-            clipnorm=self.clipnorm, clipvalue=self.clipvalue,
-            global_clipnorm=self.global_clipnorm, use_ema=self.use_ema,
-            ema_momentum=self.ema_momentum, ema_overwrite_frequency=self.ema_overwrite_frequency,
-            loss_scale_factor=self.loss_scale_factor,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            jit_compile=self.jit_compile, nesterov=self.nesterov,
-            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=self.weight_decay_mode, initial_scale=self.initial_scale,
-            bias_correction=self.bias_correction, multi_tensor=self.multi_tensor,
-            flat_state=self.flat_state, use_locking=self.use_locking,
-            state_bits=self.state_bits, min_8bit_size=self.min_8bit_size)
-
-    @classmethod
-    def from_preset(cls, preset, **overrides):
-        """An optimizer reproducing another framework's RMSprop ("keras", "tf_keras", "tf1",
-        "pytorch", "optax"; see `tf_rmsprop_ops.presets`), with `overrides` applied."""
-        return cls(**presets.preset_kwargs(preset, overrides))
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("learning_rate"), dict):
-            config["learning_rate"] = tf.keras.optimizers.schedules.deserialize(
-                config["learning_rate"])
-        return cls(**config)
-
-
-def _inside_xla():
-    graph = tf.compat.v1.get_default_graph()
-    ctx = getattr(graph, "_get_control_flow_context", lambda: None)()
-    while ctx is not None:
-        if ctx.IsXLAContext():
-            return True
-        ctx = ctx.outer_context
-    return False
-
-
-def _validate(**args):
-    """ValueError naming the first invalid constructor argument."""
-    def bad(name, why):
-        raise ValueError(f"Argument `{name}` {why}; received {args[name]!r}.")
-
-    for name in ("learning_rate", "rho", "momentum", "epsilon", "weight_decay"):
-        if name in args:
-            _hyper.check(name, args[name])
-    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
-        if args.get(name) is not None and not args[name] > 0:
-            bad(name, "must be > 0 or None")
-    clips = {k: args.get(k) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
-    if sum(v is not None for v in clips.values()) > 1:
-        raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
-                         f"received {', '.join(f'{k}={v}' for k, v in clips.items())}.")
-    if "ema_momentum" in args and not 0.0 <= args["ema_momentum"] <= 1.0:
-        bad("ema_momentum", "must be in [0, 1]")
-    freq = args.get("ema_overwrite_frequency")
-    if freq is not None and (not isinstance(freq, int) or freq < 1):
-        bad("ema_overwrite_frequency", "must be a positive integer or None")
-    steps = args.get("gradient_accumulation_steps")
-    if steps is not None and (not isinstance(steps, int) or steps < 2):
-        bad("gradient_accumulation_steps", "must be an integer >= 2 or None")
-    if args.get("epsilon_placement", EPSILON_PLACEMENTS[0]) not in EPSILON_PLACEMENTS:
-        bad("epsilon_placement", f"must be one of {EPSILON_PLACEMENTS}")
-    if args.get("lr_placement", LR_PLACEMENTS[0]) not in LR_PLACEMENTS:
-        bad("lr_placement", f"must be one of {LR_PLACEMENTS}")
-    if args.get("weight_decay_mode", "decoupled") not in ("decoupled", "coupled"):
-        bad("weight_decay_mode", "must be 'decoupled' (Keras/AdamW) or 'coupled' (PyTorch L2)")
-    mesh = args.get("mesh")
-    if mesh is not None and not isinstance(mesh, tf.experimental.dtensor.Mesh):
-        bad("mesh", "must be a tf.experimental.dtensor.Mesh or None")
-    state8.Selection(args.get("state_bits", 32), args.get("min_8bit_size", 0))  # checks
-
+        config = super().get_config()
+        config.update(self._settings_config(), flat_state=self.flat_state)
+        return config

@@ -1,0 +1,104 @@
+"""RMSpropX's own arguments, shared by both optimizers (`tf_rmsprop_ops.RMSpropX`, a
+`tf.Module`, and `tf_rmsprop_ops.keras.RMSpropX`, a Keras optimizer): their validation,
+the attributes they set, the ops' per-variable `Structure`, the scalars of a step, the
+config entries and the presets. What Keras' base optimizer does (learning rate, clipping,
+accumulation, EMA, loss scaling) is Keras' for the Keras class and `_base.ModuleOptimizer`'s
+for the `tf.Module` one.
+
+A new argument of the formula enters here once (plus the ops and `_apply.Structure`)."""
+from tf_rmsprop_ops import _apply, _hyper, presets, state8
+from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
+
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
+
+
+def _bad(name, value, why):
+    raise ValueError(f"Argument `{name}` {why}; received {value!r}.")
+
+
+def validate(*, epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
+             weight_decay_mode="decoupled", state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
+             **numbers):
+    """ValueError naming the first invalid RMSpropX argument; returns the `state8.Selection`
+    of `state_bits` and `min_8bit_size`. `numbers`: learning_rate, rho, momentum, epsilon,
+    weight_decay (numbers are range-checked; tensors, schedules and None are the op's)."""
+    for name, value in numbers.items():
+        _hyper.check(name, value)
+    if epsilon_placement not in EPSILON_PLACEMENTS:
+        _bad("epsilon_placement", epsilon_placement, f"must be one of {EPSILON_PLACEMENTS}")
+    if lr_placement not in LR_PLACEMENTS:
+        _bad("lr_placement", lr_placement, f"must be one of {LR_PLACEMENTS}")
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+        _bad("weight_decay_mode", weight_decay_mode,
+             "must be 'decoupled' (Keras/AdamW) or 'coupled' (PyTorch L2)")
+    return state8.Selection(state_bits, min_8bit_size)  # checks both
+
+
+class RMSpropSettings:
+    """Mixin of both optimizers: RMSpropX's arguments as checked attributes, the ops'
+    `Structure` per variable, a step's scalars, and their config. The class it is mixed
+    into provides `_decays(variable)` (weight decay on this variable?) and `iterations`."""
+
+    # Checked on every assignment (ValueError naming the argument); see _hyper.
+    rho = _hyper.Checked(also=_hyper.rho_with_bias_correction)
+    momentum = _hyper.Checked()
+    epsilon = _hyper.Checked()
+    weight_decay = _hyper.Checked(optional=True)
+
+    def _init_settings(self, selection, *, rho, momentum, epsilon, centered, nesterov,
+                       epsilon_placement, lr_placement, weight_decay_mode, initial_scale,
+                       bias_correction, multi_tensor, state_bits, min_8bit_size, use_locking):
+        """Sets the arguments `validate` accepted (`selection`: what it returned)."""
+        self.rho, self.momentum, self.epsilon = (
+            _hyper.require_number(n, v) for n, v in (("rho", rho), ("momentum", momentum),
+                                                     ("epsilon", epsilon)))
+        self.centered, self.nesterov = bool(centered), bool(nesterov)
+        self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
+        self.weight_decay_mode, self.initial_scale = weight_decay_mode, float(initial_scale)
+        self.bias_correction = bool(bias_correction)
+        self.multi_tensor = bool(multi_tensor)
+        self.use_locking = bool(use_locking)
+        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
+        self._selection = selection
+        self.use_momentum = self.momentum > 0 or self.nesterov
+        if self.bias_correction:
+            _apply.check_bias_correction(self._structure(None), self.rho)
+
+    @property
+    def slot_names(self):
+        """The state kinds this optimizer keeps per variable (docs/design.md 1.2)."""
+        return ["ms"] + (["mom"] if self.use_momentum else []) + (["mg"] if self.centered else [])
+
+    def _structure(self, variable):
+        """The ops' formula attributes for `variable` (None: for a step without one)."""
+        decays = self.weight_decay and (variable is None or self._decays(variable))
+        return _apply.Structure(
+            use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
+            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
+            weight_decay_mode=self.weight_decay_mode if decays else "none",
+            use_locking=self.use_locking)
+
+    def _apply_updates(self, items, lr):
+        """`_apply.apply_updates` of (grad, var, slots, structure) items with this step's
+        scalars."""
+        _apply.apply_updates(
+            items, lr=lr, rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
+            weight_decay=self.weight_decay or 0.0,
+            bias_correction_step=self.iterations + 1 if self.bias_correction else None,
+            multi_tensor=self.multi_tensor)
+
+    def _settings_config(self):
+        """The config entries of RMSpropX's own arguments."""
+        return dict(
+            rho=self.rho, momentum=self.momentum, epsilon=self.epsilon, centered=self.centered,
+            nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
+            lr_placement=self.lr_placement, weight_decay_mode=self.weight_decay_mode,
+            initial_scale=self.initial_scale, bias_correction=self.bias_correction,
+            multi_tensor=self.multi_tensor, state_bits=self.state_bits,
+            min_8bit_size=self.min_8bit_size, use_locking=self.use_locking)
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """An optimizer reproducing another framework's RMSprop ("keras", "tf_keras", "tf1",
+        "pytorch", "optax"; see `tf_rmsprop_ops.presets`), with `overrides` applied."""
+        return cls(**presets.preset_kwargs(preset, overrides))
