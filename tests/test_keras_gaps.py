@@ -49,6 +49,38 @@ def test_overwrite_with_gradient_as_keras(rng, which, accumulation):
     assert ours[2] == peer[2]
 
 
+@pytest.mark.parametrize("saved_bits", [8, 32])
+def test_overwrite_with_gradient_keeps_no_8bit_state(rng, saved_bits):
+    """With state_bits=8 the Keras class keeps no state for an overwrite_with_gradient
+    variable (as Keras, whatever the format), steps the others as the tf.Module class does,
+    and its saved state loads into either format."""
+    init = [rng.normal(size=5).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)]
+    grads_seq = [(rng.normal(size=5).astype(np.float32),
+                  (rng.normal(size=(3, 4)) * 10.0 ** rng.uniform(-4, 0)).astype(np.float32))
+                 for _ in range(3)]
+    kwargs = dict(state_bits=8, min_8bit_size=0)
+    ours = _run(KerasRMSpropX, grads_seq, init, **kwargs)
+    module = _run(tf_rmsprop_ops.RMSpropX, grads_seq, init, **kwargs)
+    for a, b in zip(ours, module):
+        np.testing.assert_array_equal(a, b)
+
+    scale, weight = keras.Variable(init[0], name="scale"), keras.Variable(init[1], name="w")
+    scale.overwrite_with_gradient = True
+    opt = KerasRMSpropX(learning_rate=0.01, momentum=0.9, **kwargs)
+    opt.apply_gradients([(tf.constant(g), v) for g, v in zip(grads_seq[0], (scale, weight))])
+    # iterations, learning rate, then codes + absmax of the weight's ms and mom only
+    assert [v.dtype for v in opt.variables[2:]] == ["uint8", "float32"] * 2
+    store = {}
+    opt.save_own_variables(store)
+    fresh = KerasRMSpropX(learning_rate=0.01, momentum=0.9, state_bits=saved_bits,
+                          min_8bit_size=0)
+    fresh.build([scale, weight])
+    fresh.load_own_variables(store)
+    for name in ("velocity", "momentum"):
+        np.testing.assert_array_equal(np.asarray(fresh.get_slot(weight, name)),
+                                      np.asarray(opt.get_slot(weight, name)))
+
+
 def test_overwrite_with_gradient_under_a_strategy_is_refused_by_name():
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
     with strategy.scope():

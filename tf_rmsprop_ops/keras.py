@@ -134,6 +134,10 @@ class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
                                 "average_gradient": "mg"}[name]]
         slots, absmaxes = [], []
         for var, b in zip(var_list, bits):
+            if self._overwrite_variable_with_gradient(var):  # as Keras: no state, None
+                slots.append(None)
+                absmaxes.append(None)
+                continue
             if b != 8:
                 slots.append(self.add_variable_from_reference(var, name,
                                                               initializer=_Fill(value)))
@@ -286,7 +290,7 @@ class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
         """(variable, value) pairs that load `saved` when some state's format differs (32-bit
         state quantized, 8-bit dequantized), else None."""
         kinds = self._state_lists()
-        first = next(iter(kinds[0][1]), None)
+        first = next((s for s in kinds[0][1] if s is not None), None)
         if first is None:
             return None
         start = next((i for i, v in enumerate(variables) if v is first), None)
@@ -298,6 +302,8 @@ class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
             signed = state8.SIGNED[{"velocity": "ms", "momentum": "mom",
                                     "average_gradient": "mg"}[name]]
             for i, slot in enumerate(slots):
+                if slot is None:  # an overwrite_with_gradient variable: no state (Keras')
+                    continue
                 if j >= len(saved):
                     return None
                 eight_bit = bool(absmaxes) and absmaxes[i] is not None
