@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -160,6 +161,28 @@ inline absl::Status CheckState8Shapes(const VariableInputs& vars,
   return absl::OkStatus();
 }
 
+// The common head of the dense and sparse 8-bit shells, before any write: the scalar
+// inputs checked and the coefficients read, the variables checked, their locks taken
+// (`locks` holds them until the update is done), and var and its (codes, absmax) fetched
+// copy-on-write (`t`). The caller checks the shapes (CheckState8Shapes).
+struct State8Inputs {
+  std::optional<tensorflow::VariableInputLockHolder> locks;
+  Coefficients<float> k;
+  std::vector<tensorflow::Tensor> t;
+};
+
+template <typename Device, typename T>
+absl::Status LockState8(tensorflow::OpKernelContext* ctx, const InputIndex& in,
+                        const Variant& variant, const VariableInputs& vars, bool use_locking,
+                        State8Inputs* s) {
+  TF_RETURN_IF_ERROR(CheckScalarInputs(ctx, in));
+  TF_RETURN_IF_ERROR(ReadCoefficients<T>(ctx, in, variant, &s->k));
+  TF_RETURN_IF_ERROR(CheckVariablesBeforeUpdate(ctx, vars, tensorflow::DataTypeToEnum<T>::v()));
+  s->locks.emplace(tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
+      ctx, use_locking, /*sparse=*/false, vars.ids));
+  return GetState8Tensors<Device, T>(ctx, vars, use_locking, &s->t);
+}
+
 // The enabled states' pointers (disabled ones stay null).
 inline void States8Of(const Variant& variant, std::vector<tensorflow::Tensor>* t,
                       cpu::State8* ms, cpu::State8* mom, cpu::State8* mg) {
@@ -228,15 +251,10 @@ class ApplyRMSpropXOp : public tensorflow::OpKernel {
     if constexpr (Dense8Launch<Device, T>::kAvailable) {
       const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
       // Everything is validated before the first write: a rejected call changes nothing.
-      TF_RETURN_IF_ERROR(CheckScalarInputs(ctx, in));
-      Coefficients<float> k;
-      TF_RETURN_IF_ERROR(ReadCoefficients<T>(ctx, in, variant_, &k));
-      TF_RETURN_IF_ERROR(
-          CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
-      auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
-          ctx, use_locking_, /*sparse=*/false, vars_.ids);
-      std::vector<tensorflow::Tensor> t;
-      TF_RETURN_IF_ERROR(GetState8Tensors<Device, T>(ctx, vars_, use_locking_, &t));
+      State8Inputs s;
+      TF_RETURN_IF_ERROR(LockState8<Device, T>(ctx, in, variant_, vars_, use_locking_, &s));
+      std::vector<tensorflow::Tensor>& t = s.t;
+      const Coefficients<float>& k = s.k;
       Rows8 rows;
       TF_RETURN_IF_ERROR(CheckState8Shapes(vars_, t, &rows));
       const tensorflow::Tensor& grad = ctx->input(in.grad());
@@ -369,16 +387,11 @@ class SparseApplyRMSpropXOp : public tensorflow::OpKernel {
       const InputIndex in(static_cast<int>(vars_.ids.size()) - 1);
       const tensorflow::Tensor& grad = ctx->input(in.grad());
       const tensorflow::Tensor& indices = ctx->input(in.indices());
-      TF_RETURN_IF_ERROR(CheckScalarInputs(ctx, in));
-      Coefficients<float> k;
-      TF_RETURN_IF_ERROR(ReadCoefficients<T>(ctx, in, variant_, &k));
       TF_RETURN_IF_ERROR(CheckIndicesAndGrad(indices, grad));
-      TF_RETURN_IF_ERROR(
-          CheckVariablesBeforeUpdate(ctx, vars_, tensorflow::DataTypeToEnum<T>::v()));
-      auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
-          ctx, use_locking_, /*sparse=*/false, vars_.ids);
-      std::vector<tensorflow::Tensor> t;
-      TF_RETURN_IF_ERROR(GetState8Tensors<Device, T>(ctx, vars_, use_locking_, &t));
+      State8Inputs s;
+      TF_RETURN_IF_ERROR(LockState8<Device, T>(ctx, in, variant_, vars_, use_locking_, &s));
+      std::vector<tensorflow::Tensor>& t = s.t;
+      const Coefficients<float>& k = s.k;
       const tensorflow::TensorShape& var_shape = t[0].shape();
       if (var_shape.dims() < 2) {
         return absl::InvalidArgumentError(absl::StrCat(
