@@ -7,8 +7,10 @@ hyperparameters from 0, subnormal and huge to negative, NaN and inf, gradients w
 indices with duplicates, negative, out of range and at the int32/int64 limits, and broken
 calls: slots of the wrong shape, dtype or number, slots aliasing var or each other, a variable
 twice in the multi op, uninitialised, never created and destroyed variables, gradients of
-the wrong shape or dtype. The generator, the oracle and the reference are in
-tests/property_worker.py; in short, every call must either
+the wrong shape or dtype. tests/property_worker.py is the worker's command line; the
+generators are in tests/property_checks/generators.py, the fault catalogue in faults.py, the oracle
+(the contract in full, and the error-bounded reference) in oracle.py, the runner of each
+family in runners.py. In short, every call must either
 
   (a) succeed, with var and every slot equal to tf_rmsprop_ops.reference (float64, on the
       dtype-rounded inputs) within an error bound carried through the formula in the
@@ -34,10 +36,11 @@ workers run at once). A long run, e.g. before a release:
 (the per-worker timeout grows with the count). A failure prints the seed (rerun with
 TF_RMSPROP_TEST_SEED=<seed>), the summary and, per violation, a `replay` command that
 reruns that one call: `python tests/property_worker.py replay '<spec>'`. One family alone:
-`python tests/property_worker.py sparse <seed> <count>`. Knobs of the worker (see its
-docstring): TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE (share of the calls drawn by
-hypothesis, default 0.1), TF_RMSPROP_OPS_PROPERTY_STRICT_SUBNORMALS=1 (results that only
-match with subnormals flushed to zero are violations, not notes), and the sabotage switches
+`python tests/property_worker.py sparse <seed> <count>`. Knobs of the worker (see the
+docstrings of property_worker.py and property_checks/oracle.py):
+TF_RMSPROP_OPS_PROPERTY_HYPOTHESIS_SHARE (share of the calls drawn by hypothesis, default
+0.1), TF_RMSPROP_OPS_PROPERTY_STRICT_SUBNORMALS=1 (results that only match with subnormals
+flushed to zero are violations, not notes), and the sabotage switches
 that check the oracle is not vacuous: TF_RMSPROP_OPS_PROPERTY_SABOTAGE_LR=0.01 (the
 reference's lr 1% off: the suite must fail with mismatches) and
 TF_RMSPROP_OPS_PROPERTY_SABOTAGE_UNCHANGED=1 (a rejected call's first variable is written
