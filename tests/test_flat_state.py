@@ -301,7 +301,7 @@ KWARGS = [dict(learning_rate=0.01, momentum=0.9, centered=True, weight_decay=0.0
 @pytest.mark.parametrize("function", [True, False], ids=["function", "eager"])
 def test_optimizer_flat_state_gives_the_per_variable_bits(rng, kwargs, function):
     init, data = _model_problem(rng)
-    per_var = _state(*_train(init, data, function, **kwargs))
+    per_var = _state(*_train(init, data, function, flat_state=False, **kwargs))
     variables, opt = _train(init, data, function, flat_state=True, **kwargs)
     flat = _state(variables, opt)
     for i, (a, b) in enumerate(zip(per_var, flat)):
@@ -317,6 +317,22 @@ def test_optimizer_flat_state_gives_the_per_variable_bits(rng, kwargs, function)
         assert is_flat(slot) == want, v.name
         if want:
             assert slot.offset % 256 == 0 and slot.shape == v.shape
+
+
+@pytest.mark.parametrize("multi_tensor", [True, False], ids=["multi", "per_var_calls"])
+def test_flat_state_is_the_default_with_multi_tensor(rng, multi_tensor):
+    """Without flat_state the state is flat exactly when the step is one multi-tensor call;
+    the choice survives get_config / from_config."""
+    init, _ = _model_problem(rng, steps=1)
+    variables = [tf.Variable(x) for x in init]
+    opt = RMSpropX(learning_rate=0.01, momentum=0.9, multi_tensor=multi_tensor)
+    opt.build(variables)
+    assert all(is_flat(opt.slot_state(v, s)) == multi_tensor
+               for v in variables for s in opt.slot_names)
+    assert opt.get_config()["flat_state"] is multi_tensor
+    assert RMSpropX.from_config(opt.get_config()).flat_state is multi_tensor
+    assert RMSpropX(flat_state=False).flat_state is False
+    assert RMSpropX(flat_state=True, multi_tensor=False).flat_state is True
 
 
 def test_a_step_takes_each_buffer_once(rng):

@@ -57,8 +57,9 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
       multi_tensor (default True: the dense updates of a step are one ApplyRMSpropXMulti
       call per group of variables with equal dtype and formula; the same bits as one op
       per variable, which `multi_tensor=False` selects).
-      flat_state (default False): keep the 32-bit state of each group of variables (equal
-      dtype and device, built together) in one flat buffer per slot kind, each variable's
+      flat_state (default: as `multi_tensor`, i.e. on): keep the 32-bit state of each
+      group of variables (equal dtype and device, built together) in one flat buffer per
+      slot kind, each variable's
       range on a 256-element boundary: a step's ApplyRMSpropXMulti then takes each buffer
       once instead of one slot per variable (half the inputs: faster steps over many small
       and mid-size variables; BENCHMARKS.md). The same bits as per-variable state.
@@ -67,7 +68,8 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
       flat_state=False and back). IndexedSlices gradients take the sparse op on the
       variable's range of each buffer. Per-variable state is kept where a buffer cannot
       live: under a tf.distribute strategy, DTensor, shards of a ShardedVariable, 8-bit
-      state.
+      state. `flat_state=False` keeps one `tf.Variable` per slot (what `get_slot` then
+      returns), as `multi_tensor=False` does unless flat_state=True is given.
       use_locking (default False): the ops' `use_locking`. Dense updates (one variable or
       a multi-tensor group) always hold every variable's and slot's lock exclusively, as
       TensorFlow's dense kernels on resource variables; sparse updates without it take a
@@ -101,7 +103,7 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
                  name="rmspropx", *, nesterov=False, epsilon_placement="inside_sqrt",
                  lr_placement="inside_momentum", weight_decay_mode="decoupled",
                  initial_scale=0.0, bias_correction=False, multi_tensor=True, state_bits=32,
-                 min_8bit_size=state8.MIN_8BIT_SIZE, flat_state=False, use_locking=False,
+                 min_8bit_size=state8.MIN_8BIT_SIZE, flat_state=None, use_locking=False,
                  **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
@@ -119,7 +121,7 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
             weight_decay_mode=weight_decay_mode, state_bits=state_bits,
             min_8bit_size=min_8bit_size)
         super().__init__(name=name, **common)
-        self.flat_state = bool(flat_state)
+        self.flat_state = bool(multi_tensor if flat_state is None else flat_state)
         self._init_settings(
             selection, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
             nesterov=nesterov, epsilon_placement=epsilon_placement, lr_placement=lr_placement,

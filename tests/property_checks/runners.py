@@ -52,10 +52,15 @@ class Pool:
 
 def assign(variable, array):
     """variable = array (TF's AssignVariableOp: 4x cheaper than Variable.assign)."""
+    if not hasattr(variable, "handle"):  # an optimizer's flat state: its range of a buffer
+        variable.assign(array)
+        return
     tf.raw_ops.AssignVariableOp(resource=variable.handle, value=array)
 
 
 def read(variable):
+    if not hasattr(variable, "handle"):  # an optimizer's flat state: its range of a buffer
+        return variable.numpy()
     return tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype).numpy()
 
 

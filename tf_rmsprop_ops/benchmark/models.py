@@ -17,14 +17,16 @@ variables, slots and gradients and passes them through one IdentityN, no update.
 and the roofline the table derives what issue 16's targets would need of the update
 (`runner.models_target_line`).
 
-Competitors: `rmspropx` (RMSpropX, one ApplyRMSpropXMulti per step), `rmspropx_per_var`
-(multi_tensor=False: one ApplyRMSpropX per variable), `rmspropx_jit` (jit_compile=True: the
-update as the optimizer's own XLA function, the ops' lowerings, the learning rate a
-run-time value), `rmspropx_8bit` (state_bits=8: 8-bit state for every variable of at
-least 4096 elements, one ApplyRMSpropXMulti per state format), `rmspropx_flat`
-(flat_state=True: the slots in one flat buffer per kind, half the call's inputs; its own
-floor, `floor_flat_ms`, is the flat step over the 256-element variables), `tf_raw`
-(ResourceApplyRMSProp per variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit off / on).
+Competitors: `rmspropx` (RMSpropX's defaults: one ApplyRMSpropXMulti per step over flat
+state, one buffer per slot kind), `rmspropx_per_slot` (flat_state=False: one slot variable
+per variable and kind, twice the call's inputs; its own floor, `floor_per_slot_ms`),
+`rmspropx_per_var` (multi_tensor=False: one ApplyRMSpropX per variable, per-slot state),
+`rmspropx_jit` (jit_compile=True: the update as the optimizer's own XLA function, the ops'
+lowerings, the learning rate a run-time value), `rmspropx_8bit` (state_bits=8: 8-bit state
+for every variable of at least 4096 elements, one ApplyRMSpropXMulti per state format),
+`tf_raw` (ResourceApplyRMSProp per variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit
+off / on). The floor of the competitors with per-slot state (all but `rmspropx` and
+`rmspropx_jit`) is `floor_per_slot_ms`.
 """
 import numpy as np
 
@@ -37,7 +39,7 @@ def run(model, repeats, threads, rng):
     import keras
     import tensorflow as tf
 
-    from tf_rmsprop_ops import RMSpropX
+    from tf_rmsprop_ops import RMSpropX, _flat_state
     shapes = shapes_of(model)
     params = int(sum(np.prod(s) for s in shapes))
     grads = [tf.constant(rng.standard_normal(s, dtype=np.float32)) for s in shapes]
@@ -47,10 +49,10 @@ def run(model, repeats, threads, rng):
 
     functions = {}
     built = {}
-    for name, kwargs in (("rmspropx", {}), ("rmspropx_per_var", dict(multi_tensor=False)),
+    for name, kwargs in (("rmspropx", {}), ("rmspropx_per_slot", dict(flat_state=False)),
+                         ("rmspropx_per_var", dict(multi_tensor=False)),
                          ("rmspropx_jit", dict(jit_compile=True)),
-                         ("rmspropx_8bit", dict(state_bits=8)),
-                         ("rmspropx_flat", dict(flat_state=True))):
+                         ("rmspropx_8bit", dict(state_bits=8))):
         variables = fresh()
         opt = RMSpropX(learning_rate=1e-3, momentum=0.9, **kwargs)
         opt.build(variables)
@@ -95,24 +97,30 @@ def run(model, repeats, threads, rng):
     floor_grads = [tf.constant(rng.standard_normal(256, dtype=np.float32)) for _ in shapes]
     floor_opt = RMSpropX(learning_rate=1e-3, momentum=0.9)
     floor_opt.build(floor_vars)
-    flat_floor_vars = [tf.Variable(v) for v in floor_vars]
-    flat_floor_opt = RMSpropX(learning_rate=1e-3, momentum=0.9, flat_state=True)
-    flat_floor_opt.build(flat_floor_vars)
+    per_slot_floor_vars = [tf.Variable(v) for v in floor_vars]
+    per_slot_floor_opt = RMSpropX(learning_rate=1e-3, momentum=0.9, flat_state=False)
+    per_slot_floor_opt.build(per_slot_floor_vars)
 
     @tf.function
-    def floor():
+    def floor():  # one input per variable, gradient and flat buffer
         floor_opt.apply_gradients(zip(floor_grads, floor_vars))
 
     @tf.function
-    def floor_flat():  # rmspropx_flat's floor: one input per buffer, not per slot
-        flat_floor_opt.apply_gradients(zip(floor_grads, flat_floor_vars))
+    def floor_per_slot():  # one input per variable, gradient and slot
+        per_slot_floor_opt.apply_gradients(zip(floor_grads, per_slot_floor_vars))
 
     # TensorFlow's own share of the floor: a function that takes the rmspropx step's inputs
-    # (the same variables, slots and gradients, captured the same way) and passes them
-    # through one IdentityN: every per-input cost of the call, none of the update.
+    # (the same variables, state buffers and gradients, captured the same way) and passes
+    # them through one IdentityN: every per-input cost of the call, none of the update.
     opt, variables = built["rmspropx"]
     inputs = [v.handle for v in variables]
-    inputs += [opt.get_slot(v, s).handle for v in variables for s in opt.slot_names]
+    storage = {}
+    for v in variables:
+        for s in opt.slot_names:
+            slot = opt.slot_state(v, s)
+            held = slot.buffer if _flat_state.is_flat(slot) else slot
+            storage[id(held)] = held.handle
+    inputs += list(storage.values())
 
     @tf.function
     def tf_call():
@@ -121,13 +129,13 @@ def run(model, repeats, threads, rng):
 
     reads, writes = arrays_moved("momentum")
     probe = roofline.make_probe(params * 4, reads, writes, threads)
-    times = median_ms({**functions, "floor": floor, "floor_flat": floor_flat,
+    times = median_ms({**functions, "floor": floor, "floor_per_slot": floor_per_slot,
                        "tf_call": tf_call, "roofline": probe}, repeats)
     roof = times.pop("roofline")
     floor_ms = times.pop("floor")
-    floor_flat_ms = times.pop("floor_flat")
+    floor_per_slot_ms = times.pop("floor_per_slot")
     tf_call_ms = times.pop("tf_call")
     return dict(kind="models", model=model, tensors=len(shapes), params=params,
                 threads=threads, ms=times, roofline_ms=roof, floor_ms=floor_ms,
-                floor_flat_ms=floor_flat_ms,
+                floor_per_slot_ms=floor_per_slot_ms,
                 tf_call_ms=tf_call_ms, tf_call_inputs=len(inputs) + len(grads))

@@ -131,22 +131,28 @@ def percent(roof, ms):
     return f"{100 * roof / ms:.0f}%"
 
 
+# bench --models competitors whose state is flat (the others' floor is floor_per_slot_ms).
+FLAT_STATE_IMPLS = ("rmspropx", "rmspropx_jit")
+
+
 def models_floor_line(r):
     """The call floor of a models case and each step above it against the roofline."""
     roof = r["roofline_ms"]
     above = []
     for name, ms in r["ms"].items():
-        # flat state has its own floor (one input per buffer instead of per slot)
-        floor = r.get("floor_flat_ms", r["floor_ms"]) if name == "rmspropx_flat" else r["floor_ms"]
+        # flat state (rmspropx's default) has its own floor: one input per buffer, not slot
+        floor = (r["floor_ms"] if name in FLAT_STATE_IMPLS or "floor_per_slot_ms" not in r
+                 else r["floor_per_slot_ms"])
         if ms is not None and ms > floor:
             above.append(f"{name} {ms - floor:.3f} ms ({percent(roof, ms - floor)} of "
                          "the roofline)")
         elif ms is not None:
             above.append(f"{name} at or below the floor")
-    flat = (f" (flat_state: {r['floor_flat_ms']:.3f} ms)" if r.get("floor_flat_ms") is not None
-            else "")
+    per_slot = (f" (per-slot state: {r['floor_per_slot_ms']:.3f} ms)"
+                if r.get("floor_per_slot_ms") is not None else "")
     return (f"{describe(r)}: call floor (the same RMSpropX step on {r['tensors']} variables of "
-            f"256 elements) {r['floor_ms']:.3f} ms{flat}; above it: " + ", ".join(above) + ".")
+            f"256 elements) {r['floor_ms']:.3f} ms{per_slot}; above it: " + ", ".join(above)
+            + ".")
 
 
 # Issue 16's targets for bench --models: the share of the roofline, and how many times
