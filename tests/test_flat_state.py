@@ -319,18 +319,22 @@ def test_optimizer_flat_state_gives_the_per_variable_bits(rng, kwargs, function)
             assert slot.offset % 256 == 0 and slot.shape == v.shape
 
 
-@pytest.mark.parametrize("multi_tensor", [True, False], ids=["multi", "per_var_calls"])
-def test_flat_state_is_the_default_with_multi_tensor(rng, multi_tensor):
-    """Without flat_state the state is flat exactly when the step is one multi-tensor call;
-    the choice survives get_config / from_config."""
+@pytest.mark.parametrize("multi_tensor,jit", [(True, False), (False, False), (True, True)],
+                         ids=["multi", "per_var_calls", "jit"])
+def test_flat_state_is_the_default_with_multi_tensor(rng, multi_tensor, jit):
+    """Without flat_state the state is flat exactly when the step is one multi-tensor call
+    of the native kernels (not under jit_compile); the choice survives get_config /
+    from_config."""
     init, _ = _model_problem(rng, steps=1)
     variables = [tf.Variable(x) for x in init]
-    opt = RMSpropX(learning_rate=0.01, momentum=0.9, multi_tensor=multi_tensor)
+    opt = RMSpropX(learning_rate=0.01, momentum=0.9, multi_tensor=multi_tensor,
+                   jit_compile=jit)
     opt.build(variables)
-    assert all(is_flat(opt.slot_state(v, s)) == multi_tensor
+    flat = multi_tensor and not jit
+    assert all(is_flat(opt.slot_state(v, s)) == flat
                for v in variables for s in opt.slot_names)
-    assert opt.get_config()["flat_state"] is multi_tensor
-    assert RMSpropX.from_config(opt.get_config()).flat_state is multi_tensor
+    assert opt.get_config()["flat_state"] is flat
+    assert RMSpropX.from_config(opt.get_config()).flat_state is flat
     assert RMSpropX(flat_state=False).flat_state is False
     assert RMSpropX(flat_state=True, multi_tensor=False).flat_state is True
 

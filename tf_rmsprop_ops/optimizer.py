@@ -57,7 +57,8 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
       multi_tensor (default True: the dense updates of a step are one ApplyRMSpropXMulti
       call per group of variables with equal dtype and formula; the same bits as one op
       per variable, which `multi_tensor=False` selects).
-      flat_state (default: as `multi_tensor`, i.e. on): keep the 32-bit state of each
+      flat_state (default: on with `multi_tensor`, off with `jit_compile`, whose lowering
+      of flat state is about twice as slow as of per-slot state): keep the 32-bit state of each
       group of variables (equal dtype and device, built together) in one flat buffer per
       slot kind, each variable's
       range on a 256-element boundary: a step's ApplyRMSpropXMulti then takes each buffer
@@ -69,7 +70,8 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
       variable's range of each buffer. Per-variable state is kept where a buffer cannot
       live: under a tf.distribute strategy, DTensor, shards of a ShardedVariable, 8-bit
       state. `flat_state=False` keeps one `tf.Variable` per slot (what `get_slot` then
-      returns), as `multi_tensor=False` does unless flat_state=True is given.
+      returns), as `multi_tensor=False` and `jit_compile=True` do unless flat_state=True
+      is given.
       use_locking (default False): the ops' `use_locking`. Dense updates (one variable or
       a multi-tensor group) always hold every variable's and slot's lock exclusively, as
       TensorFlow's dense kernels on resource variables; sparse updates without it take a
@@ -121,7 +123,11 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
             weight_decay_mode=weight_decay_mode, state_bits=state_bits,
             min_8bit_size=min_8bit_size)
         super().__init__(name=name, **common)
-        self.flat_state = bool(multi_tensor if flat_state is None else flat_state)
+        # Flat by default where it is faster: one multi-tensor call of the native kernels.
+        # Under jit_compile the lowering slices and re-assembles each buffer, and per-slot
+        # state is about twice as fast (BENCHMARKS.md, "Flat state").
+        self.flat_state = bool(multi_tensor and not jit_compile if flat_state is None
+                               else flat_state)
         self._init_settings(
             selection, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
             nesterov=nesterov, epsilon_placement=epsilon_placement, lr_placement=lr_placement,

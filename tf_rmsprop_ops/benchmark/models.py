@@ -22,11 +22,11 @@ state, one buffer per slot kind), `rmspropx_per_slot` (flat_state=False: one slo
 per variable and kind, twice the call's inputs; its own floor, `floor_per_slot_ms`),
 `rmspropx_per_var` (multi_tensor=False: one ApplyRMSpropX per variable, per-slot state),
 `rmspropx_jit` (jit_compile=True: the update as the optimizer's own XLA function, the ops'
-lowerings, the learning rate a run-time value), `rmspropx_8bit` (state_bits=8: 8-bit state
+lowerings, the learning rate a run-time value; per-slot state, its default), `rmspropx_8bit` (state_bits=8: 8-bit state
 for every variable of at least 4096 elements, one ApplyRMSpropXMulti per state format),
 `tf_raw` (ResourceApplyRMSProp per variable), `keras` / `keras_jit` (Keras 3 RMSprop, jit
-off / on). The floor of the competitors with per-slot state (all but `rmspropx` and
-`rmspropx_jit`) is `floor_per_slot_ms`.
+off / on). The floor of the competitors with per-slot state (all but `rmspropx`) is
+`floor_per_slot_ms`.
 """
 import numpy as np
 

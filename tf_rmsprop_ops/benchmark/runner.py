@@ -132,7 +132,7 @@ def percent(roof, ms):
 
 
 # bench --models competitors whose state is flat (the others' floor is floor_per_slot_ms).
-FLAT_STATE_IMPLS = ("rmspropx", "rmspropx_jit")
+FLAT_STATE_IMPLS = ("rmspropx",)
 
 
 def models_floor_line(r):
