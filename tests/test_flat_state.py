@@ -339,6 +339,27 @@ def test_flat_state_is_the_default_with_multi_tensor(rng, multi_tensor, jit):
     assert RMSpropX(flat_state=True, multi_tensor=False).flat_state is True
 
 
+def test_a_zero_size_variable_keeps_per_variable_state(rng):
+    """A variable of no elements has no range of its own (it would share its neighbour's
+    offset): it keeps per-variable state, and a step over both, in either order, works."""
+    z, b = tf.Variable(tf.zeros([0])), tf.Variable(rng.normal(size=10).astype(np.float32))
+    opt = RMSpropX(learning_rate=0.01, momentum=0.9)
+    opt.build([z, b])
+    assert not is_flat(opt.slot_state(z, "ms")) and is_flat(opt.slot_state(b, "ms"))
+    g = rng.normal(size=10).astype(np.float32)
+    opt.apply_gradients([(tf.constant(g), b), (tf.zeros([0]), z)])
+    ref = RMSpropX(learning_rate=0.01, momentum=0.9, flat_state=False)
+    b2 = tf.Variable(b.read_value())
+    b.assign(b2)  # the same start: compare one more step from here
+    ref.build([b2])
+    for o, v in ((opt, b), (ref, b2)):
+        o.get_slot(v, "ms").assign(opt.get_slot(b, "ms").numpy())
+        o.get_slot(v, "mom").assign(opt.get_slot(b, "mom").numpy())
+    opt.apply_gradients([(tf.zeros([0]), z), (tf.constant(g), b)])
+    ref.apply_gradients([(tf.constant(g), b2)])
+    np.testing.assert_array_equal(b.numpy(), b2.numpy())
+
+
 def test_a_step_takes_each_buffer_once(rng):
     """The traced step's ApplyRMSpropXMulti takes N variables, N gradients and one buffer per
     slot kind (not N per kind)."""

@@ -1,5 +1,5 @@
-"""Flat state (`RMSpropX(flat_state=True)`): a group's `ms` (and `mom`, `mg`) in one flat
-buffer per slot kind, so that a step's ApplyRMSpropXMulti takes each variable and gradient
+"""Flat state (RMSpropX's default with `multi_tensor`; `flat_state=False` turns it off): a
+group's `ms` (and `mom`, `mg`) in one flat buffer per slot kind, so that a step's ApplyRMSpropXMulti takes each variable and gradient
 once and each buffer once: half the inputs of a call over many variables (TensorFlow's call
 costs microseconds per input; BENCHMARKS.md).
 

@@ -16,14 +16,18 @@ def _bad(name, value, why):
     raise ValueError(f"Argument `{name}` {why}; received {value!r}.")
 
 
-def validate(*, epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
-             weight_decay_mode="decoupled", state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
-             **numbers):
-    """ValueError naming the first invalid RMSpropX argument; returns the `state8.Selection`
-    of `state_bits` and `min_8bit_size`. `numbers`: learning_rate, rho, momentum, epsilon,
-    weight_decay (numbers are range-checked; tensors, schedules and None are the op's)."""
-    for name, value in numbers.items():
-        _hyper.check(name, value)
+def validate(*, learning_rate, rho, momentum, epsilon, weight_decay, centered, nesterov,
+             epsilon_placement, lr_placement, weight_decay_mode, initial_scale,
+             bias_correction, multi_tensor, state_bits, min_8bit_size, use_locking):
+    """Checks every RMSpropX argument before an optimizer creates anything: ValueError (a
+    value out of range) or TypeError (not a number) naming the first invalid one. Returns
+    the settings `RMSpropSettings._init_settings` takes (learning rate and weight decay are
+    the base optimizer's to set)."""
+    _hyper.check("learning_rate", learning_rate)  # a tensor or a schedule: the op checks it
+    numbers = {name: _hyper.require_number(name, value)
+               for name, value in (("rho", rho), ("momentum", momentum), ("epsilon", epsilon))}
+    if weight_decay is not None:
+        _hyper.require_number("weight_decay", weight_decay)
     if epsilon_placement not in EPSILON_PLACEMENTS:
         _bad("epsilon_placement", epsilon_placement, f"must be one of {EPSILON_PLACEMENTS}")
     if lr_placement not in LR_PLACEMENTS:
@@ -31,7 +35,27 @@ def validate(*, epsilon_placement="inside_sqrt", lr_placement="inside_momentum",
     if weight_decay_mode not in WEIGHT_DECAY_MODES:
         _bad("weight_decay_mode", weight_decay_mode,
              "must be 'decoupled' (Keras/AdamW) or 'coupled' (PyTorch L2)")
-    return state8.Selection(state_bits, min_8bit_size)  # checks both
+    settings = dict(
+        numbers, centered=bool(centered), nesterov=bool(nesterov),
+        epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+        weight_decay_mode=weight_decay_mode, initial_scale=float(initial_scale),
+        bias_correction=bool(bias_correction), multi_tensor=bool(multi_tensor),
+        state_bits=int(state_bits), min_8bit_size=int(min_8bit_size),
+        use_locking=bool(use_locking),
+        selection=state8.Selection(state_bits, min_8bit_size))  # checks both
+    settings["use_momentum"] = settings["momentum"] > 0 or settings["nesterov"]
+    if settings["bias_correction"]:
+        _apply.check_bias_correction(_structure_of(settings.__getitem__, "none"),
+                                     settings["rho"])
+    return settings
+
+
+def _structure_of(get, weight_decay_mode):
+    """The ops' Structure from settings read by `get(name)`."""
+    return _apply.Structure(
+        use_momentum=get("use_momentum"), centered=get("centered"), nesterov=get("nesterov"),
+        epsilon_placement=get("epsilon_placement"), lr_placement=get("lr_placement"),
+        weight_decay_mode=weight_decay_mode, use_locking=get("use_locking"))
 
 
 class RMSpropSettings:
@@ -45,24 +69,12 @@ class RMSpropSettings:
     epsilon = _hyper.Checked()
     weight_decay = _hyper.Checked(optional=True)
 
-    def _init_settings(self, selection, *, rho, momentum, epsilon, centered, nesterov,
-                       epsilon_placement, lr_placement, weight_decay_mode, initial_scale,
-                       bias_correction, multi_tensor, state_bits, min_8bit_size, use_locking):
-        """Sets the arguments `validate` accepted (`selection`: what it returned)."""
-        self.rho, self.momentum, self.epsilon = (
-            _hyper.require_number(n, v) for n, v in (("rho", rho), ("momentum", momentum),
-                                                     ("epsilon", epsilon)))
-        self.centered, self.nesterov = bool(centered), bool(nesterov)
-        self.epsilon_placement, self.lr_placement = epsilon_placement, lr_placement
-        self.weight_decay_mode, self.initial_scale = weight_decay_mode, float(initial_scale)
-        self.bias_correction = bool(bias_correction)
-        self.multi_tensor = bool(multi_tensor)
-        self.use_locking = bool(use_locking)
-        self.state_bits, self.min_8bit_size = int(state_bits), int(min_8bit_size)
-        self._selection = selection
-        self.use_momentum = self.momentum > 0 or self.nesterov
-        if self.bias_correction:
-            _apply.check_bias_correction(self._structure(None), self.rho)
+    def _init_settings(self, settings):
+        """Sets the arguments `validate` accepted (`settings`: what it returned)."""
+        settings = dict(settings)
+        self._selection = settings.pop("selection")
+        for name, value in settings.items():
+            setattr(self, name, value)
 
     @property
     def slot_names(self):
@@ -72,11 +84,8 @@ class RMSpropSettings:
     def _structure(self, variable):
         """The ops' formula attributes for `variable` (None: for a step without one)."""
         decays = self.weight_decay and (variable is None or self._decays(variable))
-        return _apply.Structure(
-            use_momentum=self.use_momentum, centered=self.centered, nesterov=self.nesterov,
-            epsilon_placement=self.epsilon_placement, lr_placement=self.lr_placement,
-            weight_decay_mode=self.weight_decay_mode if decays else "none",
-            use_locking=self.use_locking)
+        return _structure_of(lambda name: getattr(self, name),
+                             self.weight_decay_mode if decays else "none")
 
     def _apply_updates(self, items, lr):
         """`_apply.apply_updates` of (grad, var, slots, structure) items with this step's

@@ -73,10 +73,13 @@ class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
                  multi_tensor=True, state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
                  use_locking=False, **kwargs):
-        selection = _settings.validate(
-            learning_rate=learning_rate, epsilon_placement=epsilon_placement,
-            lr_placement=lr_placement, weight_decay_mode=weight_decay_mode,
-            state_bits=state_bits, min_8bit_size=min_8bit_size)
+        settings = _settings.validate(
+            learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+            weight_decay=weight_decay, centered=centered, nesterov=nesterov,
+            epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
+            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
+            min_8bit_size=min_8bit_size, use_locking=use_locking)
         if name is None:  # unique per process, as Keras names its own: rmspropx, rmspropx_1
             uid = keras.backend.get_uid("rmspropx")
             name = "rmspropx" if uid == 1 else f"rmspropx_{uid - 1}"
@@ -86,12 +89,7 @@ class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
             ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps, name=name, **kwargs)
-        self._init_settings(
-            selection, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
-            nesterov=nesterov, epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
-            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
-            min_8bit_size=min_8bit_size, use_locking=use_locking)
+        self._init_settings(settings)
 
     def build(self, var_list):
         if self.built:

@@ -109,6 +109,13 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
                  **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
+        settings = _settings.validate(
+            learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+            weight_decay=weight_decay, centered=centered, nesterov=nesterov,
+            epsilon_placement=epsilon_placement, lr_placement=lr_placement,
+            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
+            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
+            min_8bit_size=min_8bit_size, use_locking=use_locking)
         common = dict(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
                       clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
                       ema_momentum=ema_momentum,
@@ -117,23 +124,14 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
                       gradient_accumulation_steps=gradient_accumulation_steps,
                       jit_compile=jit_compile, mesh=mesh)
         _base.validate(**common)
-        selection = _settings.validate(
-            rho=rho, momentum=momentum, epsilon=epsilon, weight_decay=weight_decay,
-            epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-            weight_decay_mode=weight_decay_mode, state_bits=state_bits,
-            min_8bit_size=min_8bit_size)
         super().__init__(name=name, **common)
+        self._init_settings(settings)
         # Flat by default where it is faster: one multi-tensor call of the native kernels.
         # Under jit_compile the lowering slices and re-assembles each buffer, and per-slot
-        # state is about twice as fast (BENCHMARKS.md, "Flat state").
+        # state is about twice as fast (BENCHMARKS.md, "Flat state"); a step the user
+        # compiles with XLA themselves should pass flat_state=False.
         self.flat_state = bool(multi_tensor and not jit_compile if flat_state is None
                                else flat_state)
-        self._init_settings(
-            selection, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
-            nesterov=nesterov, epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
-            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
-            min_8bit_size=min_8bit_size, use_locking=use_locking)
         # Per-variable state, in build order (tracked by position for checkpoints; a
         # SlotTable restores a checkpoint of either state format into either).
         self._ms, self._mom, self._mg = (_slot_table.SlotTable(k) for k in ("ms", "mom", "mg"))
@@ -145,7 +143,8 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
         bits_of = {_distribute.var_key(v): self._state_bits_for(_distribute.unwrap(v))
                    for v in var_list}
         flat = self._flat_slots(var_list, bits_of)
-        for var in var_list:
+        made = []  # appended only once every variable's state exists (a raise mid-way, e.g.
+        for var in var_list:  # by a variable maker, leaves the tables as they were)
             bits = bits_of[_distribute.var_key(var)]
             var = _distribute.unwrap(var)
 
@@ -162,9 +161,13 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
                     return state8.full(var.shape, value, state8.SIGNED[name], full_name,
                                        _distribute.state8_variable_maker())
 
-            self._ms.append(slot("ms", self.initial_scale), var)
-            self._mom.append(slot("mom") if self.use_momentum else None, var)
-            self._mg.append(slot("mg") if self.centered else None, var)
+            made.append((var, slot("ms", self.initial_scale),
+                         slot("mom") if self.use_momentum else None,
+                         slot("mg") if self.centered else None))
+        for var, ms, mom, mg in made:
+            self._ms.append(ms, var)
+            self._mom.append(mom, var)
+            self._mg.append(mg, var)
 
     def _flat_slots(self, var_list, bits_of):
         """With flat_state: {id(variable): {kind: FlatSlot}} for the new variables whose
@@ -177,7 +180,8 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
             var = _distribute.unwrap(var)
             if (bits_of[key] != 32 or _dtensor.is_dvariable(var)
                     or getattr(var, "_sharded_container", None) is not None
-                    or not var.shape.is_fully_defined()):
+                    or not var.shape.is_fully_defined()
+                    or var.shape.num_elements() == 0):  # no range to hold (and no offset of its own)
                 continue
             chosen.append(var)
         initial = {"ms": self.initial_scale}
