@@ -5,7 +5,10 @@ config entries and the presets. What Keras' base optimizer does (learning rate, 
 accumulation, EMA, loss scaling) is Keras' for the Keras class and `_base.ModuleOptimizer`'s
 for the `tf.Module` one.
 
-A new argument of the formula enters here once (plus the ops and `_apply.Structure`)."""
+A new argument of the formula enters here once (plus the ops and `_apply.Structure`, and
+the two constructors' signatures)."""
+import inspect
+
 from tf_rmsprop_ops import _apply, _hyper, presets, state8
 from tf_rmsprop_ops.reference import EPSILON_PLACEMENTS, LR_PLACEMENTS
 
@@ -48,6 +51,18 @@ def validate(*, learning_rate, rho, momentum, epsilon, weight_decay, centered, n
         _apply.check_bias_correction(_structure_of(settings.__getitem__, "none"),
                                      settings["rho"])
     return settings
+
+
+# RMSpropX's own arguments: `validate`'s parameters, which both constructors pass on
+# (`arguments_of`); all but the base optimizer's learning_rate and weight_decay are the
+# attributes `_init_settings` sets and the config entries `_settings_config` writes.
+ARGUMENTS = tuple(inspect.signature(validate).parameters)
+_OWN = tuple(n for n in ARGUMENTS if n not in ("learning_rate", "weight_decay"))
+
+
+def arguments_of(constructor_locals):
+    """`validate`'s keyword arguments out of a constructor's `locals()`."""
+    return {name: constructor_locals[name] for name in ARGUMENTS}
 
 
 def _structure_of(get, weight_decay_mode):
@@ -98,13 +113,7 @@ class RMSpropSettings:
 
     def _settings_config(self):
         """The config entries of RMSpropX's own arguments."""
-        return dict(
-            rho=self.rho, momentum=self.momentum, epsilon=self.epsilon, centered=self.centered,
-            nesterov=self.nesterov, epsilon_placement=self.epsilon_placement,
-            lr_placement=self.lr_placement, weight_decay_mode=self.weight_decay_mode,
-            initial_scale=self.initial_scale, bias_correction=self.bias_correction,
-            multi_tensor=self.multi_tensor, state_bits=self.state_bits,
-            min_8bit_size=self.min_8bit_size, use_locking=self.use_locking)
+        return {name: getattr(self, name) for name in _OWN}
 
     @classmethod
     def from_preset(cls, preset, **overrides):

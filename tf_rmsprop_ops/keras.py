@@ -73,13 +73,7 @@ class RMSpropX(_settings.RMSpropSettings, keras.optimizers.Optimizer):
                  weight_decay_mode="decoupled", initial_scale=0.0, bias_correction=False,
                  multi_tensor=True, state_bits=32, min_8bit_size=state8.MIN_8BIT_SIZE,
                  use_locking=False, **kwargs):
-        settings = _settings.validate(
-            learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
-            weight_decay=weight_decay, centered=centered, nesterov=nesterov,
-            epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
-            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
-            min_8bit_size=min_8bit_size, use_locking=use_locking)
+        settings = _settings.validate(**_settings.arguments_of(locals()))
         if name is None:  # unique per process, as Keras names its own: rmspropx, rmspropx_1
             uid = keras.backend.get_uid("rmspropx")
             name = "rmspropx" if uid == 1 else f"rmspropx_{uid - 1}"

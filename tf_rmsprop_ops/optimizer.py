@@ -109,13 +109,7 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
                  **kwargs):
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {sorted(kwargs)}")
-        settings = _settings.validate(
-            learning_rate=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
-            weight_decay=weight_decay, centered=centered, nesterov=nesterov,
-            epsilon_placement=epsilon_placement, lr_placement=lr_placement,
-            weight_decay_mode=weight_decay_mode, initial_scale=initial_scale,
-            bias_correction=bias_correction, multi_tensor=multi_tensor, state_bits=state_bits,
-            min_8bit_size=min_8bit_size, use_locking=use_locking)
+        settings = _settings.validate(**_settings.arguments_of(locals()))
         common = dict(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
                       clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
                       ema_momentum=ema_momentum,
@@ -143,8 +137,10 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
         bits_of = {_distribute.var_key(v): self._state_bits_for(_distribute.unwrap(v))
                    for v in var_list}
         flat = self._flat_slots(var_list, bits_of)
-        made = []  # appended only once every variable's state exists (a raise mid-way, e.g.
-        for var in var_list:  # by a variable maker, leaves the tables as they were)
+        # Appended to the tables once every variable's state exists: a raise mid-way (by a
+        # variable maker, say) leaves them as they were.
+        made = []
+        for var in var_list:
             bits = bits_of[_distribute.var_key(var)]
             var = _distribute.unwrap(var)
 
@@ -181,14 +177,10 @@ class RMSpropX(_settings.RMSpropSettings, _base.ModuleOptimizer):
             if (bits_of[key] != 32 or _dtensor.is_dvariable(var)
                     or getattr(var, "_sharded_container", None) is not None
                     or not var.shape.is_fully_defined()
-                    or var.shape.num_elements() == 0):  # no range to hold (and no offset of its own)
+                    or var.shape.num_elements() == 0):  # no range, so no offset of its own
                 continue
             chosen.append(var)
-        initial = {"ms": self.initial_scale}
-        if self.use_momentum:
-            initial["mom"] = 0.0
-        if self.centered:
-            initial["mg"] = 0.0
+        initial = {kind: self.initial_scale if kind == "ms" else 0.0 for kind in self.slot_names}
         return _flat_state.build_groups(
             chosen, initial, lambda v, kind: f"{_base.base_name(v)}_{kind}",
             _distribute.creation_scope)
