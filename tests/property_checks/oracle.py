@@ -296,22 +296,37 @@ def sparse_center(state, grad, indices, hyper, attrs):
     return out
 
 
-def check_sparse(got, state, grad, indices, hyper, attrs, dt, verdict=None, what=""):
-    verdict = verdict or Verdict()
-    center = sparse_center(state, grad, indices, hyper, attrs)
+def _untouched_rows_kept(got, state, indices, verdict, what):
+    """Rows not named: bit-identical, slots included; else `verdict` fails, naming the
+    first array with a changed row."""
     rows = state["var"].shape[0] if state["var"].ndim else 0
     untouched = np.setdiff1d(np.arange(rows), indices)
-    for n, v in got.items():  # rows not named: bit-identical, slots included
+    for n, v in got.items():
         if np.asarray(v)[untouched].tobytes() != np.asarray(state[n])[untouched].tobytes():
             verdict.ok = False
             verdict.detail = dict(what=f"{what}{n}: an untouched row changed")
-            return verdict
-    if len(indices) == 0 or grad.size == 0:
-        return verdict
+            return False
+    return True
+
+
+def _summed_rows(grad, indices, dt):
+    """The unique rows named, their gradient rows summed in float64, and the error bounds of
+    the kernel's sums (`_sum_errors`)."""
     uniq, inverse, counts = np.unique(indices, return_inverse=True, return_counts=True)
     gsum = np.zeros((len(uniq),) + grad.shape[1:])
     np.add.at(gsum, inverse, np.asarray(grad, np.float64))
     gerr, gerr_ftz = _sum_errors(grad, inverse, counts, len(uniq), dt)
+    return uniq, gsum, gerr, gerr_ftz
+
+
+def check_sparse(got, state, grad, indices, hyper, attrs, dt, verdict=None, what=""):
+    verdict = verdict or Verdict()
+    center = sparse_center(state, grad, indices, hyper, attrs)
+    if not _untouched_rows_kept(got, state, indices, verdict, what):
+        return verdict
+    if len(indices) == 0 or grad.size == 0:
+        return verdict
+    uniq, gsum, gerr, gerr_ftz = _summed_rows(grad, indices, dt)
     sub_state = {k: None if v is None else np.asarray(v)[uniq] for k, v in state.items()}
     sub_got = {k: np.asarray(v)[uniq] for k, v in got.items()}
     sub_center = {k: None if v is None else v[uniq] for k, v in center.items()}
@@ -352,20 +367,11 @@ def check_sparse_opt(got, state, grad, indices, h, herr, attrs, dt, h_ref, bias_
     """A sparse optimizer step: the reference per row (bias correction included)."""
     if bias_step is None:
         return check_sparse(got, state, grad, indices, h, attrs, dt, verdict, what)
-    uniq = np.unique(indices)
-    rows = state["var"].shape[0]
-    untouched = np.setdiff1d(np.arange(rows), indices)
-    for n, v in got.items():
-        if np.asarray(v)[untouched].tobytes() != np.asarray(state[n])[untouched].tobytes():
-            verdict.ok = False
-            verdict.detail = dict(what=f"{what}{n}: an untouched row changed")
-            return verdict
+    if not _untouched_rows_kept(got, state, indices, verdict, what):
+        return verdict
     if len(indices) == 0:
         return verdict
-    uniq, inverse, counts = np.unique(indices, return_inverse=True, return_counts=True)
-    g = np.zeros((len(uniq),) + grad.shape[1:])
-    np.add.at(g, inverse, np.asarray(grad, np.float64))
-    gerr, gerr_ftz = _sum_errors(grad, inverse, counts, len(uniq), dt)
+    uniq, g, gerr, gerr_ftz = _summed_rows(grad, indices, dt)
     sub = {k: None if v is None else np.asarray(v)[uniq] for k, v in state.items()}
     center = reference_step(sub, g, h_ref, attrs, bias_step)
     return check_step({k: np.asarray(v)[uniq] for k, v in got.items()}, sub, g, h, attrs, dt, center,

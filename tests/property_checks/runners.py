@@ -314,6 +314,13 @@ def hyper_tensors(spec, dt, fault):
     return out
 
 
+def wrapper_attrs(attrs):
+    """The formula attrs a single-variable wrapper takes as keywords (its slots say which
+    of momentum and centered are on)."""
+    return {name: attrs[name] for name in ("nesterov", "epsilon_placement", "lr_placement",
+                                           "weight_decay_mode", "use_locking")}
+
+
 def wrapper_hyper(spec, dt, fault):
     out = {}
     for name in HYPER_NAMES:
@@ -430,9 +437,7 @@ class DenseRunner(Runner):
                 kw.pop("mom", None)
             return tf_rmsprop_ops.apply_rmsprop_x(
                 var, ms, grad_arg, **wrapper_hyper(spec, dt, fault), **kw,
-                nesterov=attrs["nesterov"], epsilon_placement=attrs["epsilon_placement"],
-                lr_placement=attrs["lr_placement"], weight_decay_mode=attrs["weight_decay_mode"],
-                use_locking=attrs["use_locking"])
+                **wrapper_attrs(attrs))
 
         got = self.outcome(spec, call, graph, problems, tracked, passed, s.names)
         if got is None:
@@ -523,9 +528,7 @@ class SparseRunner(Runner):
             return tf_rmsprop_ops.sparse_apply_rmsprop_x(
                 var, ms, grad_arg, idx_arg if idx_arg.size % 2 else list(idx_arg.tolist()),
                 **wrapper_hyper(spec, dt, fault), **kw,
-                nesterov=attrs["nesterov"], epsilon_placement=attrs["epsilon_placement"],
-                lr_placement=attrs["lr_placement"], weight_decay_mode=attrs["weight_decay_mode"],
-                use_locking=attrs["use_locking"])
+                **wrapper_attrs(attrs))
 
         got = self.outcome(spec, call, graph, problems, tracked, passed, s.names)
         if got is None:
@@ -541,7 +544,6 @@ class MultiRunner(Runner):
         kind = fault.get("kind")
         api = spec["api"]
         shapes = [tuple(s) for s in spec["shapes"]]
-        n = len(shapes)
         used = {}
         sets, states, grads = [], [], []
         problems = hyper_problems(spec["hyper"], dt)
